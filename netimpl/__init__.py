@@ -1,0 +1,65 @@
+"""netimpl: an SPDK-style pluggable socket layer for storage targets.
+
+One socket and sock-group interface, several backends chosen by priority:
+``posix`` (epoll, recv pipes, batched ``sendmsg``, MSG_ZEROCOPY) everywhere,
+faster ones where the kernel allows. The contract is ``spec/API.md``.
+
+    >>> import netimpl
+    >>> lsock = netimpl.listen("127.0.0.1", 0)
+    >>> group = netimpl.SockGroup()
+"""
+
+from __future__ import annotations
+
+from .addr import check_host_port
+from .errors import NetImplError
+from .group import SockGroup, optimal_group
+from .impl import GroupImpl, NetImpl
+from .options import ImplOpts, SockOpts
+from .pipe import Pipe
+from .registry import (ImplInfo, default_impl, get_impl_opts, impls, register, set_default_impl,
+                       set_impl_opts)
+from .registry import get as _get_impl
+from .request import Request
+from .sock import Sock
+from .stats import GroupStats, SockStats
+
+__all__ = [
+    "listen", "connect", "impls", "default_impl", "set_default_impl", "get_impl_opts", "set_impl_opts",
+    "register", "Sock", "Request", "Pipe", "ImplOpts", "SockOpts", "ImplInfo", "NetImplError",
+    "SockGroup", "optimal_group", "NetImpl", "GroupImpl", "SockStats", "GroupStats",
+]
+
+__version__ = "0.1.0"
+
+
+def _sock_opts(opts: object) -> SockOpts:
+    if opts is None:
+        return SockOpts()
+    if not isinstance(opts, SockOpts):
+        raise TypeError(f"opts must be a netimpl.SockOpts, not {opts!r}")
+    opts.__post_init__()
+    return opts.copy()
+
+
+def listen(host: str, port: int, *, impl: str | None = None, opts: SockOpts | None = None) -> Sock:
+    """A bound, listening, non-blocking socket; ``port=0`` picks a free port."""
+    host, port = check_host_port(host, port)
+    sock_opts = _sock_opts(opts)
+    return _get_impl(impl).listen(host, port, sock_opts)
+
+
+def connect(host: str, port: int, *, impl: str | None = None, opts: SockOpts | None = None) -> Sock:
+    """A connected, non-blocking socket."""
+    host, port = check_host_port(host, port)
+    sock_opts = _sock_opts(opts)
+    return _get_impl(impl).connect(host, port, sock_opts)
+
+
+def _register_builtin() -> None:
+    from . import posix
+
+    register(posix.PosixImpl(), posix.PRIORITY)
+
+
+_register_builtin()

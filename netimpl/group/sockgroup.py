@@ -1,0 +1,222 @@
+"""SockGroup: one poll loop over sockets of any backend.
+
+A group keeps one :class:`~netimpl.impl.GroupImpl` per backend in use. Its
+``poll`` asks each to flush and reap, collects the sockets they report
+readable, and serves the *pending-recv list*, SPDK's ``socks_with_data``,
+shared by every backend: a socket stays on it while its recv pipe holds
+data (the kernel will not signal those bytes again), at most ``max_events``
+sockets are served per poll, and each served socket goes to the back, so
+with more ready sockets than ``max_events`` each is served within
+``ceil(ready / max_events)`` polls.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import select
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import callback_errors, ebadf, logger, oserror
+from ..stats import GroupStats
+from .placement import placement_map
+
+if TYPE_CHECKING:
+    from ..impl import GroupImpl
+    from ..sock import Sock
+
+ReadCallback = Callable[["SockGroup", "Sock"], Any]
+
+__all__ = ["SockGroup", "optimal_group"]
+
+
+class SockGroup:
+    """Polls sockets of any backend; see :mod:`netimpl` for the contract."""
+
+    def __init__(self, ctx: Any = None) -> None:
+        self.ctx = ctx
+        self.stats = GroupStats()
+        self._impls: dict[str, "GroupImpl"] = {}
+        self._socks: dict["Sock", ReadCallback] = {}
+        self._ready: dict["Sock", None] = {}  # the pending-recv list, in service order
+        self._closed = False
+        self._waiter: select.epoll | None = None
+
+    def __repr__(self) -> str:
+        return f"<SockGroup impls={list(self._impls)} socks={len(self._socks)} ready={len(self._ready)}>"
+
+    @property
+    def socks(self) -> list["Sock"]:
+        """The sockets in the group, in the order they were added."""
+        return list(self._socks)
+
+    def add_sock(self, sock: "Sock", cb: ReadCallback) -> None:
+        """Watch ``sock``; ``cb(group, sock)`` runs from :meth:`poll` when it is readable."""
+        from ..sock import Sock
+
+        if self._closed:
+            raise ebadf()
+        if not isinstance(sock, Sock):
+            raise TypeError(f"add_sock takes a netimpl Sock, not {sock!r:.60}")
+        if not callable(cb):
+            raise TypeError(f"add_sock callback must be callable, not {cb!r:.60}")
+        if sock._closed:
+            raise ebadf()
+        if sock._group is self:
+            raise ValueError(f"{sock!r} is already in this group")
+        if sock._group is not None:
+            raise ValueError(f"{sock!r} is in another group")
+        gi = self._impls.get(sock.impl_name)
+        if gi is None:
+            gi = sock._impl.group_impl_create()
+            self._impls[sock.impl_name] = gi
+            self.stats.impls.append(sock.impl_name)
+            self._waiter_reset()
+        gi.add_sock(sock)
+        gi.socks[sock] = None
+        sock._group = self
+        sock._group_impl = gi
+        self._socks[sock] = cb
+        if sock._queued:
+            gi._dirty[sock] = None
+        if sock._has_buffered():
+            self._ready[sock] = None
+        pid = sock.placement_id
+        if pid >= 0:
+            if placement_map.insert(pid, self):
+                sock._group_pid = pid
+            else:
+                logger.debug("%r: placement id %d is served by another group", sock, pid)
+
+    def remove_sock(self, sock: "Sock") -> None:
+        """Stop watching ``sock``; its queued, unsent requests complete with ECANCELED."""
+        if getattr(sock, "_group", None) is not self:
+            raise ValueError(f"{sock!r} is not in this group")
+        self._detach(sock)
+        sock._fail_queued(errno.ECANCELED)
+        if callback_errors.pending and sock._cb_cnt == 0:
+            callback_errors.reraise()
+
+    def _detach(self, sock: "Sock") -> None:
+        """Take ``sock`` out of the group; requests are the caller's business."""
+        gi = sock._group_impl
+        if gi is not None:
+            gi.remove_sock(sock)
+            gi.socks.pop(sock, None)
+            gi._dirty.pop(sock, None)
+        self._socks.pop(sock, None)
+        self._ready.pop(sock, None)
+        sock._group = None
+        sock._group_impl = None
+        if sock._group_pid >= 0:
+            placement_map.release(sock._group_pid, self)
+            sock._group_pid = -1
+
+    def poll(self, max_events: int = 32, timeout: float = 0.0) -> int:
+        """Flush, reap completions, then serve up to ``max_events`` readable sockets.
+
+        Waits up to ``timeout`` seconds in the kernel when nothing is ready;
+        0 never blocks. Returns the number of read callbacks made.
+        """
+        if isinstance(max_events, bool) or not isinstance(max_events, int):
+            raise TypeError(f"max_events must be an int, not {max_events!r}")
+        if max_events <= 0:
+            raise ValueError(f"max_events must be positive, not {max_events!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
+            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0, not {timeout!r}")
+        if self._closed:
+            raise ebadf()
+        self.stats.polls += 1
+        ready = self._ready
+        wait = 0.0 if ready else float(timeout)
+        impls = self._impls
+        if len(impls) == 1:
+            for gi in impls.values():
+                for sock in gi.poll(max_events, wait):
+                    ready[sock] = None
+        elif impls:
+            self._poll_many(max_events, wait)
+        elif wait > 0:
+            time.sleep(wait)
+        if callback_errors.pending:
+            callback_errors.reraise()
+
+        served = 0
+        socks = self._socks
+        while served < max_events and ready:
+            sock = next(iter(ready))
+            del ready[sock]
+            cb = socks.get(sock)
+            if cb is None:
+                continue
+            served += 1
+            try:
+                cb(self, sock)
+            except BaseException:
+                self._requeue(sock)
+                self.stats.callbacks += served
+                raise
+            self._requeue(sock)
+        self.stats.callbacks += served
+        if callback_errors.pending:
+            callback_errors.reraise()
+        return served
+
+    def _requeue(self, sock: "Sock") -> None:
+        # Back of the list while the pipe holds data; otherwise the kernel will say.
+        if sock._group is self and sock._has_buffered():
+            self._ready[sock] = None
+
+    def _poll_many(self, max_events: int, wait: float) -> None:
+        ready = self._ready
+        found = False
+        for gi in list(self._impls.values()):
+            for sock in gi.poll(max_events, 0.0):
+                ready[sock] = None
+                found = True
+        if found or wait <= 0:
+            return
+        waiter = self._waiter
+        if waiter is None:
+            waiter = self._waiter = select.epoll()
+            for gi in self._impls.values():
+                waiter.register(gi.fileno(), select.EPOLLIN)
+        if waiter.poll(wait, 1):
+            for gi in list(self._impls.values()):
+                for sock in gi.poll(max_events, 0.0):
+                    ready[sock] = None
+
+    def _waiter_reset(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+
+    def close(self) -> None:
+        """Release the group: ``OSError(EBUSY)`` while sockets remain; idempotent once empty."""
+        if self._closed:
+            return
+        if self._socks:
+            raise oserror(errno.EBUSY, f"{len(self._socks)} sockets are still in the group")
+        self._closed = True
+        self._waiter_reset()
+        for gi in self._impls.values():
+            gi.close()
+        self._impls.clear()
+        placement_map.forget_group(self)
+
+    def __enter__(self) -> "SockGroup":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def optimal_group(sock: "Sock", hint: SockGroup | None = None) -> SockGroup | None:
+    """The group that already serves sockets with ``sock``'s placement id.
+
+    When no group does and ``hint`` is given, the id is bound to ``hint``.
+    """
+    return placement_map.lookup(sock.placement_id, hint)

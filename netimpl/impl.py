@@ -1,0 +1,118 @@
+"""The net-impl interface: what a backend implements, drawn once.
+
+This is the Python counterpart of SPDK's ``struct spdk_net_impl``. Its
+socket-level half lives on :class:`netimpl.sock.Sock` (the methods marked
+*backend* there); the rest is here:
+
+* :class:`NetImpl` creates sockets (``listen``, ``connect``), group impls
+  (``group_impl_create``), holds the backend's options and answers, by a
+  runtime probe run once and lazily, whether it can work on this machine.
+* :class:`GroupImpl` is one backend's share of a :class:`netimpl.SockGroup`:
+  it watches its sockets, flushes their queues and reaps completions.
+
+The generic layer talks to backends only through these classes; a backend
+registers an instance with :func:`netimpl.register`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, ClassVar
+
+from .options import ImplOpts, SockOpts
+
+if TYPE_CHECKING:
+    from .sock import Sock
+
+__all__ = ["NetImpl", "GroupImpl"]
+
+
+class NetImpl(abc.ABC):
+    """A backend. Subclasses set :attr:`name` and implement the abstract methods."""
+
+    name: ClassVar[str]
+    opts_type: ClassVar[type[ImplOpts]] = ImplOpts
+
+    def __init__(self) -> None:
+        self._opts = self.opts_type()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    def probe(self) -> str:
+        """Whether this backend works here: ``''`` if it does, else why not, in words a user can act on.
+
+        Called once, lazily, by the registry; may make system calls. Must not raise.
+        """
+        return ""
+
+    def get_opts(self) -> ImplOpts:
+        """A copy of the backend's options."""
+        return self._opts.copy()
+
+    def set_opts(self, opts: ImplOpts) -> None:
+        """Replace the options (already validated); sockets created afterwards use them."""
+        if not isinstance(opts, self.opts_type):
+            raise TypeError(f"{self.name} takes {self.opts_type.__name__}, not {type(opts).__name__}")
+        self._opts = opts.copy()
+
+    @abc.abstractmethod
+    def listen(self, host: str, port: int, opts: SockOpts) -> "Sock":
+        """A bound, listening, non-blocking socket (backlog 512). Raises ``OSError``."""
+
+    @abc.abstractmethod
+    def connect(self, host: str, port: int, opts: SockOpts) -> "Sock":
+        """A connected, non-blocking socket. Raises ``OSError`` (``ConnectionRefusedError``, ...)."""
+
+    @abc.abstractmethod
+    def group_impl_create(self) -> "GroupImpl":
+        """A new, empty group impl of this backend."""
+
+
+class GroupImpl(abc.ABC):
+    """One backend's part of a :class:`netimpl.SockGroup`.
+
+    ``_dirty`` holds the sockets with queued requests; the generic layer adds
+    a socket to it when its queue becomes non-empty, so ``poll`` flushes only
+    those instead of walking every socket.
+    """
+
+    def __init__(self, impl: NetImpl) -> None:
+        self.impl = impl
+        self.socks: dict["Sock", None] = {}
+        self._dirty: dict["Sock", None] = {}
+
+    @abc.abstractmethod
+    def add_sock(self, sock: "Sock") -> None:
+        """Start watching ``sock`` for readability; raises ``OSError`` on failure."""
+
+    @abc.abstractmethod
+    def remove_sock(self, sock: "Sock") -> None:
+        """Stop watching ``sock``; nothing of it may be referenced afterwards. Never raises."""
+
+    @abc.abstractmethod
+    def poll(self, max_events: int, timeout: float) -> list["Sock"]:
+        """Flush dirty sockets, reap completions (running request callbacks),
+        wait up to ``timeout`` seconds for readiness if nothing is ready, and
+        return the sockets that became readable (data, EOF or error)."""
+
+    @abc.abstractmethod
+    def fileno(self) -> int:
+        """An fd that polls readable when :meth:`poll` has something to report
+        (lets a group with several backends sleep on all of them)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the group impl; it holds no sockets by then."""
+
+    def flush_dirty(self) -> None:
+        """Flush every socket with queued requests (deferred ones stay dirty)."""
+        dirty = self._dirty
+        if not dirty:
+            return
+        for sock in list(dirty):
+            if sock._cb_cnt or sock._closed:
+                continue
+            sock._flush()
+            if not sock._queued:
+                dirty.pop(sock, None)

@@ -1,0 +1,60 @@
+"""Backend ``posix``: non-blocking kernel sockets, an epoll group, MSG_ZEROCOPY.
+
+The fallback every Linux has. Its per-socket logic is in :mod:`.sock`, the
+group in :mod:`.group`, zero-copy bookkeeping in :mod:`.zerocopy` and the
+wait of closed zero-copy sockets in :mod:`.orphans`.
+"""
+
+from __future__ import annotations
+
+import select
+
+from ..impl import NetImpl
+from ..options import SockOpts
+from ..tcp import create_connection, create_listener
+from .group import PosixGroupImpl
+from .orphans import Orphanage
+from .sock import PosixSock
+
+__all__ = ["PosixImpl", "PosixSock", "PosixGroupImpl", "PRIORITY"]
+
+#: The fallback: every other backend ranks above it where it works.
+PRIORITY = 0
+
+
+class PosixImpl(NetImpl):
+    """The posix net impl."""
+
+    name = "posix"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._orphanage: Orphanage | None = None
+
+    @property
+    def orphanage(self) -> Orphanage:
+        if self._orphanage is None:
+            self._orphanage = Orphanage()
+        return self._orphanage
+
+    def probe(self) -> str:
+        if not hasattr(select, "epoll"):
+            return "this platform has no epoll (Linux only)"
+        return ""
+
+    def listen(self, host: str, port: int, opts: SockOpts) -> PosixSock:
+        impl_opts = self._opts
+        s = create_listener(host, port, impl_opts, opts)
+        return PosixSock(self, s, impl_opts, opts, server=True, listener=True)
+
+    def connect(self, host: str, port: int, opts: SockOpts) -> PosixSock:
+        impl_opts = self._opts
+        s = create_connection(host, port, impl_opts, opts)
+        try:
+            return PosixSock(self, s, impl_opts, opts, server=False)
+        except BaseException:
+            s.close()
+            raise
+
+    def group_impl_create(self) -> PosixGroupImpl:
+        return PosixGroupImpl(self)

@@ -1,0 +1,104 @@
+"""PosixGroupImpl: the posix sockets of a group, in one epoll set.
+
+Facts about epoll that shape it (epoll(7)):
+
+* Level-triggered ``EPOLLIN``: a socket whose data the application left in
+  the kernel is reported again by the next ``epoll_wait``, so the generic
+  pending-recv list need only remember sockets whose *recv pipe* holds
+  data; nothing the kernel holds can be forgotten.
+* ``EPOLLERR`` is always reported; on a zero-copy socket it mostly means
+  "notifications on the error queue", which is not readability, so such a
+  socket is reported readable only for ``EPOLLIN``/``EPOLLHUP``/``EPOLLRDHUP``.
+* Without ``EPOLLOUT`` a socket whose send buffer was full would wait for the
+  whole ``timeout`` before its queue moved again; so while ``poll`` is about to
+  sleep, sockets with queued data are also watched for ``EPOLLOUT``.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import TYPE_CHECKING
+
+from ..impl import GroupImpl
+
+if TYPE_CHECKING:
+    from . import PosixImpl
+    from .sock import PosixSock
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLERR = select.EPOLLERR
+_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLRDHUP
+_WATCH = select.EPOLLIN | select.EPOLLERR | select.EPOLLRDHUP
+
+
+class PosixGroupImpl(GroupImpl):
+    """The posix part of a :class:`netimpl.SockGroup`."""
+
+    def __init__(self, impl: "PosixImpl") -> None:
+        super().__init__(impl)
+        self._ep = select.epoll()
+        self._fds: dict[int, "PosixSock"] = {}
+        self._want_out: set["PosixSock"] = set()
+        self._orphanage = impl.orphanage
+        self._orphan_fd = impl.orphanage.fileno()
+        self._ep.register(self._orphan_fd, EPOLLIN)
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def add_sock(self, sock: "PosixSock") -> None:  # type: ignore[override]
+        self._ep.register(sock._fd, _WATCH)
+        self._fds[sock._fd] = sock
+
+    def remove_sock(self, sock: "PosixSock") -> None:  # type: ignore[override]
+        if self._fds.pop(sock._fd, None) is not None:
+            try:
+                self._ep.unregister(sock._fd)
+            except OSError:  # already closed: the kernel dropped it
+                pass
+        self._want_out.discard(sock)
+
+    def poll(self, max_events: int, timeout: float) -> list["PosixSock"]:  # type: ignore[override]
+        if self._dirty:
+            self.flush_dirty()
+        if timeout > 0 or self._want_out:
+            self._watch_writable()
+        fds = self._fds
+        events = self._ep.poll(timeout, max(len(fds), 1) + 1)
+        ready: list["PosixSock"] = []
+        for fd, ev in events:
+            sock = fds.get(fd)
+            if sock is None:
+                if fd == self._orphan_fd:
+                    self._orphanage.reap()
+                continue
+            if ev & EPOLLERR and sock._zc is not None:
+                sock._check_zcopy()
+                if sock._closed:
+                    continue
+            if ev & EPOLLOUT and sock._queued and not sock._cb_cnt:
+                sock._flush()
+                if not sock._queued:
+                    self._dirty.pop(sock, None)
+                if sock._closed:
+                    continue
+            if ev & _READABLE or (ev & EPOLLERR and sock._zc is None):
+                ready.append(sock)
+        return ready
+
+    def _watch_writable(self) -> None:
+        want = self._want_out
+        dirty = self._dirty
+        for sock in [s for s in want if s not in dirty]:
+            want.discard(sock)
+            if not sock._closed:
+                self._ep.modify(sock._fd, _WATCH)
+        for sock in dirty:
+            if sock not in want and not sock._closed:
+                want.add(sock)
+                self._ep.modify(sock._fd, _WATCH | EPOLLOUT)
+
+    def close(self) -> None:
+        self._ep.close()
+        self._fds.clear()
