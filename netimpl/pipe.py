@@ -134,11 +134,14 @@ class Pipe:
         return n
 
     def resized(self, capacity: int) -> "Pipe":
-        """A new pipe of ``capacity`` holding this pipe's unread bytes."""
+        """A new pipe of ``capacity`` holding a copy of this pipe's unread bytes; this one is unchanged."""
         have = self.bytes_available()
         if capacity < have:
             raise ValueError(f"cannot resize the recv pipe to {capacity} bytes: {have} bytes are buffered")
         new = Pipe(capacity)
-        n = self.read_into(new._mv)
-        new.writer_advance(n)
+        off = 0
+        for view in self.reader_get_buffer(have):
+            new._mv[off:off + len(view)] = view
+            off += len(view)
+        new.writer_advance(off)
         return new
