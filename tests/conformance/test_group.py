@@ -1,0 +1,253 @@
+"""Conformance: SockGroup over sockets of every available backend."""
+
+from __future__ import annotations
+
+import errno
+import math
+import threading
+import time
+
+import pytest
+
+import netimpl
+from tests.conftest import open_fds
+from tests.conformance.conftest import wait_for
+
+
+def test_add_remove_and_membership_errors(net):
+    client, server = net.pair()
+    g1, g2 = net.group(), net.group()
+    with pytest.raises(TypeError, match="callable"):
+        g1.add_sock(server, None)  # type: ignore[arg-type]
+    g1.add_sock(server, lambda g, s: None)
+    assert server.group is g1 and g1.socks == [server]
+    with pytest.raises(ValueError, match="another group"):
+        g2.add_sock(server, lambda g, s: None)
+    with pytest.raises(ValueError, match="already in this group"):
+        g1.add_sock(server, lambda g, s: None)
+    with pytest.raises(ValueError, match="not in this group"):
+        g2.remove_sock(server)
+    with pytest.raises(OSError) as info:
+        g1.close()
+    assert info.value.errno == errno.EBUSY
+    g1.remove_sock(server)
+    assert server.group is None and g1.socks == []
+    g1.close()
+    g1.close()  # idempotent once empty
+    with pytest.raises(OSError):
+        g1.add_sock(server, lambda g, s: None)
+    closed = net.connect("127.0.0.1", net.listen().getaddr()[1])
+    closed.close()
+    with pytest.raises(OSError):
+        g2.add_sock(closed, lambda g, s: None)
+
+
+def test_ctx_and_stats(net):
+    g = netimpl.SockGroup(ctx="mine")
+    client, server = net.pair()
+    g.add_sock(server, lambda g, s: s.recv_into(bytearray(8)))
+    client.writev([b"x"])
+    wait_for(lambda: g.stats.callbacks == 1, lambda: g.poll(timeout=0.01))
+    assert g.ctx == "mine" and g.stats.impls == [net.impl] and g.stats.polls >= 1
+    g.remove_sock(server)
+    g.close()
+
+
+def test_poll_argument_checks(net):
+    g = net.group()
+    for bad, exc in ((0, ValueError), (-1, ValueError), ("3", TypeError), (True, TypeError)):
+        with pytest.raises(exc):
+            g.poll(max_events=bad)  # type: ignore[arg-type]
+    for bad, exc in ((-0.5, ValueError), ("1", TypeError), (float("nan"), TypeError)):
+        with pytest.raises(exc):
+            g.poll(timeout=bad)  # type: ignore[arg-type]
+
+
+def test_read_callback_sees_data_then_eof(net):
+    client, server = net.pair()
+    g = net.group()
+    seen = []
+
+    def on_read(group, sock):
+        assert group is g and sock is server
+        n = sock.recv_into(buf)
+        seen.append(bytes(buf[:n]) if n else n)
+
+    buf = bytearray(64)
+    g.add_sock(server, on_read)
+    assert g.poll() == 0
+    client.writev([b"hello"])
+    wait_for(lambda: b"hello" in seen, lambda: g.poll(timeout=0.01))
+    client.close()
+    wait_for(lambda: 0 in seen, lambda: g.poll(timeout=0.01))
+
+
+def test_callback_may_remove_or_close_its_socket(net):
+    c1, s1 = net.pair()
+    c2, s2 = net.pair()
+    g = net.group()
+    g.add_sock(s1, lambda grp, s: grp.remove_sock(s))
+    g.add_sock(s2, lambda grp, s: s.close())
+    c1.writev([b"a"])
+    c2.writev([b"b"])
+    wait_for(lambda: not g.socks, lambda: g.poll(timeout=0.01))
+    assert s1.group is None and s1.fileno() >= 0 and s2.fileno() == -1
+    assert g.poll() == 0
+
+
+@pytest.mark.parametrize("recv_pipe", [True, False], ids=["pipe", "nopipe"])
+def test_more_ready_sockets_than_max_events_are_all_served(impl, net, recv_pipe):
+    old = netimpl.get_impl_opts(impl)
+    netimpl.set_impl_opts(impl, enable_recv_pipe=recv_pipe)
+    try:
+        pairs = [net.pair() for _ in range(10)]
+    finally:
+        netimpl.set_impl_opts(impl, old)
+    g = net.group()
+    served: list[int] = []
+
+    def on_read(group, sock):
+        served.append(servers.index(sock))
+        sock.recv_into(bytearray(10))  # one message of ten per callback
+
+    servers = [s for _, s in pairs]
+    for s in servers:
+        g.add_sock(s, on_read)
+    for c, _ in pairs:
+        assert c.writev([b"0123456789" * 10]) == 100
+    max_events = 3
+    window = math.ceil(len(servers) / max_events)
+    per_poll = []
+    for _ in range(window):
+        before = len(served)
+        assert g.poll(max_events=max_events) <= max_events
+        per_poll.append(served[before:])
+    assert sorted(set(served)) == list(range(10)), f"not all served within {window} polls: {per_poll}"
+    wait_for(lambda: len(served) == 100, lambda: g.poll(max_events=max_events))
+    assert all(served.count(i) == 10 for i in range(10))
+    # every socket is served again within `window` polls while it has data
+    last: dict[int, int] = {}
+    for k, i in enumerate(served):
+        if i in last:
+            assert k - last[i] <= window * max_events + max_events
+        last[i] = k
+
+
+def test_poll_timeout_waits_without_spinning_and_wakes_on_data(net):
+    client, server = net.pair()
+    g = net.group()
+    g.add_sock(server, lambda grp, s: s.recv_into(bytearray(16)))
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    assert g.poll(timeout=0.3) == 0
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    assert wall >= 0.25, "poll returned before its timeout with nothing ready"
+    assert cpu < wall / 3, f"poll spun: {cpu:.3f}s of CPU in {wall:.3f}s"
+    threading.Timer(0.05, lambda: client.writev([b"wake"])).start()
+    wall0 = time.monotonic()
+    assert g.poll(timeout=10) == 1
+    assert time.monotonic() - wall0 < 5
+
+
+def test_empty_group_poll_timeout_sleeps(impl):
+    g = netimpl.SockGroup()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    assert g.poll(timeout=0.1) == 0
+    assert time.monotonic() - wall0 >= 0.09 and time.process_time() - cpu0 < 0.05
+    g.close()
+
+
+def test_exception_from_a_read_callback_propagates_and_the_rest_come_next_poll(net):
+    pairs = [net.pair() for _ in range(3)]
+    g = net.group()
+    served = []
+
+    def on_read(group, sock):
+        served.append(sock)
+        sock.recv_into(bytearray(10))
+        if len(served) == 1:
+            raise RuntimeError("first callback fails")
+
+    for _, s in pairs:
+        g.add_sock(s, on_read)
+    for c, _ in pairs:
+        c.writev([b"x"])
+    with pytest.raises(RuntimeError, match="first callback fails"):
+        g.poll()
+    assert len(served) == 1
+    wait_for(lambda: len(set(served)) == 3, g.poll)
+    assert len(served) == 3  # nobody served twice
+
+
+def test_exception_from_a_request_callback_propagates_out_of_poll(net):
+    client, server = net.pair()
+    g = net.group()
+    g.add_sock(client, lambda grp, s: None)
+    log = []
+
+    def bad(req, status):
+        raise KeyError("from a request callback")
+
+    client.writev_async(netimpl.Request([b"a"], cb=bad))
+    client.writev_async(netimpl.Request([b"b"], cb=lambda r, st: log.append(st)))
+    with pytest.raises(KeyError):
+        g.poll()
+    assert log == [0]  # the next request still completed
+    g.poll()
+
+
+def test_300_connections_and_no_fd_leak(net):
+    before = open_fds()
+    lsock = netimpl.listen("127.0.0.1", 0, impl=net.impl)
+    port = lsock.getaddr()[1]
+    g = netimpl.SockGroup()
+    got: dict[netimpl.Sock, bytes] = {}
+    clients, servers = [], []
+
+    def on_read(group, sock):
+        buf = bytearray(16)
+        n = sock.recv_into(buf)
+        if n:
+            got[sock] = bytes(buf[:n])
+
+    for i in range(300):
+        clients.append(netimpl.connect("127.0.0.1", port, impl=net.impl))
+        s = None
+        while s is None:
+            s = lsock.accept()
+        servers.append(s)
+        g.add_sock(s, on_read)
+    for i, c in enumerate(clients):
+        c.writev_async(netimpl.Request([b"%d" % i]))
+        c.flush()
+    wait_for(lambda: len(got) == 300, lambda: g.poll(max_events=64, timeout=0.01))
+    assert sorted(int(v) for v in got.values()) == list(range(300))
+    for s in servers:
+        g.remove_sock(s)
+        s.close()
+    for c in clients:
+        c.close()
+    g.close()
+    lsock.close()
+    assert open_fds() == before
+
+
+def test_group_serves_sockets_of_several_backends(impl, net):
+    """Every available backend's sockets in one group with this one's."""
+    others = [i.name for i in netimpl.impls() if i.available]
+    g = net.group()
+    got = []
+    pairs = []
+    for name in dict.fromkeys([impl] + others):
+        lsock = netimpl.listen("127.0.0.1", 0, impl=name)
+        c = netimpl.connect("127.0.0.1", lsock.getaddr()[1], impl=name)
+        s = None
+        while s is None:
+            s = lsock.accept()
+        net.socks += [lsock, c, s]
+        pairs.append((c, s))
+        g.add_sock(s, lambda grp, sock: got.append(sock.impl_name) if sock.recv_into(bytearray(8)) else None)
+        g.add_sock(c, lambda grp, sock: None)
+        c.writev_async(netimpl.Request([b"hi"]))
+    wait_for(lambda: len(got) == len(pairs), lambda: g.poll(timeout=0.01))
+    assert sorted(got) == sorted(dict.fromkeys([impl] + others))
+    assert sorted(g.stats.impls) == sorted(dict.fromkeys([impl] + others))
