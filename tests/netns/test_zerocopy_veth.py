@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 import socket
 import time
 
@@ -31,10 +32,8 @@ def _peer_reader(host: str, port: int, conn) -> None:
     s.close()
 
 
-@pytest.mark.parametrize("impl", available_impls())
-def test_zero_copy_over_veth_every_request_completes_once_and_every_byte_arrives(veth, impl):
-    import multiprocessing as mp
-
+def _serve_peer(veth, impl):
+    """Listen on the host end; a reader in the namespace connects. Returns (lsock, server, pipe, process)."""
     lsock = netimpl.listen(veth.host_ip, 0, impl=impl)
     parent, child = mp.get_context("fork").Pipe()
     proc = veth.run_in_ns(_peer_reader, veth.host_ip, lsock.getaddr()[1], child)
@@ -44,6 +43,12 @@ def test_zero_copy_over_veth_every_request_completes_once_and_every_byte_arrives
         server = lsock.accept()
         time.sleep(0.001)
     assert server is not None, "the peer in the namespace did not connect"
+    return lsock, server, parent, proc
+
+
+@pytest.mark.parametrize("impl", available_impls())
+def test_zero_copy_over_veth_every_request_completes_once_and_every_byte_arrives(veth, impl):
+    lsock, server, parent, proc = _serve_peer(veth, impl)
     try:
         assert server.getaddr()[0] == veth.host_ip
         assert server.zerocopy, "zero-copy should be in force on a non-loopback interface"
@@ -71,14 +76,7 @@ def test_zero_copy_over_veth_every_request_completes_once_and_every_byte_arrives
 
 @pytest.mark.parametrize("impl", available_impls())
 def test_close_over_veth_with_zero_copy_in_flight(veth, impl):
-    import multiprocessing as mp
-
-    lsock = netimpl.listen(veth.host_ip, 0, impl=impl)
-    parent, child = mp.get_context("fork").Pipe()
-    proc = veth.run_in_ns(_peer_reader, veth.host_ip, lsock.getaddr()[1], child)
-    server = None
-    while server is None:
-        server = lsock.accept()
+    lsock, server, parent, proc = _serve_peer(veth, impl)
     group = netimpl.SockGroup()
     group.add_sock(server, lambda g, s: None)
     try:
