@@ -57,9 +57,10 @@ def connect(host: str, port: int, *, impl: str | None = None, opts: SockOpts | N
 
 
 def _register_builtin() -> None:
-    from . import posix
+    from . import posix, uring
 
     register(posix.PosixImpl(), posix.PRIORITY)
+    register(uring.UringImpl(), uring.PRIORITY)
 
 
 _register_builtin()

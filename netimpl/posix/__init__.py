@@ -26,6 +26,8 @@ class PosixImpl(NetImpl):
     """The posix net impl."""
 
     name = "posix"
+    #: The socket class this impl creates (a backend built on posix sockets overrides it).
+    sock_type: type[PosixSock] = PosixSock
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,13 +47,17 @@ class PosixImpl(NetImpl):
     def listen(self, host: str, port: int, opts: SockOpts) -> PosixSock:
         impl_opts = self._opts
         s = create_listener(host, port, impl_opts, opts)
-        return PosixSock(self, s, impl_opts, opts, server=True, listener=True)
+        try:
+            return self.sock_type(self, s, impl_opts, opts, server=True, listener=True)
+        except BaseException:
+            s.close()
+            raise
 
     def connect(self, host: str, port: int, opts: SockOpts) -> PosixSock:
         impl_opts = self._opts
         s = create_connection(host, port, impl_opts, opts)
         try:
-            return PosixSock(self, s, impl_opts, opts, server=False)
+            return self.sock_type(self, s, impl_opts, opts, server=False)
         except BaseException:
             s.close()
             raise

@@ -77,7 +77,7 @@ class PosixSock(Sock):
             self.stats.syscalls += 1
             try:
                 configure_accepted(s, self._impl_opts, self._sock_opts)
-                return PosixSock(self._impl, s, self._impl_opts, self._sock_opts, server=True)  # type: ignore[arg-type]
+                return type(self)(self._impl, s, self._impl_opts, self._sock_opts, server=True)  # type: ignore[arg-type]
             except BaseException:
                 s.close()
                 raise
@@ -236,6 +236,7 @@ class PosixSock(Sock):
             self._complete_pending()
 
     def _close(self) -> None:
+        """Close the fd, or leave it to the orphanage while error-queue zero-copy sends are in flight."""
         if self._pending and self._zc is not None:
             self._check_zcopy()
         if self._pending:

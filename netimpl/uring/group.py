@@ -1,0 +1,270 @@
+"""UringGroupImpl: the uring sockets of a group, served by one io_uring.
+
+Facts that shape it:
+
+* One ``io_uring_enter`` per poll submits every prepared SQE (the sends of
+  all dirty sockets, the polls to re-arm) and, with a timeout, waits.
+* POLL_ADD is one-shot: a socket is re-armed at the start of the next poll,
+  after its read callback ran, so unread data is reported again, as a
+  level-triggered epoll would.
+* SENDMSG_ZC posts two CQEs: the send's result, with IORING_CQE_F_MORE, and
+  later a notification (IORING_CQE_F_NOTIF) when the kernel releases the
+  pages; with IORING_SEND_ZC_REPORT_USAGE its res says whether it copied.
+  A request completes on the notification only.
+* The ring is created on first use by the thread that polls, so that
+  IORING_SETUP_SINGLE_ISSUER holds: a group must be polled by one thread.
+* Completions are reaped into a backlog before any is dispatched. Removing a
+  socket from inside a callback cancels its operations and dispatches the
+  backlog entries that are its own while waiting, leaving the others for the
+  outer loop: no CQE is ever dispatched to a socket that left the group, and
+  none is lost (SPDK's uring module crashed exactly there: #2406, #2112).
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ..errors import logger
+from ..impl import GroupImpl
+from ..posix.sock import _SEND_FLAGS, _gather
+from ..sock import Sock
+from .ring import Ring, ffi, lib
+
+if TYPE_CHECKING:
+    from . import UringImpl
+    from .sock import UringSock
+
+POLL, SEND, CANCEL, ORPHANS = range(4)
+
+POLL_MASK = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLRDHUP
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLRDHUP
+F_MORE = lib.IORING_CQE_F_MORE if lib is not None else 0
+F_NOTIF = lib.IORING_CQE_F_NOTIF if lib is not None else 0
+ZC_COPIED = lib.IORING_NOTIF_USAGE_ZC_COPIED if lib is not None else 0
+
+#: How long closing a group waits for zero-copy notifications still owed.
+CLOSE_WAIT = 5.0
+#: Rings whose group closed with notifications owed: kept alive, never reused.
+_abandoned: list[Ring] = []
+
+
+class UringGroupImpl(GroupImpl):
+    """The uring part of a :class:`netimpl.SockGroup`."""
+
+    def __init__(self, impl: "UringImpl") -> None:
+        super().__init__(impl)
+        self._ring: Ring | None = None
+        self._ops: dict[int, tuple] = {}          # user_data -> (kind, sock, extra)
+        self._next_ud = 1
+        self._unarmed: dict["UringSock", None] = {}
+        self._inflight: dict["UringSock", int] = {}
+        self._backlog: deque[tuple[int, int, int]] = deque()
+        self._removing: set["UringSock"] = set()
+        self._orphans_armed = False
+        self._zc_op = impl.zerocopy_opcode
+
+    @property
+    def ring(self) -> Ring:
+        ring = self._ring
+        if ring is None:
+            opts = self.impl._opts
+            ring = self._ring = Ring(opts.ring_entries, opts.cq_entries)  # type: ignore[attr-defined]
+        return ring
+
+    def fileno(self) -> int:
+        return self.ring.fd
+
+    def _ud(self, kind: int, sock, extra=None) -> int:
+        ud = self._next_ud
+        self._next_ud = ud + 1
+        self._ops[ud] = (kind, sock, extra)
+        return ud
+
+    # -- membership ----------------------------------------------------------
+
+    def add_sock(self, sock: "UringSock") -> None:  # type: ignore[override]
+        self._unarmed[sock] = None
+        self._inflight[sock] = 0
+
+    def remove_sock(self, sock: "UringSock") -> None:  # type: ignore[override]
+        self._unarmed.pop(sock, None)
+        if self._inflight.get(sock, 0) and self._ring is not None:
+            self._removing.add(sock)
+            try:
+                self._cancel_and_wait(sock)
+            finally:
+                self._removing.discard(sock)
+        self._inflight.pop(sock, None)
+
+    def _cancel_and_wait(self, sock: "UringSock") -> None:
+        ring = self.ring
+        ring.prep_cancel_fd(sock._fd, self._ud(CANCEL, sock))
+        deadline = time.monotonic() + 10.0
+        while self._inflight.get(sock, 0) > 0:
+            ring.submit(1, 0.1)
+            self._backlog.extend(ring.reap())
+            mine = [e for e in self._backlog if self._owner(e[0]) is sock]
+            if mine:
+                self._backlog = deque(e for e in self._backlog if self._owner(e[0]) is not sock)
+                for ud, res, flags in mine:
+                    self._dispatch(ud, res, flags, None)
+            if time.monotonic() > deadline:
+                raise OSError(errno.ETIMEDOUT, f"{sock!r}: io_uring did not complete its cancelled operations")
+
+    def _owner(self, ud: int):
+        op = self._ops.get(ud)
+        return op[1] if op is not None else None
+
+    # -- sending -------------------------------------------------------------
+
+    def flush_dirty(self) -> None:
+        dirty = self._dirty
+        for sock in list(dirty):
+            if not sock._queued:
+                dirty.pop(sock, None)
+            elif not (sock._cb_cnt or sock._closed):
+                self.flush_sock(sock, submit=False)  # type: ignore[arg-type]
+
+    def flush_sock(self, sock: "UringSock", submit: bool) -> None:
+        """Start the socket's write task if none is in flight; submit now if asked."""
+        if sock._send_ud or not sock._queued or sock._cb_cnt or sock in self._removing:
+            return
+        iovs, total = _gather(sock._queued)
+        if not total:
+            sock._requests_sent(0, False)
+            sock._complete_pending()
+            return
+        send = sock._send
+        if send is None:
+            send = sock._send = ffi.new("struct ni_send *")
+            send.fd = sock._fd
+            send.msg_flags = _SEND_FLAGS
+        keep = [ffi.from_buffer(b) for b in iovs]
+        iov = send.iov
+        for i, (ptr, b) in enumerate(zip(keep, iovs)):
+            iov[i].iov_base = ptr
+            iov[i].iov_len = len(b)
+        send.iovcnt = len(iovs)
+        zc = sock._zc is not None and self._zc_op and total >= sock._impl_opts.zerocopy_threshold
+        send.zerocopy = zc
+        ud = send.user_data = self._ud(SEND, sock, zc)
+        sock._send_ud = ud
+        sock._send_keep = keep
+        self._inflight[sock] = self._inflight.get(sock, 0) + 1
+        self.ring.prep_send(send)
+        if submit:
+            sock.stats.syscalls += 1
+            self.ring.submit()
+
+    # -- the poll --------------------------------------------------------------
+
+    def poll(self, max_events: int, timeout: float) -> list["UringSock"]:  # type: ignore[override]
+        ring = self.ring
+        if self._dirty:
+            self.flush_dirty()
+        for sock in self._unarmed:
+            ring.prep_poll_add(sock._fd, POLL_MASK, self._ud(POLL, sock))
+            self._inflight[sock] += 1
+        self._unarmed.clear()
+        orphanage = self.impl.orphanage  # type: ignore[attr-defined]
+        if len(orphanage) and not self._orphans_armed:
+            ring.prep_poll_add(orphanage.fileno(), select.POLLIN, self._ud(ORPHANS, None))
+            self._orphans_armed = True
+        wait = timeout > 0 and not self._backlog and not ring.cq_ready()
+        ring.submit(1 if wait else 0, timeout if wait else None)
+        ready: list["UringSock"] = []
+        before = Sock.completions
+        self._backlog.extend(ring.reap())
+        backlog = self._backlog
+        while backlog:
+            ud, res, flags = backlog.popleft()
+            self._dispatch(ud, res, flags, ready)
+        if Sock.completions != before and self._dirty:
+            self.flush_dirty()  # callbacks queued more: their SQEs go with the next enter
+        return ready
+
+    def _dispatch(self, ud: int, res: int, flags: int, ready: list | None) -> None:
+        op = self._ops.get(ud)
+        if op is None:
+            logger.warning("uring: completion for unknown user_data %d (res %d)", ud, res)
+            return
+        kind, sock, extra = op
+        if kind == SEND:
+            if flags & F_NOTIF:
+                self._on_notif(ud, sock, extra, res)
+            else:
+                self._on_send(ud, sock, extra, res, flags)
+        elif kind == POLL:
+            del self._ops[ud]
+            self._inflight[sock] = self._inflight.get(sock, 1) - 1
+            if sock._group_impl is not self or sock in self._removing or sock._closed:
+                return
+            self._unarmed[sock] = None
+            if res < 0:
+                if res != -errno.ECANCELED and ready is not None:
+                    ready.append(sock)
+                return
+            if res & select.POLLERR and sock._zc is not None and sock._zc.inflight:
+                sock._check_zcopy()
+            if ready is not None and (res & _READABLE or (res & select.POLLERR and sock._zc is None)):
+                ready.append(sock)
+        elif kind == CANCEL:
+            del self._ops[ud]
+        elif kind == ORPHANS:
+            del self._ops[ud]
+            self._orphans_armed = False
+            self.impl.orphanage.reap()  # type: ignore[attr-defined]
+
+    def _on_send(self, ud: int, sock: "UringSock", zc: bool, res: int, flags: int) -> None:
+        sock._send_ud = 0
+        sock._send_keep = None
+        self._inflight[sock] = self._inflight.get(sock, 1) - 1
+        stats = sock.stats
+        touched: list = []
+        if res >= 0:
+            stats.bytes_sent += res
+            touched = sock._requests_sent(res, zc) or []
+            if zc:
+                stats.zerocopy_sends += 1
+        elif res not in (-errno.ECANCELED, -errno.EAGAIN, -errno.EINTR):
+            logger.debug("%r: send failed: %s", sock, errno.errorcode.get(-res, res))
+            sock._fail_queued(-res)
+        if zc and flags & F_MORE:
+            self._ops[ud] = (SEND, sock, touched)  # the notification comes later
+        else:
+            del self._ops[ud]
+            if zc:
+                for req in touched:
+                    sock._zc_released(req)
+        sock._complete_pending()
+        if sock._queued and not sock._closed and sock._group_impl is self and sock not in self._removing:
+            self._dirty[sock] = None
+
+    def _on_notif(self, ud: int, sock: "UringSock", touched: list, res: int) -> None:
+        del self._ops[ud]
+        if res & ZC_COPIED:
+            sock.stats.zerocopy_copied += 1
+        for req in touched:
+            sock._zc_released(req)
+        sock._complete_pending()
+
+    def close(self) -> None:
+        ring = self._ring
+        if ring is None:
+            return
+        deadline = time.monotonic() + CLOSE_WAIT
+        while any(op[0] == SEND for op in self._ops.values()) and time.monotonic() < deadline:
+            ring.submit(1, 0.05)
+            for ud, res, flags in ring.reap():
+                self._dispatch(ud, res, flags, None)
+        if any(op[0] == SEND for op in self._ops.values()):
+            # Freeing the ring would not free the pages; but its owed callbacks could never run.
+            logger.warning("uring group closed with zero-copy notifications still owed; keeping its ring")
+            _abandoned.append(ring)
+        else:
+            ring.close()
+        self._ring = None

@@ -1,0 +1,42 @@
+"""UringSock: a kernel TCP socket whose group I/O goes through io_uring.
+
+Outside a group it is a :class:`~netimpl.posix.sock.PosixSock`: flushes are
+synchronous ``sendmsg`` calls with MSG_ZEROCOPY completions on the error
+queue (SPDK's flush_client path), so nothing of that is written twice. In a
+group it has, as in SPDK's uring module, at most one write task in flight
+(SENDMSG or SENDMSG_ZC over up to 64 gathered iovecs) and one poll for
+readiness; reads then use the shared recv pipe.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..posix.sock import PosixSock
+
+if TYPE_CHECKING:
+    from .group import UringGroupImpl
+
+
+class UringSock(PosixSock):
+    """A socket of backend ``uring``."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._send = None          # struct ni_send, allocated on the first ring send
+        self._send_ud = 0          # user_data of the write task in flight, 0 when none
+        self._send_keep: list | None = None  # cffi buffer handles the kernel reads until the CQE
+
+    def _flush(self) -> None:
+        gi: "UringGroupImpl | None" = self._group_impl  # type: ignore[assignment]
+        if gi is None:
+            PosixSock._flush(self)
+        else:
+            gi.flush_sock(self, submit=True)
+
+    def _close(self) -> None:
+        # Ring zero-copy notifications need no fd; only error-queue ones do.
+        if self._zc is not None and self._zc.inflight:
+            PosixSock._close(self)
+        else:
+            self._s.close()
