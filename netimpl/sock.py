@@ -386,7 +386,7 @@ class Sock:
         if req._zc_wait > 0:
             req._zc_wait -= 1
         else:
-            logger.warning("%r: zero-copy release for a request not waiting for one", self)
+            logger.error("%r: zero-copy release for a request not waiting for one", self)
 
     # -- close ------------------------------------------------------------
 

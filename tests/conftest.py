@@ -26,3 +26,12 @@ def _no_default_override():
     netimpl.set_default_impl(None)
     yield
     netimpl.set_default_impl(None)
+
+
+@pytest.fixture(autouse=True)
+def _no_internal_errors(caplog):
+    """Fail any test during which netimpl logged an ERROR: those are broken invariants."""
+    caplog.set_level("WARNING", logger="netimpl")
+    yield
+    errors = [r.getMessage() for r in caplog.get_records("call") if r.name.startswith("netimpl") and r.levelname == "ERROR"]
+    assert not errors, f"netimpl logged errors: {errors}"

@@ -123,12 +123,16 @@ class UringGroupImpl(GroupImpl):
         ring = self.ring
         ring.prep_cancel_fd(sock._fd, self._ud(CANCEL, sock))
         deadline = time.monotonic() + 10.0
+        backlog = self._backlog
         while self._inflight.get(sock, 0) > 0:
             ring.submit(1, 0.1)
-            self._backlog.extend(ring.reap())
-            mine = [e for e in self._backlog if self._owner(e[0]) is sock]
+            backlog.extend(ring.reap())
+            mine = [e for e in backlog if self._owner(e[0]) is sock]
             if mine:
-                self._backlog = deque(e for e in self._backlog if self._owner(e[0]) is not sock)
+                # In place: an outer poll may be iterating this very deque.
+                rest = [e for e in backlog if self._owner(e[0]) is not sock]
+                backlog.clear()
+                backlog.extend(rest)
                 for ud, res, flags in mine:
                     self._dispatch(ud, res, flags, None)
             if time.monotonic() > deadline:
@@ -209,7 +213,7 @@ class UringGroupImpl(GroupImpl):
     def _dispatch(self, ud: int, res: int, flags: int, ready: list | None) -> None:
         op = self._ops.get(ud)
         if op is None:
-            logger.warning("uring: completion for unknown user_data %d (res %d)", ud, res)
+            logger.error("uring: completion for unknown user_data %d (res %d)", ud, res)
             return
         kind, sock, extra = op
         if kind == SEND:

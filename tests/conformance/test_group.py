@@ -251,3 +251,49 @@ def test_group_serves_sockets_of_several_backends(impl, net):
     wait_for(lambda: len(got) == len(pairs), lambda: g.poll(timeout=0.01))
     assert sorted(got) == sorted(dict.fromkeys([impl] + others))
     assert sorted(g.stats.impls) == sorted(dict.fromkeys([impl] + others))
+
+
+def test_request_callback_closes_another_socket_with_completions_in_the_same_batch(net, caplog):
+    """SPDK's uring module crashed here (#2406, #2112): a CQE dispatched to a socket closed meanwhile."""
+    caplog.set_level("WARNING", logger="netimpl")
+    (ca, sa), (cb_, sb) = net.pair(), net.pair()
+    g = net.group()
+    for s in (ca, cb_, sa, sb):
+        g.add_sock(s, lambda grp, sock: sock.recv_into(bytearray(4096)))
+    log: dict[str, list[int]] = {"a": [], "b": []}
+
+    def a_done(req, status):
+        log["a"].append(status)
+        cb_.close()
+
+    ca.writev_async(netimpl.Request([b"a" * 1000], cb=a_done))
+    for i in range(5):
+        cb_.writev_async(netimpl.Request([b"b" * 1000], cb=lambda r, st: log["b"].append(st)))
+    wait_for(lambda: log["a"] and len(log["b"]) == 5, lambda: g.poll(timeout=0.01))
+    assert log["a"] == [0]
+    assert len(log["b"]) == 5 and set(log["b"]) <= {0, errno.ECANCELED}  # each exactly once
+    assert cb_.fileno() == -1 and cb_ not in g.socks
+    for _ in range(5):
+        g.poll()  # nothing stale is dispatched afterwards
+    assert len(log["b"]) == 5
+    assert not [r.getMessage() for r in caplog.records if r.name == "netimpl"]
+
+
+def test_read_callback_closes_another_ready_socket(net):
+    (c1, s1), (c2, s2) = net.pair(), net.pair()
+    g = net.group()
+    served = []
+
+    def on_read(grp, sock):
+        served.append(sock)
+        sock.recv_into(bytearray(16))
+        (s2 if sock is s1 else s1).close()
+
+    g.add_sock(s1, on_read)
+    g.add_sock(s2, on_read)
+    c1.writev([b"x"])
+    c2.writev([b"y"])
+    wait_for(lambda: served, lambda: g.poll(timeout=0.01))
+    for _ in range(5):
+        g.poll()
+    assert len(served) == 1  # the other was closed before its turn and never served
