@@ -46,6 +46,10 @@ F_MORE = lib.IORING_CQE_F_MORE if lib is not None else 0
 F_NOTIF = lib.IORING_CQE_F_NOTIF if lib is not None else 0
 ZC_COPIED = lib.IORING_NOTIF_USAGE_ZC_COPIED if lib is not None else 0
 
+#: CQ room the ring is created with per socket already in the group.
+CQES_PER_SOCK = 4
+#: IORING_MAX_CQ_ENTRIES; past the CQ, IORING_FEAT_NODROP holds completions back instead of losing them.
+MAX_CQ_ENTRIES = 65536
 #: How long closing a group waits for zero-copy notifications still owed.
 CLOSE_WAIT = 5.0
 #: Rings whose group closed with notifications owed: kept alive, never reused.
@@ -91,7 +95,9 @@ class UringGroupImpl(GroupImpl):
         ring = self._ring
         if ring is None:
             opts = self.impl._opts
-            ring = self._ring = Ring(opts.ring_entries, opts.cq_entries)  # type: ignore[attr-defined]
+            # Per socket at most a poll, a send and its notification, and a cancel, in flight at once.
+            cq = min(max(opts.cq_entries, CQES_PER_SOCK * len(self.socks)), MAX_CQ_ENTRIES)  # type: ignore[attr-defined]
+            ring = self._ring = Ring(opts.ring_entries, cq)  # type: ignore[attr-defined]
         return ring
 
     def fileno(self) -> int:
