@@ -12,9 +12,12 @@ import pytest
 import netimpl
 from netimpl import features
 from tests.conformance.conftest import read_all, wait_for
+from tests.conftest import need
 from tests.zerocopy_check import POISON, send_poisoned
 
-pytestmark = pytest.mark.skipif(bool(features.zerocopy_reason()), reason=features.zerocopy_reason() or "-")
+@pytest.fixture(autouse=True)
+def _need_zerocopy():
+    need(features.zerocopy_reason())
 
 
 def test_loopback_never_uses_zero_copy(impl, net):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from netimpl import features
+from tests.conftest import need
 
 
 @dataclass
@@ -39,9 +40,7 @@ def _enter_and_run(ns, target, args):
 
 @pytest.fixture
 def veth():
-    reason = features.netns_reason()
-    if reason:
-        pytest.skip(reason)
+    need(features.netns_reason())
     from pyroute2 import IPRoute, NetNS, netns
 
     tag = os.getpid() % 50000

@@ -4,10 +4,9 @@ import pytest
 
 from netimpl import features
 from netimpl.uring import ring
+from tests.conftest import need
 
 
 @pytest.fixture(autouse=True)
 def _need_io_uring():
-    reason = features.io_uring_reason() or (ring.IMPORT_ERROR and f"io_uring core not built: {ring.IMPORT_ERROR}")
-    if reason:
-        pytest.skip(reason)
+    need(features.io_uring_reason() or (ring.IMPORT_ERROR and f"io_uring core not built: {ring.IMPORT_ERROR}"))
