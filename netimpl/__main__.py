@@ -1,4 +1,4 @@
-"""Command line: ``python -m netimpl {info,demo}``."""
+"""Command line: ``python -m netimpl {info,demo,bench}``."""
 
 from __future__ import annotations
 
@@ -35,13 +35,18 @@ def info() -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m netimpl", description="netimpl: an SPDK-style socket layer")
-    p.add_argument("command", choices=["info", "demo"], help="info: backends and kernel features; "
-                   "demo: an echo round trip and a 1 GiB transfer beside plain sockets")
+    p.add_argument("command", choices=["info", "demo", "bench"], help="info: backends and kernel features; "
+                   "demo: an echo round trip and a 1 GiB transfer beside plain sockets; "
+                   "bench: every backend beside asyncio, uvloop and plain sockets (--help for options)")
     args, rest = p.parse_known_args(argv)
     if args.command == "info":
         if rest:
             p.error(f"info takes no arguments: {' '.join(rest)}")
         return info()
+    if args.command == "bench":
+        from . import bench
+
+        return bench.main(rest)
     from . import demo
 
     info()

@@ -1,0 +1,90 @@
+"""``python -m netimpl bench``: every backend beside asyncio, uvloop and plain sockets, in one run.
+
+Each workload runs against each contender, alternately, for ``--rounds``
+rounds; every server runs in its own process pinned to CPU 1 and is driven
+by the same load generator, a small C program built through cffi pinned to
+CPU 0, so that the client is never what is measured. For every row it
+reports throughput and the server's CPU time per operation (getrusage of
+the server), the figure that does not depend on the client, each with its
+ratio to asyncio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+
+from . import report, runner
+from .workloads import BY_NAME, WORKLOADS
+
+__all__ = ["main", "contenders"]
+
+
+def contenders(impl: str | None = None) -> list[str]:
+    """Every contender available here; ``impl`` keeps one netimpl backend only."""
+    import netimpl
+
+    out = [f"netimpl:{i.name}" for i in netimpl.impls() if i.available and (impl is None or i.name == impl)]
+    if impl is not None and not out:
+        raise SystemExit(f"backend {impl!r} is not available: " +
+                         "; ".join(f"{i.name}: {i.reason or 'available'}" for i in netimpl.impls()))
+    out.append("asyncio")
+    if importlib.util.find_spec("uvloop") is not None:
+        out.append("uvloop")
+    out.append("blocking")
+    return out
+
+
+def _progress(done: int, total: int, label: str, started: float) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    eta = (time.monotonic() - started) / done * (total - done) if done else 0
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:32.32s} eta {eta:4.0f}s")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m netimpl bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="short windows, one round: under a minute")
+    p.add_argument("--only", action="append", choices=[w.name for w in WORKLOADS], metavar="WORKLOAD",
+                   help=f"run only this workload (repeatable): {', '.join(w.name for w in WORKLOADS)}")
+    p.add_argument("--impl", help="netimpl backend to run (default: every available one)")
+    p.add_argument("--rounds", type=int, help="rounds of every contender (default 3, quick 1)")
+    p.add_argument("--seconds", type=float, help="measured seconds per run (default 2, quick 0.25)")
+    p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the figures (needs matplotlib: the bench extra)")
+    args = p.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 3)
+    seconds = args.seconds or (0.25 if args.quick else 2.0)
+    if rounds <= 0 or seconds <= 0:
+        p.error("--rounds and --seconds must be positive")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot needs matplotlib: pip install 'netimpl[bench]'")
+    timing = runner.Timing(warmup=0.1 if args.quick else 0.5, seconds=seconds)
+    workloads = [BY_NAME[n] for n in args.only] if args.only else list(WORKLOADS)
+    names = contenders(args.impl)
+    results: dict[str, dict[str, list[dict]]] = {w.name: {c: [] for c in names} for w in workloads}
+    total = len(workloads) * len(names) * rounds
+    started = time.monotonic()
+    done = 0
+    print(f"contenders: {', '.join(names)}; {rounds} round(s) of {seconds:g} s each, alternating; "
+          f"server on CPU {runner.SERVER_CPU}, C load generator on CPU {runner.LOADGEN_CPU}", flush=True)
+    for w in workloads:
+        for _ in range(rounds):
+            for c in names:
+                _progress(done, total, f"{w.name} {c}", started)
+                results[w.name][c].append(runner.run(c, w, timing))
+                done += 1
+    _progress(done, total, "done", started)
+    sys.stderr.write("\n")
+    report.table(results, workloads, names, sys.stdout)
+    doc = report.to_json(results, workloads, names, {"rounds": rounds, "seconds": seconds, "quick": args.quick})
+    if args.json:
+        report.write_json(args.json, doc)
+        print(f"\nfigures written to {args.json}")
+    if args.plot:
+        report.plot(args.plot, doc)
+        print(f"plot written to {args.plot}")
+    return 0

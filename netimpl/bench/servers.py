@@ -1,0 +1,222 @@
+"""The servers under test, one per contender, each written as its API is meant to be used.
+
+    python -m netimpl.bench.servers CONTENDER rr REQ_SIZE RESP_SIZE
+    python -m netimpl.bench.servers CONTENDER bulk CHUNK
+
+``rr``: answer every ``REQ_SIZE``-byte request with a ``RESP_SIZE``-byte
+response. ``bulk``: stream ``CHUNK``-byte writes to each client until it
+goes. The server prints its port, records its CPU time (getrusage, all
+threads) at each SIGUSR1, and at SIGTERM prints those marks and exits.
+Contenders: ``netimpl:<backend>``, ``asyncio``, ``uvloop``, ``blocking``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+
+MARKS: list[float] = []
+
+
+def cpu_now() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def mark(*_: object) -> None:
+    MARKS.append(cpu_now())
+
+
+def announce(port: int) -> None:
+    print(port, flush=True)
+
+
+def finish() -> None:
+    print(json.dumps(MARKS), flush=True)
+
+
+# -- netimpl -------------------------------------------------------------------
+
+def serve_netimpl(impl: str, mode: str, a: int, b: int) -> None:
+    import netimpl
+
+    lsock = netimpl.listen("127.0.0.1", 0, impl=impl)
+    group = netimpl.SockGroup()
+    stop = [False]
+    signal.signal(signal.SIGUSR1, mark)
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+
+    if mode == "rr":
+        req_size, resp = a, bytes(b)
+        buf = bytearray(1 << 16)
+        state: dict = {}
+        pool: list = []  # recycled Requests: no allocation per response once warm
+
+        def done(req, status):
+            pool.append(req)
+
+        def on_read(g, sock):
+            try:
+                n = sock.recv_into(buf)
+            except ConnectionError:
+                n = 0
+            if not n:
+                g.remove_sock(sock)
+                sock.close()
+                return
+            count, state[sock] = divmod(state.get(sock, 0) + n, req_size)
+            for _ in range(count):
+                req = pool.pop() if pool else netimpl.Request([resp], cb=done)
+                sock.writev_async(req)
+
+        on_accept = on_read
+    else:
+        chunk = bytes(a)
+
+        def refill(req, status):
+            sock = req.ctx
+            if status == 0 and not sock.closed:
+                sock.writev_async(req)
+
+        def on_accept(g, sock):  # the client only reads: readable means it went
+            try:
+                n = sock.recv_into(bytearray(16))
+            except ConnectionError:
+                n = 0
+            if n == 0:
+                g.remove_sock(sock)
+                sock.close()
+
+    announce(lsock.getaddr()[1])
+    while not stop[0]:
+        while (s := lsock.accept()) is not None:
+            group.add_sock(s, on_accept)
+            if mode == "bulk":
+                for _ in range(8):
+                    s.writev_async(netimpl.Request([chunk], cb=refill, ctx=s))
+        group.poll(max_events=64, timeout=0.005)
+    finish()
+
+
+# -- asyncio and uvloop --------------------------------------------------------
+
+def serve_asyncio(loop_kind: str, mode: str, a: int, b: int) -> None:
+    import asyncio
+
+    if loop_kind == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    class RR(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+            self.partial = 0
+            self.resp = bytes(b)
+
+        def data_received(self, data):
+            count, self.partial = divmod(self.partial + len(data), a)
+            if count:
+                self.t.writelines([self.resp] * count)
+
+    class Bulk(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+            self.chunk = bytes(a)
+            self.paused = False
+            self.pump()
+
+        def pump(self):
+            while not self.paused and not self.t.is_closing():
+                self.t.write(self.chunk)
+
+        def pause_writing(self):
+            self.paused = True
+
+        def resume_writing(self):
+            self.paused = False
+            self.pump()
+
+    stop = loop.create_future()
+    loop.add_signal_handler(signal.SIGUSR1, mark)
+    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+
+    async def main():
+        server = await loop.create_server(RR if mode == "rr" else Bulk, "127.0.0.1", 0)
+        announce(server.sockets[0].getsockname()[1])
+        await stop
+        server.close()
+
+    loop.run_until_complete(main())
+    finish()
+
+
+# -- plain blocking sockets, a thread per connection ---------------------------
+
+def serve_blocking(mode: str, a: int, b: int) -> None:
+    ls = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    signal.signal(signal.SIGUSR1, mark)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+
+    def rr(s: socket.socket) -> None:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray(1 << 16)
+        partial, resp = 0, bytes(b)
+        try:
+            while n := s.recv_into(buf):
+                count, partial = divmod(partial + n, a)
+                if count:
+                    s.sendall(resp * count)
+        except OSError:
+            pass
+        s.close()
+
+    def bulk(s: socket.socket) -> None:
+        chunk = bytes(a)
+        try:
+            while True:
+                s.sendall(chunk)
+        except OSError:
+            pass
+        s.close()
+
+    def acceptor() -> None:
+        while True:
+            s, _ = ls.accept()
+            threading.Thread(target=rr if mode == "rr" else bulk, args=(s,), daemon=True).start()
+
+    threading.Thread(target=acceptor, daemon=True).start()
+    announce(ls.getsockname()[1])
+    while not done.wait(0.05):
+        pass
+    finish()
+
+
+def main(argv: list[str]) -> None:
+    contender, mode, *nums = argv
+    a = int(nums[0])
+    b = int(nums[1]) if len(nums) > 1 else 0
+    cpu = os.environ.get("NETIMPL_BENCH_CPU")
+    if cpu is not None:
+        os.sched_setaffinity(0, {int(cpu)})
+    if contender.startswith("netimpl:"):
+        serve_netimpl(contender.split(":", 1)[1], mode, a, b)
+    elif contender in ("asyncio", "uvloop"):
+        serve_asyncio(contender, mode, a, b)
+    elif contender == "blocking":
+        serve_blocking(mode, a, b)
+    else:
+        raise SystemExit(f"unknown contender {contender!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
