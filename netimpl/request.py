@@ -22,6 +22,7 @@ QUEUED = 1
 PENDING = 2
 
 _PLAIN = (bytes, bytearray)
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 def _as_buffer(buf: Any, i: int) -> Any:
@@ -78,8 +79,11 @@ class Request:
             items = list(bufs)
         except TypeError:
             raise TypeError(f"Request bufs must be a sequence of bytes-like objects, not {bufs!r:.60}") from None
-        self._bufs = [_as_buffer(b, i) for i, b in enumerate(items)]
-        self._nbytes = sum(len(b) for b in self._bufs)
+        # The common case (bytes and bytearrays only) is checked and measured at C speed.
+        if not _PLAIN_TYPES.issuperset(map(type, items)):
+            items = [_as_buffer(b, i) for i, b in enumerate(items)]
+        self._bufs = items
+        self._nbytes = sum(map(len, items))
 
     @property
     def nbytes(self) -> int:

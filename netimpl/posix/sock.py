@@ -247,12 +247,25 @@ class PosixSock(Sock):
 
 
 def _gather(queued) -> tuple[list[Any], int]:
-    """Up to IOV_BATCH_SIZE iovecs from the queued requests, honouring each one's offset."""
+    """Up to IOV_BATCH_SIZE iovecs from the queued requests, honouring each one's offset.
+
+    A request not yet started that fits is taken whole with ``list.extend``;
+    only a partly sent one, or the one that overflows the batch, is walked
+    buffer by buffer.
+    """
     iovs: list[Any] = []
     total = 0
     for req in queued:
+        bufs = req._bufs
+        room = IOV_BATCH_SIZE - len(iovs)
+        if not req._offset and len(bufs) <= room:
+            iovs += bufs
+            total += req._nbytes
+            if len(bufs) == room:
+                return iovs, total
+            continue
         off = req._offset
-        for b in req._bufs:
+        for b in bufs:
             n = len(b)
             if off:
                 if off >= n:
@@ -261,8 +274,6 @@ def _gather(queued) -> tuple[list[Any], int]:
                 b = memoryview(b)[off:]
                 n -= off
                 off = 0
-            if not n:
-                continue
             iovs.append(b)
             total += n
             if len(iovs) == IOV_BATCH_SIZE:
