@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="draw the figures (needs matplotlib: the bench extra)")
     args = p.parse_args(argv)
-    rounds = args.rounds or (1 if args.quick else 3)
-    seconds = args.seconds or (0.25 if args.quick else 2.0)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    seconds = args.seconds if args.seconds is not None else (0.25 if args.quick else 2.0)
     if rounds <= 0 or seconds <= 0:
         p.error("--rounds and --seconds must be positive")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
