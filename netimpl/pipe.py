@@ -26,7 +26,7 @@ __all__ = ["Pipe"]
 class Pipe:
     """A fixed-capacity byte ring; see the module docstring."""
 
-    __slots__ = ("_buf", "_mv", "_size", "_read", "_write", "_full")
+    __slots__ = ("_buf", "_mv", "_whole", "_size", "_read", "_write", "_full")
 
     def __init__(self, capacity: int) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int):
@@ -35,6 +35,7 @@ class Pipe:
             raise ValueError(f"Pipe capacity must be positive, not {capacity!r}")
         self._buf = mmap.mmap(-1, capacity)
         self._mv = memoryview(self._buf)
+        self._whole = [self._mv]  # the free space of an empty pipe, handed to readv as is
         self._size = capacity
         self._read = 0
         self._write = 0
@@ -117,8 +118,18 @@ class Pipe:
 
     # -- bulk helpers used by the sock layer ------------------------------
 
-    def read_into(self, buf: memoryview) -> int:
-        """Copy up to ``len(buf)`` readable bytes into ``buf`` and consume them."""
+    def read_into(self, buf) -> int:
+        """Copy up to ``len(buf)`` readable bytes into ``buf`` (a writable byte buffer) and consume them."""
+        read, write = self._read, self._write
+        if read < write:  # one piece: no views list
+            k = min(len(buf), write - read)
+            buf[:k] = self._mv[read:read + k]
+            read += k
+            if read == write:
+                self._read = self._write = 0
+            else:
+                self._read = read
+            return k
         want = len(buf)
         got = 0
         for view in self.reader_get_buffer(want):
@@ -131,9 +142,12 @@ class Pipe:
 
     def fill(self, readv: Callable[[list[memoryview]], int | None]) -> int | None:
         """Fill all free space with one ``readv`` call; returns what it returned."""
-        views = self.writer_get_buffer(self._size)
-        if not views:
-            return 0
+        if self._read == self._write == 0 and not self._full:
+            views = self._whole
+        else:
+            views = self.writer_get_buffer(self._size)
+            if not views:
+                return 0
         n = readv(views)
         if n:
             self.writer_advance(n)

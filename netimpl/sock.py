@@ -186,7 +186,7 @@ class Sock:
         """Read into ``buf``: bytes read, 0 at EOF, ``None`` when nothing is readable now."""
         if self._closed:
             raise ebadf()
-        return self._recv([_byte_view(buf)])
+        return self._recv([buf if type(buf) is bytearray else _byte_view(buf)])
 
     def readv(self, bufs: Iterable[Any]) -> int | None:
         """Read into several buffers in order; as :meth:`recv_into`."""

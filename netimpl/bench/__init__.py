@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impl", help="netimpl backend to run (default: every available one)")
     p.add_argument("--rounds", type=int, help="rounds of every contender (default 3, quick 1)")
     p.add_argument("--seconds", type=float, help="measured seconds per run (default 2, quick 0.25)")
+    p.add_argument("--syscalls", action="store_true", help="also count the server's system calls per op (needs perf)")
     p.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="draw the figures (needs matplotlib: the bench extra)")
     args = p.parse_args(argv)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rounds and --seconds must be positive")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib: pip install 'netimpl[bench]'")
-    timing = runner.Timing(warmup=0.1 if args.quick else 0.5, seconds=seconds)
+    timing = runner.Timing(warmup=0.1 if args.quick else 0.5, seconds=seconds, syscalls=args.syscalls)
     workloads = [BY_NAME[n] for n in args.only] if args.only else list(WORKLOADS)
     names = contenders(args.impl)
     results: dict[str, dict[str, list[dict]]] = {w.name: {c: [] for c in names} for w in workloads}
@@ -80,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     _progress(done, total, "done", started)
     sys.stderr.write("\n")
     report.table(results, workloads, names, sys.stdout)
-    doc = report.to_json(results, workloads, names, {"rounds": rounds, "seconds": seconds, "quick": args.quick})
+    config = {"rounds": rounds, "seconds": seconds, "quick": args.quick}
+    if args.syscalls:
+        config["syscalls"] = True
+    doc = report.to_json(results, workloads, names, config)
     if args.json:
         report.write_json(args.json, doc)
         print(f"\nfigures written to {args.json}")

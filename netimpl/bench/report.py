@@ -17,7 +17,7 @@ SCHEMA_VERSION = 1
 
 def medians(runs: list[dict]) -> dict:
     keys = runs[0].keys() if runs else []
-    return {k: statistics.median(r[k] for r in runs) for k in keys}
+    return {k: statistics.median(r[k] for r in runs if k in r) for k in keys}
 
 
 def _ratio(x: float, base: float | None) -> str:
@@ -37,6 +37,9 @@ def table(results: dict, workloads: list[Workload], contenders: list[str], out: 
         head = f"  {'contender':16s} {unit:>10s} {'vs ' + BASELINE:>11s} {'CPU µs/op':>10s} {'vs ' + BASELINE:>11s}"
         if w.latency:
             head += f" {'p50 µs':>8s} {'p99 µs':>8s}"
+        counted = any("syscalls_per_op" in r for c in contenders for r in rows.get(c, []))
+        if counted:
+            head += f" {'syscalls/op':>11s}"
         print(head, file=out)
         for c in contenders:
             if c not in rows:
@@ -48,6 +51,8 @@ def table(results: dict, workloads: list[Workload], contenders: list[str], out: 
                     f"{m['cpu_us']:10.2f} {_ratio(m['cpu_us'], base and base['cpu_us']):>11s}")
             if w.latency:
                 line += f" {m['p50_us']:8.1f} {m['p99_us']:8.1f}"
+            if counted:
+                line += f" {m['syscalls_per_op']:11.3f}" if "syscalls_per_op" in m else f" {'n/a':>11s}"
             print(line, file=out)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,26 @@ LOADGEN_CPU = 0
 class Timing:
     warmup: float
     seconds: float
+    syscalls: bool = False   # count the server's system calls with perf during the window
+
+
+def _perf(pid: int) -> subprocess.Popen | None:
+    if not shutil.which("perf"):
+        return None
+    return subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _perf_count(perf: subprocess.Popen | None) -> int | None:
+    if perf is None:
+        return None
+    perf.send_signal(signal.SIGINT)
+    err = perf.communicate(timeout=10)[1]
+    for line in err.splitlines():
+        field = line.split(",")[0]
+        if "raw_syscalls:sys_enter" in line and field.isdigit():
+            return int(field)
+    return None
 
 
 def _percentile(sorted_ns: list[int], q: float) -> float:
@@ -51,9 +72,13 @@ def run(contender: str, w: Workload, timing: Timing) -> dict:
                              req_size=w.req, resp_size=w.resp)
             with lg:
                 lg.run(timing.warmup)
+                perf = _perf(server.pid) if timing.syscalls else None
+                if perf is not None:
+                    time.sleep(0.1)  # perf attaches
                 server.send_signal(signal.SIGUSR1)
                 win = lg.run(timing.seconds, latencies=w.latency)
                 server.send_signal(signal.SIGUSR1)
+                syscalls = _perf_count(perf)
                 time.sleep(0.02)  # let the server take the second mark before the connections go
         finally:
             os.sched_setaffinity(0, range(ncpu))
@@ -67,11 +92,14 @@ def run(contender: str, w: Workload, timing: Timing) -> dict:
         server.kill()
         server.wait()
         raise
-    if w.mode == "bulk":
-        writes = win.bytes_in / w.chunk
-        return {"gbps": win.bytes_in / win.seconds / 1e9, "cpu_us": cpu / writes * 1e6 if writes else float("nan")}
+    ops = win.bytes_in / w.chunk if w.mode == "bulk" else win.responses
     lats = sorted(win.latencies_ns)
-    res = {"rps": win.responses / win.seconds, "cpu_us": cpu / win.responses * 1e6 if win.responses else float("nan")}
+    if w.mode == "bulk":
+        res = {"gbps": win.bytes_in / win.seconds / 1e9, "cpu_us": cpu / ops * 1e6 if ops else float("nan")}
+    else:
+        res = {"rps": win.responses / win.seconds, "cpu_us": cpu / ops * 1e6 if ops else float("nan")}
+    if syscalls is not None and ops:
+        res["syscalls_per_op"] = syscalls / ops
     if w.latency:
         res["p50_us"] = _percentile(lats, 0.50)
         res["p99_us"] = _percentile(lats, 0.99)

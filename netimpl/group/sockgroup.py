@@ -30,6 +30,20 @@ ReadCallback = Callable[["SockGroup", "Sock"], Any]
 
 __all__ = ["SockGroup", "optimal_group"]
 
+_NUMBER = (int, float)
+
+
+def _check_poll_args(max_events: object, timeout: object) -> None:
+    """Raise the exception that names what is wrong with poll's arguments."""
+    if isinstance(max_events, bool) or not isinstance(max_events, int):
+        raise TypeError(f"max_events must be an int, not {max_events!r}")
+    if max_events <= 0:
+        raise ValueError(f"max_events must be positive, not {max_events!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, _NUMBER) or math.isnan(timeout):
+        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, not {timeout!r}")
+
 
 class SockGroup:
     """Polls sockets of any backend; see :mod:`netimpl` for the contract."""
@@ -119,14 +133,8 @@ class SockGroup:
         Waits up to ``timeout`` seconds in the kernel when nothing is ready;
         0 never blocks. Returns the number of read callbacks made.
         """
-        if isinstance(max_events, bool) or not isinstance(max_events, int):
-            raise TypeError(f"max_events must be an int, not {max_events!r}")
-        if max_events <= 0:
-            raise ValueError(f"max_events must be positive, not {max_events!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
-            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-        if timeout < 0:
-            raise ValueError(f"timeout must be >= 0, not {timeout!r}")
+        if not (type(max_events) is int and max_events > 0 and type(timeout) in _NUMBER and timeout >= 0):
+            _check_poll_args(max_events, timeout)
         if self._closed:
             raise ebadf()
         self.stats.polls += 1
@@ -143,7 +151,10 @@ class SockGroup:
             time.sleep(wait)
         if callback_errors.pending:
             callback_errors.reraise()
+        return self._serve(max_events)
 
+    def _serve(self, max_events: int) -> int:
+        ready = self._ready
         served = 0
         socks = self._socks
         while served < max_events and ready:

@@ -14,6 +14,8 @@ ffibuilder.set_source(
     "netimpl.uring._ring",
     (_here / "ring.c").read_text(),
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+    # ring.c reads Python buffers (Py_buffer, list macros): the full C API, built for this interpreter.
+    py_limited_api=False,
 )
 
 if __name__ == "__main__":

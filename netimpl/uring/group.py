@@ -56,25 +56,6 @@ CLOSE_WAIT = 5.0
 _abandoned: list[Ring] = []
 
 
-def _address(buf, keep: list):
-    """A ``void *`` to ``buf``'s bytes, valid while the request holding ``buf`` lives.
-
-    A cffi handle on a *memoryview* is released at once: if a garbage cycle
-    held both, the collector could clear the memoryview first and the
-    handle's release would then touch freed memory (a segfault seen here).
-    The memoryview itself, referenced by the request until its callback,
-    keeps its base exported, so the address stays valid. Handles on other
-    buffers are kept in ``keep`` until the send's CQE.
-    """
-    ptr = ffi.from_buffer(buf)
-    if type(buf) is memoryview:
-        addr = ffi.cast("void *", ffi.cast("uintptr_t", ptr))
-        ffi.release(ptr)
-        return addr
-    keep.append(ptr)
-    return ptr
-
-
 class UringGroupImpl(GroupImpl):
     """The uring part of a :class:`netimpl.SockGroup`."""
 
@@ -172,19 +153,13 @@ class UringGroupImpl(GroupImpl):
             send = sock._send = ffi.new("struct ni_send *")
             send.fd = sock._fd
             send.msg_flags = _SEND_FLAGS
-        keep = []
-        iov = send.iov
-        for i, b in enumerate(iovs):
-            iov[i].iov_base = _address(b, keep)
-            iov[i].iov_len = len(b)
-        send.iovcnt = len(iovs)
         zc = sock._zc is not None and self._zc_op and total >= sock._impl_opts.zerocopy_threshold
         send.zerocopy = zc
         ud = send.user_data = self._ud(SEND, sock, zc)
+        self.ring.prep_send_bufs(send, iovs)
+        sock._send_iovs = iovs  # the kernel reads these (slices included) until the CQE
         sock._send_ud = ud
-        sock._send_keep = keep
         self._inflight[sock] = self._inflight.get(sock, 0) + 1
-        self.ring.prep_send(send)
         if submit:
             sock.stats.syscalls += 1
             self.ring.submit()
@@ -250,7 +225,7 @@ class UringGroupImpl(GroupImpl):
 
     def _on_send(self, ud: int, sock: "UringSock", zc: bool, res: int, flags: int) -> None:
         sock._send_ud = 0
-        sock._send_keep = None
+        sock._send_iovs = None
         self._inflight[sock] = self._inflight.get(sock, 1) - 1
         stats = sock.stats
         touched: list = []

@@ -130,6 +130,13 @@ class Ring:
         """SENDMSG or SENDMSG_ZC from a ``struct ni_send`` the caller keeps alive until its CQE."""
         self._prep(lib.ni_prep_send, send)
 
+    def prep_send_bufs(self, send, bufs: list) -> None:
+        """SENDMSG(_ZC) of the bytes-like objects in ``bufs`` (1..64, a list), iovecs filled in C.
+
+        The objects must stay alive, unchanged, until the send's CQE.
+        """
+        self._prep(lib.ni_prep_send_bufs, send, id(bufs))
+
     def prep_sends(self, sends: list) -> None:
         """Prepare many sends in one call, submitting as the SQ fills."""
         i = 0

@@ -25,7 +25,7 @@ class UringSock(PosixSock):
         super().__init__(*args, **kw)
         self._send = None          # struct ni_send, allocated on the first ring send
         self._send_ud = 0          # user_data of the write task in flight, 0 when none
-        self._send_keep: list | None = None  # cffi buffer handles the kernel reads until the CQE
+        self._send_iovs: list | None = None  # what that task's iovecs point into
 
     def _flush(self) -> None:
         gi: "UringGroupImpl | None" = self._group_impl  # type: ignore[assignment]

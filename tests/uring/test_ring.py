@@ -156,23 +156,28 @@ def test_sendmsg_round_trip_through_the_ring():
 
 
 def test_memoryview_buffers_left_in_a_garbage_cycle_do_not_crash_the_collector():
-    """A cffi handle on a memoryview, collected in one cycle with it, crashed the interpreter.
+    """cffi handles on memoryviews, collected in one cycle with them, crashed the interpreter.
 
-    The frame of ``hold`` is kept in a cycle by its own exception's traceback;
-    the collector then clears the memoryview before the handle is freed.
+    The ring now reads addresses through the buffer protocol in C and keeps
+    no handle; the frame of ``hold`` is kept in a cycle by its own exception.
     """
     import subprocess
     import sys
     import textwrap
 
     code = textwrap.dedent("""
-        import gc
-        from netimpl.uring.group import _address
+        import gc, socket
+        from netimpl.uring.ring import Ring, ffi
 
         def hold():
-            payload = [b"hello ", bytearray(b"ring"), memoryview(b"!"), memoryview(bytearray(64))[8:]]
-            keep = []
-            ptrs = [_address(p, keep) for p in payload]
+            a, b = socket.socketpair()
+            ring = Ring(4, 8)
+            send = ffi.new("struct ni_send *")
+            send.fd = a.fileno()
+            payload = [memoryview(b"!"), memoryview(bytearray(64))[8:], bytearray(b"x")]
+            ring.prep_send_bufs(send, payload)
+            ring.submit(1, 1.0)
+            assert [res for _, res, _ in ring.reap()] == [58]
             try:
                 raise OSError(1, "keeps this frame in a cycle")
             except OSError as exc:
@@ -184,3 +189,25 @@ def test_memoryview_buffers_left_in_a_garbage_cycle_do_not_crash_the_collector()
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "survived" in out.stdout, out.stderr[-2000:]
+
+
+def test_send_from_a_buffer_list_and_its_refusals():
+    from netimpl.uring.ring import ffi
+
+    a, b = socket.socketpair()
+    with Ring(4, 8) as r:
+        send = ffi.new("struct ni_send *")
+        send.fd = a.fileno()
+        send.user_data = 9
+        bufs = [b"abc", bytearray(b"de"), memoryview(b"xfgx")[1:3]]  # alive until the CQE: the contract
+        r.prep_send_bufs(send, bufs)
+        r.submit(1, 1.0)
+        assert list(r.reap()) == [(9, 7, 0)]
+        assert b.recv(16) == b"abcdefg"
+        for bad in ([], [b"x"] * 65, [b"ok", 12], (b"tuple",)):
+            with pytest.raises(OSError) as info:
+                r.prep_send_bufs(send, bad)
+            assert info.value.errno == errno.EINVAL
+        assert r.sq_pending() == 0  # nothing half-prepared
+    a.close()
+    b.close()
