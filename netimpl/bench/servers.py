@@ -96,13 +96,16 @@ def serve_netimpl(impl: str, mode: str, a: int, b: int) -> None:
                 g.remove_sock(sock)
                 sock.close()
 
-    announce(lsock.getaddr()[1])
-    while not stop[0]:
-        while (s := lsock.accept()) is not None:
-            group.add_sock(s, on_accept)
+    def on_listener(g, listener):
+        for s in iter(listener.accept, None):
+            g.add_sock(s, on_accept)
             if mode == "bulk":
                 for _ in range(8):
                     s.writev_async(netimpl.Request([chunk], cb=refill, ctx=s))
+
+    group.add_sock(lsock, on_listener)
+    announce(lsock.getaddr()[1])
+    while not stop[0]:
         group.poll(max_events=64, timeout=0.005)
     finish()
 

@@ -131,7 +131,10 @@ class SockGroup:
         """Flush, reap completions, then serve up to ``max_events`` readable sockets.
 
         Waits up to ``timeout`` seconds in the kernel when nothing is ready;
-        0 never blocks. Returns the number of read callbacks made.
+        0 never blocks. What the read callbacks queue is flushed before
+        returning: posix sends it at once; uring prepares it, and the next
+        poll's single ``io_uring_enter`` submits it (keep polling). Returns
+        the number of read callbacks made.
         """
         if not (type(max_events) is int and max_events > 0 and type(timeout) in _NUMBER and timeout >= 0):
             _check_poll_args(max_events, timeout)
@@ -172,6 +175,12 @@ class SockGroup:
                 raise
             self._requeue(sock)
         self.stats.callbacks += served
+        if served:
+            # What the callbacks queued goes out now, not at the next poll: a reply
+            # leaves before the caller's loop does anything else (QD1 latency).
+            for gi in list(self._impls.values()):
+                if gi._dirty:
+                    gi.flush_dirty()
         if callback_errors.pending:
             callback_errors.reraise()
         return served

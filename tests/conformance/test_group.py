@@ -297,3 +297,21 @@ def test_read_callback_closes_another_ready_socket(net):
     for _ in range(5):
         g.poll()
     assert len(served) == 1  # the other was closed before its turn and never served
+
+
+def test_listener_in_a_group_accepts_from_its_callback(net):
+    """The README's pattern: a listening socket is readable when connections wait."""
+    lsock = net.listen()
+    g = net.group()
+    accepted: list[netimpl.Sock] = []
+
+    def on_listener(grp, listener):
+        for s in iter(listener.accept, None):
+            accepted.append(s)
+            net.socks.append(s)
+
+    g.add_sock(lsock, on_listener)
+    assert g.poll() == 0
+    clients = [net.connect("127.0.0.1", lsock.getaddr()[1]) for _ in range(3)]
+    wait_for(lambda: len(accepted) == 3, lambda: g.poll(timeout=0.01))
+    assert all(s.impl_name == net.impl for s in accepted) and len(clients) == 3
