@@ -34,6 +34,8 @@ WORKLOADS = [
     Workload("read-16x32", "read-like, 16 connections x 32 outstanding", "rr", 64, 4 * KiB, conns=16, depth=32),
     Workload("write-16x32", "write-like, 16 connections x 32 outstanding", "rr", 4 * KiB + 64, 64, conns=16, depth=32),
     Workload("many-1000", "1,000 connections, 5% active, read-like", "rr", 64, 4 * KiB, conns=1000, active=50),
+    Workload("small-64x8", "small requests 64 B -> 64 B, 64 connections x 8 outstanding", "rr", 64, 64,
+             conns=64, depth=8),
 ]
 
 BY_NAME = {w.name: w for w in WORKLOADS}

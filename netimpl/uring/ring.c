@@ -14,8 +14,7 @@
  *  - With IORING_FEAT_NODROP an overflowing CQ is not lost: the kernel keeps
  *    the CQEs, sets IORING_SQ_CQ_OVERFLOW and flushes them on the next
  *    GETEVENTS enter (or answers EBUSY until the application reaps).
- *  - Python never fills an SQE: each prep call fills one whole, and
- *    ni_prep_sends fills a batch for many sockets in one call.
+ *  - Python never fills an SQE: each prep call fills one whole.
  *  - ni_prep_send_bufs reads the iovecs straight from a Python list of
  *    bytes-like objects (the buffer protocol, as socket.sendmsg does):
  *    filling them field by field through cffi cost ~5x more. cffi drops the
@@ -358,21 +357,6 @@ int ni_prep_send_bufs(struct ni_ring *r, struct ni_send *s, uintptr_t buf_list)
 out:
     PyGILState_Release(gil);
     return rc ? rc : ni_prep_send(r, s);
-}
-
-int ni_prep_sends(struct ni_ring *r, struct ni_send **sends, unsigned n)
-{
-    unsigned i;
-    int rc;
-
-    for (i = 0; i < n; i++) {
-        rc = ni_prep_send(r, sends[i]);
-        if (rc == -EBUSY)
-            return (int)i;     /* SQ full: the caller submits and prepares the rest */
-        if (rc < 0)
-            return i ? (int)i : rc;
-    }
-    return (int)n;
 }
 
 int ni_submit(struct ni_ring *r, unsigned wait_nr, int64_t timeout_ns)

@@ -137,17 +137,6 @@ class Ring:
         """
         self._prep(lib.ni_prep_send_bufs, send, id(bufs))
 
-    def prep_sends(self, sends: list) -> None:
-        """Prepare many sends in one call, submitting as the SQ fills."""
-        i = 0
-        n = len(sends)
-        while i < n:
-            arr = ffi.new("struct ni_send *[]", sends[i:])
-            done = check(lib.ni_prep_sends(self._r, arr, n - i), "ni_prep_sends")
-            i += done
-            if i < n:
-                self.submit()
-
     def submit(self, wait_nr: int = 0, timeout: float | None = None) -> int:
         """Submit what is prepared and, with ``wait_nr``, wait up to ``timeout`` seconds for completions.
 
