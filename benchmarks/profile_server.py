@@ -12,9 +12,7 @@ import cProfile
 import os
 import pstats
 import signal
-import socket
 import sys
-import threading
 
 from netimpl.bench import servers
 from netimpl.bench.loadgen import LoadGen

@@ -267,7 +267,7 @@ def test_request_callback_closes_another_socket_with_completions_in_the_same_bat
         cb_.close()
 
     ca.writev_async(netimpl.Request([b"a" * 1000], cb=a_done))
-    for i in range(5):
+    for _i in range(5):
         cb_.writev_async(netimpl.Request([b"b" * 1000], cb=lambda r, st: log["b"].append(st)))
     wait_for(lambda: log["a"] and len(log["b"]) == 5, lambda: g.poll(timeout=0.01))
     assert log["a"] == [0]

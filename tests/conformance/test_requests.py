@@ -55,7 +55,7 @@ def test_remove_sock_cancels_queued_requests_and_the_socket_lives_on(net):
     group = net.group()
     group.add_sock(client, lambda g, s: None)
     log = []
-    for i in range(40):
+    for _i in range(40):
         client.writev_async(netimpl.Request([bytes(64 * 1024)], cb=lambda r, st: log.append(st)))
     group.poll()
     group.remove_sock(client)
@@ -116,7 +116,7 @@ def test_peer_reset_while_requests_are_queued(net):
     events = []
     group.add_sock(client, lambda g, s: events.append("readable"))
     log = []
-    for i in range(100):
+    for _i in range(100):
         client.writev_async(netimpl.Request([bytes(32 * 1024)], cb=lambda r, st: log.append(st)))
     group.poll()
     assert len(log) < 100  # the peer does not read: most are still queued

@@ -134,7 +134,7 @@ def test_impl_opts_apply_to_sockets_created_afterwards():
             with netimpl.listen("127.0.0.1", 0, impl="posix") as lsock, \
                     netimpl.connect("127.0.0.1", lsock.getaddr()[1], impl="posix") as after:
                 assert after._pipe is None
-            with netimpl.connect("127.0.0.1", before.getaddr()[1], impl="posix") as c:
+            with netimpl.connect("127.0.0.1", before.getaddr()[1], impl="posix"):
                 s = None
                 while s is None:
                     s = before.accept()

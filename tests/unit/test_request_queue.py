@@ -168,7 +168,7 @@ def test_exception_from_a_callback_is_raised_after_every_completion_ran():
 
 def test_64_iovecs_flush_at_once():
     sock = FakeSock()
-    for i in range(63):
+    for _i in range(63):
         sock.writev_async(Request([b"x"]))
     assert len(sock.sent) == 0
     sock.writev_async(Request([b"y"]))
