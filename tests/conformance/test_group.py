@@ -209,7 +209,7 @@ def test_300_connections_and_no_fd_leak(net):
         if n:
             got[sock] = bytes(buf[:n])
 
-    for i in range(300):
+    for _ in range(300):
         clients.append(netimpl.connect("127.0.0.1", port, impl=net.impl))
         s = None
         while s is None:
