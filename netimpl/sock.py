@@ -395,10 +395,10 @@ class Sock:
         zero-copy sends in flight complete when the kernel releases them."""
         if self._closed:
             return
-        self._closed = True
         group = self._group
         if group is not None:
-            group._detach(self)
+            group._detach(self)  # first: if the backend refuses, nothing has changed
+        self._closed = True
         self._fail_queued(errno.ECANCELED)
         if self._cb_cnt == 0 and not self._close_deferred:
             self._close_now()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import select
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -62,6 +63,7 @@ class UringGroupImpl(GroupImpl):
     def __init__(self, impl: "UringImpl") -> None:
         super().__init__(impl)
         self._ring: Ring | None = None
+        self._ring_thread: threading.Thread | None = None  # the thread that created the ring: the only one that may enter it
         self._ops: dict[int, tuple] = {}          # user_data -> (kind, sock, extra)
         self._next_ud = 1
         self._unarmed: dict["UringSock", None] = {}
@@ -79,6 +81,7 @@ class UringGroupImpl(GroupImpl):
             # Per socket at most a poll, a send and its notification, and a cancel, in flight at once.
             cq = min(max(opts.cq_entries, CQES_PER_SOCK * len(self.socks)), MAX_CQ_ENTRIES)  # type: ignore[attr-defined]
             ring = self._ring = Ring(opts.ring_entries, cq)  # type: ignore[attr-defined]
+            self._ring_thread = threading.current_thread()
         return ring
 
     def fileno(self) -> int:
@@ -97,6 +100,10 @@ class UringGroupImpl(GroupImpl):
         self._inflight[sock] = 0
 
     def remove_sock(self, sock: "UringSock") -> None:  # type: ignore[override]
+        if self._inflight.get(sock, 0) and self._ring is not None and threading.current_thread() is not self._ring_thread:
+            # Checked before anything changes: the socket stays whole, in its group.
+            raise OSError(errno.EEXIST, f"{sock!r} has io_uring operations in flight; remove or close it "
+                                        "on the thread that polls its group (IORING_SETUP_SINGLE_ISSUER)")
         self._unarmed.pop(sock, None)
         if self._inflight.get(sock, 0) and self._ring is not None:
             self._removing.add(sock)
