@@ -12,7 +12,8 @@ Facts that shape it:
   pages; with IORING_SEND_ZC_REPORT_USAGE its res says whether it copied.
   A request completes on the notification only.
 * The ring is created on first use by the thread that polls, so that
-  IORING_SETUP_SINGLE_ISSUER holds: a group must be polled by one thread.
+  IORING_SETUP_SINGLE_ISSUER holds: a group must be polled, and its sockets
+  removed or closed, by that one thread; another thread is refused up front.
 * Completions are reaped into a backlog before any is dispatched. Removing a
   socket from inside a callback cancels its operations and dispatches the
   backlog entries that are its own while waiting, leaving the others for the
