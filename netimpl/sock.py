@@ -194,7 +194,7 @@ class Sock:
             raise ebadf()
         return self._recv([_byte_view(b) for b in bufs])
 
-    def _recv(self, views: list[memoryview]) -> int | None:
+    def _recv(self, views: list[Any]) -> int | None:
         pipe = self._pipe
         if pipe is None:
             n = self._readv(views)

@@ -47,8 +47,8 @@ def table(results: dict, workloads: list[Workload], contenders: list[str], out: 
             m = medians(rows[c])
             val = m[w.metric]
             shown = f"{val:10.2f}" if w.metric == "gbps" else f"{val:10.0f}"
-            line = (f"  {c:16s} {shown} {_ratio(val, base and base[w.metric]):>11s} "
-                    f"{m['cpu_us']:10.2f} {_ratio(m['cpu_us'], base and base['cpu_us']):>11s}")
+            line = (f"  {c:16s} {shown} {_ratio(val, base[w.metric] if base else None):>11s} "
+                    f"{m['cpu_us']:10.2f} {_ratio(m['cpu_us'], base['cpu_us'] if base else None):>11s}")
             if w.latency:
                 line += f" {m['p50_us']:8.1f} {m['p99_us']:8.1f}"
             if counted:

@@ -58,6 +58,7 @@ def run(contender: str, w: Workload, timing: Timing) -> dict:
     args = [str(w.req), str(w.resp)] if w.mode == "rr" else [str(w.chunk)]
     server = subprocess.Popen([sys.executable, "-m", "netimpl.bench.servers", contender, w.mode, *args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert server.stdout is not None and server.stderr is not None
     try:
         line = server.stdout.readline()
         if not line.strip().isdigit():

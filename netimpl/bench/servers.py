@@ -115,6 +115,7 @@ def serve_netimpl(impl: str, mode: str, a: int, b: int) -> None:
 def serve_asyncio(loop_kind: str, mode: str, a: int, b: int) -> None:
     import asyncio
 
+    loop: asyncio.AbstractEventLoop
     if loop_kind == "uvloop":
         import uvloop
 
@@ -159,7 +160,7 @@ def serve_asyncio(loop_kind: str, mode: str, a: int, b: int) -> None:
 
     stop = loop.create_future()
     loop.add_signal_handler(signal.SIGUSR1, mark)
-    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+    loop.add_signal_handler(signal.SIGTERM, lambda: None if stop.done() else stop.set_result(None))
 
     async def main():
         server = await loop.create_server(RR if mode == "rr" else Bulk, "127.0.0.1", 0)

@@ -98,7 +98,7 @@ class PosixGroupImpl(GroupImpl):
             want.discard(sock)
             if not sock._closed:
                 self._ep.modify(sock._fd, _WATCH)
-        for sock in dirty:
+        for sock in dirty:  # type: ignore[assignment]
             if sock not in want and not sock._closed:
                 want.add(sock)
                 self._ep.modify(sock._fd, _WATCH | EPOLLOUT)
