@@ -54,3 +54,9 @@ def test_library_calls_print_nothing(capsys):
     netimpl.impls()
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_info_into_a_closed_pipe_exits_quietly():
+    out = subprocess.run(f"{sys.executable} -m netimpl info | head -1", shell=True, capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.startswith("backend") and "Traceback" not in out.stderr
