@@ -45,8 +45,6 @@ def finish() -> None:
 def serve_netimpl(impl: str, mode: str, a: int, b: int) -> None:
     import netimpl
 
-    if os.environ.get("NETIMPL_BENCH_OPTS"):
-        netimpl.set_impl_opts(impl, **json.loads(os.environ["NETIMPL_BENCH_OPTS"]))
     lsock = netimpl.listen("127.0.0.1", 0, impl=impl)
     group = netimpl.SockGroup()
     stop = [False]

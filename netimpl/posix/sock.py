@@ -40,21 +40,12 @@ _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 class PosixSock(Sock):
     """A socket of backend ``posix``."""
 
-    @property
-    def _sys(self):
-        """The syscall seam; setting it (tests do) rebinds the calls used on the hot path."""
-        return self.__sys
-
-    @_sys.setter
-    def _sys(self, sys) -> None:
-        self.__sys = sys
-        self._sys_readv = sys.readv
-        self._sys_sendmsg = sys.sendmsg
+    #: The syscall seam; a test replaces it per socket.
+    _sys = SYSCALLS
 
     def __init__(self, impl: "PosixImpl", s: socket.socket, impl_opts: "ImplOpts", sock_opts: "SockOpts",
                  *, server: bool, listener: bool = False) -> None:
         super().__init__(impl, s.fileno(), impl_opts, sock_opts)
-        self._sys = SYSCALLS
         self._s = s
         self._listener = listener
         self._zc: ZcTracker | None = None
@@ -145,7 +136,7 @@ class PosixSock(Sock):
         while True:
             self.stats.syscalls += 1
             try:
-                return self._sys_readv(self._fd, bufs)
+                return self._sys.readv(self._fd, bufs)
             except BlockingIOError:
                 return None
             except InterruptedError:
@@ -155,7 +146,7 @@ class PosixSock(Sock):
         while True:
             self.stats.syscalls += 1
             try:
-                return self._sys_sendmsg(self._s, bufs, _SEND_FLAGS)
+                return self._sys.sendmsg(self._s, bufs, _SEND_FLAGS)
             except BlockingIOError:
                 return None
             except InterruptedError:
@@ -167,7 +158,7 @@ class PosixSock(Sock):
             self._check_zcopy()
         queued = self._queued
         stats = self.stats
-        sendmsg = self._sys_sendmsg
+        sendmsg = self._sys.sendmsg
         s = self._s
         threshold = self._impl_opts.zerocopy_threshold
         while queued:
