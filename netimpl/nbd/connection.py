@@ -1,0 +1,394 @@
+"""One client connection: negotiation, then the request loop.
+
+Every group callback does one receive through the socket's recv pipe,
+either into the connection's buffer (request headers, small payloads: one
+receive serves a whole queue-depth's worth of requests) or, when a write
+payload did not fit, straight into the store's write target. It then
+answers every complete request in the buffer and queues all the replies of
+that batch as one :class:`netimpl.Request`: header and data iovecs side by
+side, the data a slice of the store, so that a queue depth of 32 reads
+costs one receive and one ``sendmsg`` of 64 iovecs.
+
+Replies go out in the order the requests arrived. A request the server
+cannot honour (past the end, over the maximum length, a write to a
+read-only export, an unknown command) gets the protocol's error and the
+connection goes on; a client that breaks the framing (wrong magic, bad
+option data) is logged and dropped. Neither touches another connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import netimpl
+
+from . import protocol as P
+from .handshake import Negotiation, ProtocolError, Session, negotiate
+
+if TYPE_CHECKING:
+    from .server import NbdServer
+
+logger = logging.getLogger("netimpl.nbd")
+
+__all__ = ["Connection"]
+
+BUFFER_SIZE = 256 << 10        # request headers and payloads that fit are received here
+_REQUEST = P.REQUEST
+_REQUEST_SIZE = P.REQUEST.size
+_SIMPLE = P.SIMPLE_REPLY.pack
+_CHUNK = P.CHUNK.pack
+_CHUNK_DATA = P.CHUNK_OFFSET_DATA.pack
+_CHUNK_ERROR = P.CHUNK_ERROR.pack
+_REQUEST_MAGIC = P.NBD_REQUEST_MAGIC
+_SIMPLE_MAGIC = P.NBD_SIMPLE_REPLY_MAGIC
+_STRUCTURED_MAGIC = P.NBD_STRUCTURED_REPLY_MAGIC
+_DONE = P.NBD_REPLY_FLAG_DONE
+_MAX = P.MAX_BLOCK_SIZE
+_FUA = P.NBD_CMD_FLAG_FUA
+_NO_HOLE = P.NBD_CMD_FLAG_NO_HOLE
+
+#: errnos the protocol can carry; anything else is reported as EIO
+_NBD_ERRNOS = frozenset((P.NBD_EPERM, P.NBD_EIO, P.NBD_ENOMEM, P.NBD_EINVAL, P.NBD_ENOSPC,
+                         P.NBD_EOVERFLOW, P.NBD_ENOTSUP, P.NBD_ESHUTDOWN))
+
+
+def _nbd_errno(exc: OSError) -> int:
+    return exc.errno if exc.errno in _NBD_ERRNOS else P.NBD_EIO
+
+
+class _Payload:
+    """A write whose payload is still arriving: where it goes and what to answer."""
+
+    __slots__ = ("handle", "flags", "offset", "length", "target", "token", "got", "error")
+
+    def __init__(self, handle: int, flags: int, offset: int, length: int, target: memoryview | None,
+                 token: Any, error: int) -> None:
+        self.handle = handle
+        self.flags = flags
+        self.offset = offset
+        self.length = length
+        self.target = target          # None: the payload is read and dropped (the reply is `error`)
+        self.token = token
+        self.got = 0
+        self.error = error
+
+
+class Connection:
+    """Serves one client from its group callback (:meth:`readable`)."""
+
+    def __init__(self, server: "NbdServer", sock: netimpl.Sock) -> None:
+        self.server = server
+        self.sock = sock
+        _, _, host, port = sock.getaddr()
+        self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.session: Session | None = None
+        self.requests = 0
+        self._buf = bytearray(BUFFER_SIZE)
+        self._mv = memoryview(self._buf)
+        self._pos = 0
+        self._end = 0
+        self._payload: _Payload | None = None
+        self._free: list[netimpl.Request] = []       # reply requests to reuse
+        self._last: netimpl.Request | None = None     # the latest reply request still in flight
+        self._closing = False                          # NBD_CMD_DISC: close once _last is sent
+        self._closed = False
+        self._negotiation: Negotiation | None = negotiate(server.exports, self._send)
+        self._need = next(self._negotiation)
+
+    def __repr__(self) -> str:
+        return f"<nbd Connection {self.peer} export={self.session.name if self.session else None!r}>"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        self.sock.writev_async(netimpl.Request([data]))
+
+    def close(self) -> None:
+        """Leave the group and close the socket; queued replies are cancelled. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        sock = self.sock
+        if sock.group is not None:
+            sock.group.remove_sock(sock)
+        sock.close()
+        self.server._forget(self)
+
+    def _drop(self, why: str, *args: Any) -> None:
+        logger.warning("%s: " + why + "; dropping the connection", self.peer, *args)
+        self.close()
+
+    def _reply_done(self, req: netimpl.Request, status: int) -> None:
+        tokens = req.ctx
+        if tokens:
+            assert self.session is not None
+            release = self.session.store.release
+            for token in tokens:
+                release(token)
+            tokens.clear()
+        self._free.append(req)
+        if req is self._last:
+            self._last = None
+            if self._closing:
+                self.close()
+
+    def _queue(self, out: list[Any], tokens: list[Any] | None) -> None:
+        req = self._free.pop() if self._free else netimpl.Request((), cb=self._reply_done, ctx=[])
+        req.bufs = out
+        if tokens:
+            req.ctx.extend(tokens)
+        self._last = req
+        self.sock.writev_async(req)
+
+    # -- the group callback ----------------------------------------------------------------------
+
+    def readable(self, group: netimpl.SockGroup, sock: netimpl.Sock) -> None:
+        """Data, EOF or an error is waiting: receive once and answer what is complete.
+
+        Whatever goes wrong with this client ends this client only.
+        """
+        if self._closed:
+            return
+        try:
+            self._readable(sock)
+        except ProtocolError as exc:
+            self._drop("%s", exc)
+        except Exception:
+            logger.exception("%s: internal error serving the client; dropping the connection", self.peer)
+            self.close()
+
+    def _readable(self, sock: netimpl.Sock) -> None:
+        payload = self._payload
+        try:
+            if payload is not None:
+                if payload.target is not None:
+                    n = sock.recv_into(payload.target[payload.got:])
+                else:                                 # dropped: received into the idle buffer
+                    n = sock.recv_into(self._mv[:min(payload.length - payload.got, BUFFER_SIZE)])
+            else:
+                self._make_room()
+                n = sock.recv_into(self._mv[self._end:])
+        except OSError as exc:
+            logger.info("%s: receive failed: %s", self.peer, exc)
+            self.close()
+            return
+        if n is None:
+            return
+        if n == 0:
+            if payload is not None or self._end > self._pos:
+                logger.warning("%s: client went away in the middle of a request", self.peer)
+            else:
+                logger.info("%s: client disconnected after %d requests", self.peer, self.requests)
+            self.close()
+            return
+        if payload is not None:
+            payload.got += n
+            if payload.got < payload.length:
+                return
+            out: list[Any] = []
+            self._payload = None
+            self._finish_write(payload, out)
+            self._queue(out, None)
+            return
+        self._end += n
+        if self._negotiation is not None:
+            self._negotiate()
+            if self._negotiation is not None or self._closed:
+                return
+        self._serve()
+
+    def _make_room(self) -> None:
+        pos, end = self._pos, self._end
+        if pos == end:
+            self._pos = self._end = 0
+        elif pos > BUFFER_SIZE // 2 or end == BUFFER_SIZE:
+            self._buf[:end - pos] = self._mv[pos:end]
+            self._pos, self._end = 0, end - pos
+
+    # -- negotiation ------------------------------------------------------------------------------
+
+    def _negotiate(self) -> None:
+        gen = self._negotiation
+        assert gen is not None
+        while self._end - self._pos >= self._need:
+            pos, need = self._pos, self._need
+            data = bytes(self._mv[pos:pos + need])
+            self._pos = pos + need
+            try:
+                self._need = gen.send(data)
+            except StopIteration as stop:
+                self._negotiation = None
+                session = stop.value
+                if session is None:
+                    logger.info("%s: client ended the negotiation", self.peer)
+                    self.sock.flush()
+                    self.close()
+                    return
+                self.session = session
+                logger.info("%s: serving export %r (%s replies)", self.peer, session.name,
+                            "structured" if session.structured else "simple")
+                return
+
+    # -- transmission -----------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Answer every complete request in the buffer; queue the replies as one request."""
+        session = self.session
+        assert session is not None
+        store = session.store
+        rview = store.read_view
+        wview = store.write_view
+        size = store.size
+        read_only = store.read_only
+        structured = session.structured
+        buf, mv = self._buf, self._mv
+        pos, end = self._pos, self._end
+        unpack = _REQUEST.unpack_from
+        out: list[Any] = []
+        tokens: list[Any] = []
+        served = 0
+        disconnect = False
+        while end - pos >= _REQUEST_SIZE:
+            magic, flags, cmd, handle, offset, length = unpack(buf, pos)
+            pos += _REQUEST_SIZE
+            served += 1
+            if magic != _REQUEST_MAGIC:
+                self._pos = pos
+                raise ProtocolError(f"request magic {magic:#x} is not NBD_REQUEST_MAGIC")
+            error = 0
+            if cmd == 0:                                              # NBD_CMD_READ
+                if offset + length > size or length > _MAX:
+                    error = self._range_error(cmd, offset, length, size)
+                elif length == 0:
+                    pass
+                else:
+                    if rview is not None:
+                        data = rview[offset:offset + length]
+                    else:
+                        try:
+                            data, token = store.read(offset, length)
+                        except OSError as exc:
+                            logger.error("%s: read at %d+%d failed: %s", self.peer, offset, length, exc)
+                            error = _nbd_errno(exc)
+                        else:
+                            tokens.append(token)
+                    if not error:
+                        if structured:
+                            out.append(_CHUNK_DATA(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_OFFSET_DATA,
+                                                   handle, length + 8, offset))
+                        else:
+                            out.append(_SIMPLE(_SIMPLE_MAGIC, 0, handle))
+                        out.append(data)
+                        continue
+            elif cmd == 1:                                            # NBD_CMD_WRITE
+                if read_only:
+                    error = P.NBD_EPERM
+                elif offset + length > size or length > _MAX:
+                    error = self._range_error(cmd, offset, length, size)
+                avail = end - pos
+                if avail < length:                    # the payload is still arriving
+                    self._start_payload(handle, flags, offset, length, error, mv[pos:end], store)
+                    pos = end
+                    break
+                if not error:
+                    try:
+                        if wview is not None:
+                            wview[offset:offset + length] = mv[pos:pos + length]
+                            if flags & _FUA:
+                                store.commit(offset, length, None, True)
+                        else:
+                            store.write(offset, mv[pos:pos + length], bool(flags & _FUA))
+                    except OSError as exc:
+                        logger.error("%s: write at %d+%d failed: %s", self.peer, offset, length, exc)
+                        error = _nbd_errno(exc)
+                pos += length
+            elif cmd == 3:                                            # NBD_CMD_FLUSH
+                error = self._store_call(store.flush)
+            elif cmd == 4 or cmd == 6:                                # NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES
+                if read_only:
+                    error = P.NBD_EPERM
+                elif offset + length > size:
+                    error = self._range_error(cmd, offset, length, size)
+                elif cmd == 4:
+                    error = self._store_call(store.trim, offset, length)
+                else:
+                    error = self._store_call(store.zero, offset, length, not flags & _NO_HOLE)
+                if not error and flags & _FUA:
+                    error = self._store_call(store.flush)
+            elif cmd == 2:                                            # NBD_CMD_DISC
+                disconnect = True
+                served -= 1
+                break
+            else:
+                logger.warning("%s: unsupported command %d (%s)", self.peer, cmd,
+                               P.CMD_NAMES.get(cmd, "unknown"))
+                error = P.NBD_EINVAL
+            if structured:
+                if error:
+                    out.append(_CHUNK_ERROR(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_ERROR, handle, 6, error, 0))
+                else:
+                    out.append(_CHUNK(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_NONE, handle, 0))
+            else:
+                out.append(_SIMPLE(_SIMPLE_MAGIC, error, handle))
+        self._pos, self._end = pos, end
+        self.requests += served
+        if disconnect:
+            logger.info("%s: client disconnected (NBD_CMD_DISC) after %d requests", self.peer, self.requests)
+            self._closing = True
+        if out:
+            self._queue(out, tokens)
+        if disconnect:
+            if self._last is None:
+                self.close()
+            elif not self._closed:
+                self.sock.flush()
+
+    def _range_error(self, cmd: int, offset: int, length: int, size: int) -> int:
+        logger.warning("%s: %s at %d+%d is past the end (%d) or over the maximum (%d)", self.peer,
+                       P.CMD_NAMES[cmd], offset, length, size, _MAX)
+        return P.NBD_EINVAL
+
+    def _store_call(self, fn: Any, *args: Any) -> int:
+        try:
+            fn(*args)
+        except OSError as exc:
+            logger.error("%s: %s%r failed: %s", self.peer, getattr(fn, "__name__", fn), args, exc)
+            return _nbd_errno(exc)
+        return 0
+
+    def _start_payload(self, handle: int, flags: int, offset: int, length: int, error: int,
+                       head: memoryview, store: Any) -> None:
+        """A write's payload is partly here: keep what arrived, receive the rest into its target."""
+        target = token = None
+        if not error:
+            try:
+                target, token = store.write_target(offset, length)
+            except OSError as exc:
+                logger.error("%s: write at %d+%d failed: %s", self.peer, offset, length, exc)
+                error = _nbd_errno(exc)
+        payload = _Payload(handle, flags, offset, length, target, token, error)
+        if target is not None:
+            target[:len(head)] = head
+        payload.got = len(head)
+        self._payload = payload
+
+    def _finish_write(self, payload: _Payload, out: list[Any]) -> None:
+        error = payload.error
+        if not error and payload.target is not None:
+            store = self.session.store if self.session else None
+            assert store is not None
+            try:
+                store.commit(payload.offset, payload.length, payload.token, bool(payload.flags & _FUA))
+            except OSError as exc:
+                logger.error("%s: write at %d+%d failed: %s", self.peer, payload.offset, payload.length, exc)
+                error = _nbd_errno(exc)
+            payload.target.release()
+        if self.session is not None and self.session.structured:
+            if error:
+                out.append(_CHUNK_ERROR(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_ERROR, payload.handle, 6,
+                                        error, 0))
+            else:
+                out.append(_CHUNK(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_NONE, payload.handle, 0))
+        else:
+            out.append(_SIMPLE(_SIMPLE_MAGIC, error, payload.handle))

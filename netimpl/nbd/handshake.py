@@ -1,0 +1,160 @@
+"""Fixed newstyle negotiation, as a generator the connection feeds.
+
+:func:`negotiate` is written top to bottom like a blocking protocol
+exchange: it *yields* how many bytes it needs next and is sent exactly
+those bytes; replies go out through ``send``. It returns the
+:class:`Session` to serve (``NBD_OPT_EXPORT_NAME`` or ``NBD_OPT_GO``), or
+``None`` when the client aborts. A client that breaks the protocol raises
+:class:`ProtocolError`, and its connection is dropped.
+
+Options served: EXPORT_NAME, ABORT, LIST, INFO, GO (with NBD_INFO_EXPORT,
+and NBD_INFO_NAME, NBD_INFO_DESCRIPTION and NBD_INFO_BLOCK_SIZE when
+asked) and STRUCTURED_REPLY. Every other option, STARTTLS and the metadata
+contexts included, gets ``NBD_REP_ERR_UNSUP``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, Generator, Mapping
+
+from . import protocol as P
+from .store import Store
+
+__all__ = ["negotiate", "Session", "ProtocolError", "transmission_flags"]
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+Negotiation = Generator[int, bytes, "Session | None"]
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol; the message says how. Its connection is dropped."""
+
+
+@dataclass
+class Session:
+    """What negotiation agreed: the export and the reply style."""
+
+    name: str
+    store: Store
+    structured: bool
+    flags: int
+
+
+def transmission_flags(store: Store, structured: bool) -> int:
+    """The transmission flags an export is offered with."""
+    flags = (P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_SEND_FUA | P.NBD_FLAG_SEND_TRIM
+             | P.NBD_FLAG_SEND_WRITE_ZEROES | P.NBD_FLAG_CAN_MULTI_CONN)
+    if store.read_only:
+        flags |= P.NBD_FLAG_READ_ONLY
+    if structured:
+        flags |= P.NBD_FLAG_SEND_DF       # a read is always answered in one chunk
+    return flags
+
+
+def _reply(option: int, rtype: int, data: bytes = b"") -> bytes:
+    return P.OPTION_REPLY.pack(P.NBD_REP_MAGIC, option, rtype, len(data)) + data
+
+
+def _name(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} {raw[:64]!r} is not UTF-8") from None
+
+
+def negotiate(exports: Mapping[str, Store], send: Callable[[bytes], None]) -> Negotiation:
+    """Haggle options with one client; see the module docstring."""
+    send(P.GREETING.pack(P.NBDMAGIC, P.IHAVEOPT, P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES))
+    (cflags,) = _U32.unpack((yield 4))
+    if cflags & ~P.CLIENT_FLAGS_KNOWN:
+        raise ProtocolError(f"client flags {cflags:#x} set bits this server did not offer")
+    no_zeroes = bool(cflags & P.NBD_FLAG_C_NO_ZEROES)
+    structured = False
+    while True:
+        magic, option, length = P.OPTION.unpack((yield P.OPTION.size))
+        if magic != P.IHAVEOPT:
+            raise ProtocolError(f"option magic {magic:#x} is not IHAVEOPT")
+        if length > P.MAX_OPTION_LENGTH:
+            raise ProtocolError(f"option {option} carries {length} bytes (at most {P.MAX_OPTION_LENGTH})")
+        data = (yield length) if length else b""
+
+        if option == P.NBD_OPT_EXPORT_NAME:
+            name = _name(data, "export name")
+            store = exports.get(name)
+            if store is None:            # this option has no error reply: the session ends
+                raise ProtocolError(f"NBD_OPT_EXPORT_NAME asked for unknown export {name!r}")
+            flags = transmission_flags(store, structured)
+            send(P.EXPORT_NAME_REPLY.pack(store.size, flags) + (b"" if no_zeroes else bytes(124)))
+            return Session(name, store, structured, flags)
+
+        if option == P.NBD_OPT_ABORT:
+            send(_reply(option, P.NBD_REP_ACK))
+            return None
+
+        if option == P.NBD_OPT_LIST:
+            if data:
+                send(_reply(option, P.NBD_REP_ERR_INVALID, b"NBD_OPT_LIST takes no data"))
+                continue
+            for name, store in exports.items():
+                raw = name.encode()
+                send(_reply(option, P.NBD_REP_SERVER, _U32.pack(len(raw)) + raw + store.describe().encode()))
+            send(_reply(option, P.NBD_REP_ACK))
+            continue
+
+        if option == P.NBD_OPT_STRUCTURED_REPLY:
+            if data:
+                send(_reply(option, P.NBD_REP_ERR_INVALID, b"NBD_OPT_STRUCTURED_REPLY takes no data"))
+                continue
+            structured = True
+            send(_reply(option, P.NBD_REP_ACK))
+            continue
+
+        if option in (P.NBD_OPT_INFO, P.NBD_OPT_GO):
+            session = _info(option, data, exports, structured, send)
+            if session is not None and option == P.NBD_OPT_GO:
+                return session
+            continue
+
+        send(_reply(option, P.NBD_REP_ERR_UNSUP, f"option {option} is not supported".encode()))
+
+
+def _info(option: int, data: bytes, exports: Mapping[str, Store], structured: bool,
+          send: Callable[[bytes], None]) -> Session | None:
+    """Answer NBD_OPT_INFO or NBD_OPT_GO; the session it describes, or None after an error reply."""
+    if len(data) < 6:
+        send(_reply(option, P.NBD_REP_ERR_INVALID, b"truncated INFO/GO request"))
+        return None
+    (nlen,) = _U32.unpack_from(data, 0)
+    if 4 + nlen + 2 > len(data):
+        send(_reply(option, P.NBD_REP_ERR_INVALID, b"export name runs past the option"))
+        return None
+    raw = data[4:4 + nlen]
+    (nreq,) = _U16.unpack_from(data, 4 + nlen)
+    if len(data) != 4 + nlen + 2 + 2 * nreq:
+        send(_reply(option, P.NBD_REP_ERR_INVALID, b"information request count does not match the length"))
+        return None
+    requests = {_U16.unpack_from(data, 6 + nlen + 2 * i)[0] for i in range(nreq)}
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        send(_reply(option, P.NBD_REP_ERR_INVALID, b"export name is not UTF-8"))
+        return None
+    store = exports.get(name)
+    if store is None:
+        send(_reply(option, P.NBD_REP_ERR_UNKNOWN, f"no export named {name!r}".encode()))
+        return None
+    flags = transmission_flags(store, structured)
+    send(_reply(option, P.NBD_REP_INFO, P.INFO_EXPORT.pack(P.NBD_INFO_EXPORT, store.size, flags)))
+    if P.NBD_INFO_NAME in requests:
+        send(_reply(option, P.NBD_REP_INFO, _U16.pack(P.NBD_INFO_NAME) + raw))
+    if P.NBD_INFO_DESCRIPTION in requests:
+        send(_reply(option, P.NBD_REP_INFO, _U16.pack(P.NBD_INFO_DESCRIPTION) + store.describe().encode()))
+    if P.NBD_INFO_BLOCK_SIZE in requests:
+        send(_reply(option, P.NBD_REP_INFO, P.INFO_BLOCK_SIZE.pack(
+            P.NBD_INFO_BLOCK_SIZE, P.MIN_BLOCK_SIZE, P.PREFERRED_BLOCK_SIZE, P.MAX_BLOCK_SIZE)))
+    send(_reply(option, P.NBD_REP_ACK))
+    return Session(name, store, structured, flags)

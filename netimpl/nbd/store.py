@@ -1,0 +1,409 @@
+"""Backing stores: the bytes an export reads and writes.
+
+- :class:`MemoryStore`: one shared anonymous mapping, allocated as it is
+  written. A read reply is a slice of it, sent as it is (no copy in
+  Python, none in the kernel when zero-copy is in force), and a write
+  payload is received straight into it.
+- :class:`FileStore`: a file through the page cache. Reads are slices of a
+  mapping of it; writes go through ``pwritev``, so a full disk
+  is an ``ENOSPC`` reply rather than the SIGBUS a writable mapping takes.
+- :class:`DirectFileStore`: a file opened ``O_DIRECT``. Reads land in
+  page-aligned bounce buffers that go back to a pool when the reply's
+  request completes.
+
+Why sending from the live store is safe: a client can only order a write
+after a read by waiting for the read's reply, and the reply has reached it
+by then (bytes the client has received are never sent again), so a later
+write cannot change what that reply carries. Two requests in flight at
+once have no order in NBD either way.
+
+Trimming and zeroing whole pages of a mapping use ``madvise(MADV_REMOVE)``
+(shared memory frees them; a file gets a hole, as ``FALLOC_FL_PUNCH_HOLE``),
+so a trimmed gigabyte costs no writes; the edges are written with zeroes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import re
+import stat
+from typing import Any
+
+logger = logging.getLogger("netimpl.nbd")
+
+__all__ = ["Store", "MemoryStore", "FileStore", "DirectFileStore", "open_file_store", "parse_size"]
+
+PAGE = mmap.PAGESIZE
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)   # Linux: no swap reserved for a sparse export
+_ZERO_CHUNK = memoryview(bytes(1 << 20))
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
+
+
+def parse_size(text: str) -> int:
+    """``"1G"``, ``"512MiB"``, ``"4096"`` → bytes (binary units); ``ValueError`` naming the text otherwise."""
+    if not isinstance(text, str):
+        raise TypeError(f"size must be a string like '1G', not {text!r}")
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"size {text!r} is not a number of bytes with an optional K/M/G/T/P suffix")
+    return int(m.group(1)) << _UNITS[m.group(2).lower()]
+
+
+class Store:
+    """The bytes behind one export.
+
+    ``read_view`` is the whole export as a memoryview when reads can be
+    served straight from a mapping, and ``write_view`` likewise for writes;
+    otherwise the methods below lend out bounce buffers. Offsets and
+    lengths are checked by the caller.
+    """
+
+    kind = "store"
+    read_view: memoryview | None = None
+    write_view: memoryview | None = None
+
+    def __init__(self, size: int, read_only: bool) -> None:
+        self.size = size
+        self.read_only = read_only
+
+    def describe(self) -> str:
+        """One line for the startup banner and ``NBD_OPT_LIST``."""
+        return f"{self.kind} {_human(self.size)}{', read-only' if self.read_only else ''}"
+
+    def read(self, offset: int, length: int) -> tuple[Any, Any]:
+        """``(buffer, token)``: the bytes to send, and what to :meth:`release` once sent (or None)."""
+        assert self.read_view is not None
+        return self.read_view[offset:offset + length], None
+
+    def release(self, token: Any) -> None:
+        """Take back a buffer that :meth:`read` or :meth:`write_target` lent out."""
+
+    def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        """Write ``data`` that is already in hand (durable before returning when ``fua``)."""
+        view, token = self.write_target(offset, len(data))
+        view[:] = data
+        self.commit(offset, len(data), token, fua)
+
+    def write_target(self, offset: int, length: int) -> tuple[memoryview, Any]:
+        """``(view, token)``: where a write payload of ``length`` bytes should be received."""
+        assert self.write_view is not None
+        return self.write_view[offset:offset + length], None
+
+    def commit(self, offset: int, length: int, token: Any, fua: bool) -> None:
+        """The payload is in the write target: make it the export's (durable first when ``fua``)."""
+
+    def flush(self) -> None:
+        """Make every completed write durable."""
+
+    def trim(self, offset: int, length: int) -> None:
+        """The client no longer needs these bytes; they read back as zeroes here."""
+        self.zero(offset, length, may_trim=True)
+
+    def zero(self, offset: int, length: int, may_trim: bool) -> None:
+        """Zero a range; ``may_trim`` allows freeing it rather than writing zeroes."""
+        pos, end = offset, offset + length
+        while pos < end:
+            n = min(end - pos, len(_ZERO_CHUNK))
+            self.write(pos, _ZERO_CHUNK[:n], fua=False)
+            pos += n
+
+    def close(self) -> None:
+        """Flush and release the store; idempotent."""
+
+
+def _human(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << (shift - 10)) == 0:
+            return f"{n / (1 << shift):g} {unit}"
+    return f"{n} B"
+
+
+class _BouncePool:
+    """Page-aligned buffers (anonymous mappings) kept by size for reuse."""
+
+    KEEP = 64
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[mmap.mmap]] = {}
+
+    def get(self, length: int) -> mmap.mmap:
+        size = max(PAGE, -(-length // PAGE) * PAGE)
+        free = self._free.get(size)
+        return free.pop() if free else mmap.mmap(-1, size)
+
+    def put(self, buf: mmap.mmap) -> None:
+        free = self._free.setdefault(len(buf), [])
+        if len(free) < self.KEEP:
+            free.append(buf)
+        else:
+            buf.close()
+
+    def close(self) -> None:
+        for free in self._free.values():
+            for buf in free:
+                buf.close()
+        self._free.clear()
+
+
+def _punch(mm: mmap.mmap, offset: int, end: int) -> tuple[int, int] | None:
+    """Free the whole pages of ``[offset, end)`` with MADV_REMOVE; the page range, or None if refused."""
+    first = -(-offset // PAGE) * PAGE
+    last = end // PAGE * PAGE
+    if last <= first:
+        return None
+    try:
+        mm.madvise(mmap.MADV_REMOVE, first, last - first)
+    except OSError as exc:        # a file system without hole punching: the caller writes zeroes
+        logger.debug("MADV_REMOVE refused (%s); writing zeroes", exc)
+        return None
+    return first, last
+
+
+class MemoryStore(Store):
+    """An export in memory, zero-filled and allocated as it is written (``--size``)."""
+
+    kind = "memory"
+
+    def __init__(self, size: int, read_only: bool = False) -> None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"memory store size must be an int, not {size!r}")
+        if size <= 0:
+            raise ValueError(f"memory store size must be positive, not {size}")
+        super().__init__(size, read_only)
+        self._mmap: mmap.mmap | None = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
+                                                 | MAP_NORESERVE)
+        self.read_view = self.write_view = memoryview(self._mmap)
+
+    def zero(self, offset: int, length: int, may_trim: bool) -> None:
+        end = offset + length
+        pages = _punch(self._mmap, offset, end) if may_trim and self._mmap is not None else None
+        if pages is None:
+            super().zero(offset, length, may_trim)
+        else:
+            super().zero(offset, pages[0] - offset, False)
+            super().zero(pages[1], end - pages[1], False)
+
+    def close(self) -> None:
+        mm, self._mmap = self._mmap, None
+        if mm is None:
+            return
+        for view in (self.read_view, self.write_view):
+            if view is not None:
+                view.release()
+        self.read_view = self.write_view = None
+        try:
+            mm.close()
+        except BufferError:       # a reply still holds a slice: the mapping goes with the last one
+            logger.debug("memory store still exported at close; left to the collector")
+
+
+class FileStore(Store):
+    """An export backed by a regular file or block device, through the page cache.
+
+    Reads are slices of a shared read-only mapping; writes go through
+    ``pwritev``, so a full disk is an ``ENOSPC`` reply rather than the
+    SIGBUS a store through a writable mapping would take.
+    """
+
+    kind = "file"
+
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        self.path = path
+        fd = _open(path, os.O_RDONLY if read_only else os.O_RDWR)
+        try:
+            size = _fd_size(fd, path)
+            # Writable only so that MADV_REMOVE may punch holes; nothing is stored through it.
+            access = mmap.ACCESS_READ if read_only else mmap.ACCESS_WRITE
+            mm = mmap.mmap(fd, size, access=access) if size else None
+        except BaseException:
+            os.close(fd)
+            raise
+        super().__init__(size, read_only)
+        self._fd = fd
+        self._mmap = mm
+        self.read_view = memoryview(mm).toreadonly() if mm is not None else memoryview(b"")
+        self._bounce = _BouncePool()
+
+    def describe(self) -> str:
+        return f"{self.path} ({super().describe()})"
+
+    def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        done = os.pwritev(self._fd, [data], offset, os.RWF_DSYNC if fua else 0)
+        if done != len(data):
+            raise OSError(errno.ENOSPC, f"short write to {self.path} at {offset}: {done} of {len(data)} bytes")
+
+    def write_target(self, offset: int, length: int) -> tuple[memoryview, Any]:
+        buf = self._bounce.get(length)
+        return memoryview(buf)[:length], buf
+
+    def commit(self, offset: int, length: int, token: Any, fua: bool) -> None:
+        view = memoryview(token)[:length]
+        try:
+            self.write(offset, view, fua)
+        finally:
+            view.release()
+            self._bounce.put(token)
+
+    def flush(self) -> None:
+        if not self.read_only:
+            os.fdatasync(self._fd)
+
+    def zero(self, offset: int, length: int, may_trim: bool) -> None:
+        end = offset + length
+        pages = _punch(self._mmap, offset, end) if may_trim and self._mmap is not None else None
+        if pages is None:
+            super().zero(offset, length, may_trim)
+        else:
+            super().zero(offset, pages[0] - offset, False)
+            super().zero(pages[1], end - pages[1], False)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        try:
+            self.flush_fd(fd)
+        finally:
+            if self.read_view is not None:
+                self.read_view.release()
+            self.read_view = None
+            if self._mmap is not None:
+                try:
+                    self._mmap.close()
+                except BufferError:
+                    logger.debug("%s still exported at close; left to the collector", self.path)
+            self._bounce.close()
+            os.close(fd)
+
+    def flush_fd(self, fd: int) -> None:
+        if not self.read_only:
+            os.fdatasync(fd)
+
+
+class DirectFileStore(Store):
+    """An export backed by a file opened ``O_DIRECT``: no page cache, aligned bounce buffers.
+
+    Unaligned requests read (and for writes, read, modify and write back)
+    the aligned blocks around them; the file's size must be a multiple of
+    the alignment.
+    """
+
+    kind = "file, O_DIRECT"
+    ALIGN = 4096
+
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        self.path = path
+        fd = _open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_DIRECT)
+        try:
+            size = _fd_size(fd, path)
+            if size % self.ALIGN:
+                raise ValueError(f"export file {path!r} is {size} bytes; O_DIRECT needs a multiple "
+                                 f"of {self.ALIGN}")
+        except BaseException:
+            os.close(fd)
+            raise
+        super().__init__(size, read_only)
+        self._fd = fd
+        self._bounce = _BouncePool()
+
+    def describe(self) -> str:
+        return f"{self.path} ({super().describe()})"
+
+    def _cover(self, offset: int, length: int) -> tuple[int, int]:
+        a = self.ALIGN
+        return offset // a * a, -(-(offset + length) // a) * a
+
+    def _pread(self, buf: mmap.mmap, at: int, start: int, end: int) -> None:
+        view = memoryview(buf)[at:at + end - start]
+        try:
+            got = os.preadv(self._fd, [view], start)
+        finally:
+            view.release()
+        if got != end - start:
+            raise OSError(errno.EIO, f"short read from {self.path} at {start}: {got} of {end - start} bytes")
+
+    def read(self, offset: int, length: int) -> tuple[Any, Any]:
+        start, end = self._cover(offset, length)
+        buf = self._bounce.get(end - start)
+        try:
+            self._pread(buf, 0, start, end)
+        except BaseException:
+            self._bounce.put(buf)
+            raise
+        return memoryview(buf)[offset - start:offset - start + length], buf
+
+    def release(self, token: Any) -> None:
+        self._bounce.put(token)
+
+    def write_target(self, offset: int, length: int) -> tuple[memoryview, Any]:
+        start, end = self._cover(offset, length)
+        buf = self._bounce.get(end - start)
+        a, tail = self.ALIGN, offset + length
+        try:
+            if offset != start:                       # read-modify-write the partial first block
+                self._pread(buf, 0, start, start + a)
+            if tail % a:                              # ... and the partial last one
+                last = tail // a * a
+                if not (offset != start and last == start):
+                    self._pread(buf, last - start, last, last + a)
+        except BaseException:
+            self._bounce.put(buf)
+            raise
+        return memoryview(buf)[offset - start:tail - start], (buf, start, end)
+
+    def commit(self, offset: int, length: int, token: Any, fua: bool) -> None:
+        buf, start, end = token
+        view = memoryview(buf)[:end - start]
+        try:
+            done = os.pwritev(self._fd, [view], start, os.RWF_DSYNC if fua else 0)
+        finally:
+            view.release()
+            self._bounce.put(buf)
+        if done != end - start:
+            raise OSError(errno.ENOSPC, f"short write to {self.path} at {start}: {done} of {end - start} bytes")
+
+    def flush(self) -> None:
+        if not self.read_only:
+            os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        try:
+            self.flush_fd(fd)
+        finally:
+            os.close(fd)
+            self._bounce.close()
+
+    def flush_fd(self, fd: int) -> None:
+        if not self.read_only:
+            os.fdatasync(fd)
+
+
+def _open(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL and flags & os.O_DIRECT:
+            raise OSError(exc.errno, f"{path}: this file system refuses O_DIRECT") from None
+        raise OSError(exc.errno, f"cannot open export file {path}: {exc.strerror}") from None
+
+
+def _fd_size(fd: int, path: str) -> int:
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    raise ValueError(f"export file {path!r} is neither a regular file nor a block device")
+
+
+def open_file_store(path: str, read_only: bool = False, direct: bool = False) -> Store:
+    """A file export: through the page cache, or ``O_DIRECT`` when ``direct``."""
+    return DirectFileStore(path, read_only) if direct else FileStore(path, read_only)
