@@ -13,7 +13,9 @@ Replies go out in the order the requests arrived. A request the server
 cannot honour (past the end, over the maximum length, a write to a
 read-only export, an unknown command) gets the protocol's error and the
 connection goes on; a client that breaks the framing (wrong magic, bad
-option data) is logged and dropped. Neither touches another connection.
+option data) is logged and dropped. Neither touches another connection. A
+write whose client vanishes in the middle of its payload may have landed
+in part, as a torn write does on a disk; it was never acknowledged.
 """
 
 from __future__ import annotations
@@ -124,8 +126,11 @@ class Connection:
         if tokens:
             assert self.session is not None
             release = self.session.store.release
-            for token in tokens:
-                release(token)
+            try:
+                for token in tokens:
+                    release(token)
+            except Exception:
+                logger.exception("%s: could not release a reply buffer", self.peer)
             tokens.clear()
         self._free.append(req)
         if req is self._last:

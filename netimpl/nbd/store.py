@@ -4,12 +4,12 @@
   written. A read reply is a slice of it, sent as it is (no copy in
   Python, none in the kernel when zero-copy is in force), and a write
   payload is received straight into it.
-- :class:`FileStore`: a file through the page cache. Reads are slices of a
-  mapping of it; writes go through ``pwritev``, so a full disk
-  is an ``ENOSPC`` reply rather than the SIGBUS a writable mapping takes.
-- :class:`DirectFileStore`: a file opened ``O_DIRECT``. Reads land in
-  page-aligned bounce buffers that go back to a pool when the reply's
-  request completes.
+- :class:`FileStore`: a file through the page cache, with ``preadv`` into
+  pooled buffers (back to the pool when the reply's request completes)
+  and ``pwritev``: system calls, so a full disk or a shrunk file is an
+  error reply rather than a SIGBUS.
+- :class:`DirectFileStore`: the same with ``O_DIRECT`` and page-aligned
+  bounce buffers.
 
 Why sending from the live store is safe: a client can only order a write
 after a read by waiting for the read's reply, and the reply has reached it
@@ -17,13 +17,15 @@ by then (bytes the client has received are never sent again), so a later
 write cannot change what that reply carries. Two requests in flight at
 once have no order in NBD either way.
 
-Trimming and zeroing whole pages of a mapping use ``madvise(MADV_REMOVE)``
-(shared memory frees them; a file gets a hole, as ``FALLOC_FL_PUNCH_HOLE``),
-so a trimmed gigabyte costs no writes; the edges are written with zeroes.
+Trimming frees rather than writes: ``madvise(MADV_REMOVE)`` for the whole
+pages of the memory store, ``fallocate(FALLOC_FL_PUNCH_HOLE)`` for files
+(``FALLOC_FL_ZERO_RANGE`` to zero without a hole), so a trimmed gigabyte
+costs no writes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import mmap
@@ -140,13 +142,15 @@ class _BouncePool:
         free = self._free.setdefault(len(buf), [])
         if len(free) < self.KEEP:
             free.append(buf)
-        else:
-            buf.close()
+        # else: dropped; unmapped when the last view of it (say, in a sent reply) goes
 
     def close(self) -> None:
         for free in self._free.values():
             for buf in free:
-                buf.close()
+                try:
+                    buf.close()
+                except BufferError:      # a view of it is still alive: the collector unmaps it
+                    pass
         self._free.clear()
 
 
@@ -205,104 +209,23 @@ class MemoryStore(Store):
 class FileStore(Store):
     """An export backed by a regular file or block device, through the page cache.
 
-    Reads are slices of a shared read-only mapping; writes go through
-    ``pwritev``, so a full disk is an ``ENOSPC`` reply rather than the
-    SIGBUS a store through a writable mapping would take.
+    Reads ``preadv`` into pooled buffers and writes ``pwritev`` straight
+    from the received payload. Not a mapping: a page fault on a file that
+    shrank, or on a full tmpfs, is a SIGBUS that would take the server
+    down, where a system call is an error reply to one request.
     """
 
     kind = "file"
+    ALIGN = 1
+    OPEN_FLAGS = 0
 
     def __init__(self, path: str, read_only: bool = False) -> None:
         self.path = path
-        fd = _open(path, os.O_RDONLY if read_only else os.O_RDWR)
-        try:
-            size = _fd_size(fd, path)
-            # Writable only so that MADV_REMOVE may punch holes; nothing is stored through it.
-            access = mmap.ACCESS_READ if read_only else mmap.ACCESS_WRITE
-            mm = mmap.mmap(fd, size, access=access) if size else None
-        except BaseException:
-            os.close(fd)
-            raise
-        super().__init__(size, read_only)
-        self._fd = fd
-        self._mmap = mm
-        self.read_view = memoryview(mm).toreadonly() if mm is not None else memoryview(b"")
-        self._bounce = _BouncePool()
-
-    def describe(self) -> str:
-        return f"{self.path} ({super().describe()})"
-
-    def write(self, offset: int, data: memoryview, fua: bool) -> None:
-        done = os.pwritev(self._fd, [data], offset, os.RWF_DSYNC if fua else 0)
-        if done != len(data):
-            raise OSError(errno.ENOSPC, f"short write to {self.path} at {offset}: {done} of {len(data)} bytes")
-
-    def write_target(self, offset: int, length: int) -> tuple[memoryview, Any]:
-        buf = self._bounce.get(length)
-        return memoryview(buf)[:length], buf
-
-    def commit(self, offset: int, length: int, token: Any, fua: bool) -> None:
-        view = memoryview(token)[:length]
-        try:
-            self.write(offset, view, fua)
-        finally:
-            view.release()
-            self._bounce.put(token)
-
-    def flush(self) -> None:
-        if not self.read_only:
-            os.fdatasync(self._fd)
-
-    def zero(self, offset: int, length: int, may_trim: bool) -> None:
-        end = offset + length
-        pages = _punch(self._mmap, offset, end) if may_trim and self._mmap is not None else None
-        if pages is None:
-            super().zero(offset, length, may_trim)
-        else:
-            super().zero(offset, pages[0] - offset, False)
-            super().zero(pages[1], end - pages[1], False)
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
-        try:
-            self.flush_fd(fd)
-        finally:
-            if self.read_view is not None:
-                self.read_view.release()
-            self.read_view = None
-            if self._mmap is not None:
-                try:
-                    self._mmap.close()
-                except BufferError:
-                    logger.debug("%s still exported at close; left to the collector", self.path)
-            self._bounce.close()
-            os.close(fd)
-
-    def flush_fd(self, fd: int) -> None:
-        if not self.read_only:
-            os.fdatasync(fd)
-
-
-class DirectFileStore(Store):
-    """An export backed by a file opened ``O_DIRECT``: no page cache, aligned bounce buffers.
-
-    Unaligned requests read (and for writes, read, modify and write back)
-    the aligned blocks around them; the file's size must be a multiple of
-    the alignment.
-    """
-
-    kind = "file, O_DIRECT"
-    ALIGN = 4096
-
-    def __init__(self, path: str, read_only: bool = False) -> None:
-        self.path = path
-        fd = _open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_DIRECT)
+        fd = _open(path, (os.O_RDONLY if read_only else os.O_RDWR) | self.OPEN_FLAGS)
         try:
             size = _fd_size(fd, path)
             if size % self.ALIGN:
-                raise ValueError(f"export file {path!r} is {size} bytes; O_DIRECT needs a multiple "
+                raise ValueError(f"export file {path!r} is {size} bytes; {self.kind} needs a multiple "
                                  f"of {self.ALIGN}")
         except BaseException:
             os.close(fd)
@@ -310,11 +233,13 @@ class DirectFileStore(Store):
         super().__init__(size, read_only)
         self._fd = fd
         self._bounce = _BouncePool()
+        self._refused: set[int] = set()     # fallocate modes the file system does not do
 
     def describe(self) -> str:
         return f"{self.path} ({super().describe()})"
 
     def _cover(self, offset: int, length: int) -> tuple[int, int]:
+        """The aligned range around ``[offset, offset + length)``."""
         a = self.ALIGN
         return offset // a * a, -(-(offset + length) // a) * a
 
@@ -326,6 +251,11 @@ class DirectFileStore(Store):
             view.release()
         if got != end - start:
             raise OSError(errno.EIO, f"short read from {self.path} at {start}: {got} of {end - start} bytes")
+
+    def _pwrite(self, data: memoryview, offset: int, fua: bool) -> None:
+        done = os.pwritev(self._fd, [data], offset, os.RWF_DSYNC if fua else 0)
+        if done != len(data):
+            raise OSError(errno.ENOSPC, f"short write to {self.path} at {offset}: {done} of {len(data)} bytes")
 
     def read(self, offset: int, length: int) -> tuple[Any, Any]:
         start, end = self._cover(offset, length)
@@ -339,6 +269,12 @@ class DirectFileStore(Store):
 
     def release(self, token: Any) -> None:
         self._bounce.put(token)
+
+    def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        if self.ALIGN == 1:
+            self._pwrite(data, offset, fua)
+        else:
+            super().write(offset, data, fua)
 
     def write_target(self, offset: int, length: int) -> tuple[memoryview, Any]:
         start, end = self._cover(offset, length)
@@ -360,30 +296,65 @@ class DirectFileStore(Store):
         buf, start, end = token
         view = memoryview(buf)[:end - start]
         try:
-            done = os.pwritev(self._fd, [view], start, os.RWF_DSYNC if fua else 0)
+            self._pwrite(view, start, fua)
         finally:
             view.release()
             self._bounce.put(buf)
-        if done != end - start:
-            raise OSError(errno.ENOSPC, f"short write to {self.path} at {start}: {done} of {end - start} bytes")
 
     def flush(self) -> None:
         if not self.read_only:
             os.fdatasync(self._fd)
+
+    def zero(self, offset: int, length: int, may_trim: bool) -> None:
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE if may_trim else FALLOC_FL_ZERO_RANGE
+        if mode not in self._refused and length:
+            try:
+                _fallocate(self._fd, mode, offset, length)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                logger.debug("%s: fallocate(%#x) refused (%s); writing zeroes", self.path, mode, exc)
+                self._refused.add(mode)
+        super().zero(offset, length, may_trim)
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1
         if fd < 0:
             return
         try:
-            self.flush_fd(fd)
+            if not self.read_only:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
             self._bounce.close()
 
-    def flush_fd(self, fd: int) -> None:
-        if not self.read_only:
-            os.fdatasync(fd)
+
+class DirectFileStore(FileStore):
+    """A file export opened ``O_DIRECT``: no page cache, page-aligned bounce buffers.
+
+    Unaligned requests read (and for writes, read, modify and write back)
+    the aligned blocks around them; the file's size must be a multiple of
+    the alignment.
+    """
+
+    kind = "file, O_DIRECT"
+    ALIGN = 4096
+    OPEN_FLAGS = os.O_DIRECT
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with a mode, which ``os.posix_fallocate`` does not take."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _open(path: str, flags: int) -> int:
