@@ -41,6 +41,8 @@ __all__ = ["Sock", "IOV_BATCH_SIZE"]
 
 #: Most iovecs gathered into one send, and the queue depth that flushes at once.
 IOV_BATCH_SIZE = 64
+#: reads of at least this many bytes bypass an empty recv pipe (SPDK's MIN_SOCK_PIPE_SIZE)
+MIN_SOCK_PIPE_SIZE = 1024
 
 
 def _byte_view(buf: Any) -> memoryview:
@@ -201,8 +203,9 @@ class Sock:
         else:
             if not pipe.bytes_available():
                 want = sum(len(v) for v in views)
-                if want >= pipe.capacity:
-                    # Large reads go straight to the caller's buffers.
+                if want >= MIN_SOCK_PIPE_SIZE:
+                    # As SPDK: a read this large gains nothing from the pipe but a copy;
+                    # it goes straight to the caller's buffers.
                     n = self._readv(views)
                     if n:
                         self.stats.bytes_received += n

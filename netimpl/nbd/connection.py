@@ -1,9 +1,10 @@
 """One client connection: negotiation, then the request loop.
 
 Every group callback does one receive through the socket's recv pipe,
-either into the connection's buffer (request headers, small payloads: one
-receive serves a whole queue-depth's worth of requests) or, when a write
-payload did not fit, straight into the store's write target. It then
+either into the connection's buffer (request headers and payloads up to
+64 KiB: one receive serves a whole queue-depth's worth of requests) or,
+for the rest of a larger write payload, straight into the store's write
+target. It then
 answers every complete request in the buffer and queues all the replies of
 that batch as one :class:`netimpl.Request`: header and data iovecs side by
 side, the data a slice of the store, so that a queue depth of 32 reads
@@ -35,7 +36,9 @@ logger = logging.getLogger("netimpl.nbd")
 
 __all__ = ["Connection"]
 
-BUFFER_SIZE = 256 << 10        # request headers and payloads that fit are received here
+BUFFER_SIZE = 256 << 10        # request headers and small payloads are received here
+_SMALL_PAYLOAD = 64 << 10      # larger write payloads are received straight into their target
+_RECEIVES_PER_CALL = 8         # then the group serves other clients
 _REQUEST = P.REQUEST
 _REQUEST_SIZE = P.REQUEST.size
 _SIMPLE = P.SIMPLE_REPLY.pack
@@ -164,6 +167,23 @@ class Connection:
             self.close()
 
     def _readable(self, sock: netimpl.Sock) -> None:
+        out: list[Any] = []              # the replies of this call, queued as one request
+        tokens: list[Any] = []           # store buffers they lend, released when it completes
+        for _ in range(_RECEIVES_PER_CALL):
+            if not self._receive(sock, out, tokens):
+                break
+        if self._closed:
+            return
+        if out:
+            self._queue(out, tokens)
+        if self._closing:
+            if self._last is None:
+                self.close()
+            else:
+                sock.flush()             # closed by _reply_done once the last reply is sent
+
+    def _receive(self, sock: netimpl.Sock, out: list[Any], tokens: list[Any]) -> bool:
+        """Receive once and answer what became complete; False when there is no point in receiving again."""
         payload = self._payload
         try:
             if payload is not None:
@@ -177,31 +197,28 @@ class Connection:
         except OSError as exc:
             logger.info("%s: receive failed: %s", self.peer, exc)
             self.close()
-            return
+            return False
         if n is None:
-            return
+            return False
         if n == 0:
             if payload is not None or self._end > self._pos:
                 logger.warning("%s: client went away in the middle of a request", self.peer)
             else:
                 logger.info("%s: client disconnected after %d requests", self.peer, self.requests)
             self.close()
-            return
+            return False
         if payload is not None:
             payload.got += n
-            if payload.got < payload.length:
-                return
-            out: list[Any] = []
-            self._payload = None
-            self._finish_write(payload, out)
-            self._queue(out, None)
-            return
+            if payload.got == payload.length:
+                self._payload = None
+                self._finish_write(payload, out)
+            return True
         self._end += n
         if self._negotiation is not None:
             self._negotiate()
             if self._negotiation is not None or self._closed:
-                return
-        self._serve()
+                return not self._closed
+        return self._serve(out, tokens)
 
     def _make_room(self) -> None:
         pos, end = self._pos, self._end
@@ -237,8 +254,8 @@ class Connection:
 
     # -- transmission -----------------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        """Answer every complete request in the buffer; queue the replies as one request."""
+    def _serve(self, out: list[Any], tokens: list[Any]) -> bool:
+        """Answer every complete request in the buffer into ``out``; False after NBD_CMD_DISC."""
         session = self.session
         assert session is not None
         store = session.store
@@ -250,8 +267,6 @@ class Connection:
         buf, mv = self._buf, self._mv
         pos, end = self._pos, self._end
         unpack = _REQUEST.unpack_from
-        out: list[Any] = []
-        tokens: list[Any] = []
         served = 0
         disconnect = False
         while end - pos >= _REQUEST_SIZE:
@@ -293,6 +308,10 @@ class Connection:
                     error = self._range_error(cmd, offset, length, size)
                 avail = end - pos
                 if avail < length:                    # the payload is still arriving
+                    if length <= _SMALL_PAYLOAD:      # wait for it here, and answer it with its batch
+                        pos -= _REQUEST_SIZE
+                        served -= 1
+                        break
                     self._start_payload(handle, flags, offset, length, error, mv[pos:end], store)
                     pos = end
                     break
@@ -341,13 +360,8 @@ class Connection:
         if disconnect:
             logger.info("%s: client disconnected (NBD_CMD_DISC) after %d requests", self.peer, self.requests)
             self._closing = True
-        if out:
-            self._queue(out, tokens)
-        if disconnect:
-            if self._last is None:
-                self.close()
-            elif not self._closed:
-                self.sock.flush()
+            return False
+        return True
 
     def _range_error(self, cmd: int, offset: int, length: int, size: int) -> int:
         logger.warning("%s: %s at %d+%d is past the end (%d) or over the maximum (%d)", self.peer,

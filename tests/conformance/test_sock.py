@@ -100,7 +100,7 @@ def test_large_reads_bypass_the_pipe_and_small_ones_use_it(net):
     payload = pattern(300_000)
     sent = 0
     data = bytearray()
-    big = bytearray(4 << 20)  # larger than the pipe: straight into this buffer
+    big = bytearray(4 << 20)  # at least MIN_SOCK_PIPE_SIZE: straight into this buffer
     while len(data) < len(payload):
         if sent < len(payload):
             sent += client.writev([memoryview(payload)[sent:]]) or 0

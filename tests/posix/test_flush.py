@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 from netimpl import Request
+from netimpl.sock import MIN_SOCK_PIPE_SIZE
 from netimpl._kernel import MSG_ZEROCOPY
 from tests.posix.conftest import force_zerocopy
 from tests.posix.scripted import Scripted, zc_cmsg
@@ -134,3 +135,28 @@ def test_writev_returns_none_and_writes_nothing_while_the_queue_cannot_drain(pai
     assert script.wire == b"que"
     assert client.writev([b"direct"]) == 6  # queue drains, then the direct write
     assert script.wire == b"queueddirect"
+
+
+def test_reads_of_a_kib_or_more_skip_an_empty_pipe_and_smaller_ones_fill_it(pair):
+    """SPDK's rule: the pipe batches small reads; a large read would only gain a copy from it."""
+    client, server = pair
+    seen = []
+
+    class Recording(Scripted):
+        def readv(self, fd, bufs):
+            seen.append([len(b) for b in bufs])
+            return super().readv(fd, bufs)
+
+    server._sys = Recording()
+    client.writev([b"x" * 3000])
+    big = bytearray(MIN_SOCK_PIPE_SIZE)
+    while server.recv_into(big) is None:
+        pass
+    assert seen[-1] == [MIN_SOCK_PIPE_SIZE]                   # the caller's buffer itself
+    small = bytearray(MIN_SOCK_PIPE_SIZE - 1)
+    assert server.recv_into(small) == len(small)              # the rest, through the pipe ...
+    assert sum(seen[-1]) > MIN_SOCK_PIPE_SIZE                 # ... which read what the kernel had
+    calls = len(seen)
+    while server.recv_into(bytearray(8)):
+        pass
+    assert len(seen) == calls + 1                             # the last 953 bytes: from the pipe, then EAGAIN
