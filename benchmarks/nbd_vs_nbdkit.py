@@ -1,6 +1,6 @@
 """fio's nbd engine against ``python -m netimpl.nbd`` (each backend) and ``nbdkit memory``, in one run.
 
-    python benchmarks/nbd_vs_nbdkit.py [--rounds 3] [--seconds 5] [--quick] [--json FILE]
+    python benchmarks/nbd_vs_nbdkit.py [--rounds 3] [--seconds 5] [--quick] [--only JOB] [--impl NAME] [--json FILE]
 
 Every server runs pinned to CPU 1 and fio to CPU 0. Each server gets the
 same 1 GiB memory export, prefilled over the 256 MiB that the jobs touch.
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="per fio run")
     p.add_argument("--quick", action="store_true", help="1 round of 2 s")
     p.add_argument("--impl", action="append", help="netimpl backends (default: every available one)")
+    p.add_argument("--only", metavar="TEXT", help="run only the jobs whose name contains TEXT")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     if args.quick:
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:                                     # same data behind every server
             fio(s.uri, "write", "128k", 8, None)
         for name, rw, bs, qd in JOBS:
+            if args.only and args.only not in name:
+                continue
             for rnd in range(args.rounds):
                 order = servers if rnd % 2 == 0 else servers[::-1]
                 for s in order:

@@ -4,7 +4,9 @@ Every group callback does one receive through the socket's recv pipe,
 either into the connection's buffer (request headers and payloads up to
 64 KiB: one receive serves a whole queue-depth's worth of requests) or,
 for the rest of a larger write payload, straight into the store's write
-target. It then
+target. After a large write the next receive is kept small, so that the
+next large payload lands in place rather than being copied over from the
+buffer. It then
 answers every complete request in the buffer and queues all the replies of
 that batch as one :class:`netimpl.Request`: header and data iovecs side by
 side, the data a slice of the store, so that a queue depth of 32 reads
@@ -39,6 +41,7 @@ __all__ = ["Connection"]
 BUFFER_SIZE = 256 << 10        # request headers and small payloads are received here
 _SMALL_PAYLOAD = 64 << 10      # larger write payloads are received straight into their target
 _RECEIVES_PER_CALL = 8         # then the group serves other clients
+_HEADER_READ = 4096            # the receive after a large write: its successor's header, little payload
 _REQUEST = P.REQUEST
 _REQUEST_SIZE = P.REQUEST.size
 _SIMPLE = P.SIMPLE_REPLY.pack
@@ -94,6 +97,7 @@ class Connection:
         self._pos = 0
         self._end = 0
         self._payload: _Payload | None = None
+        self._expect_large = False     # the last request was a large write: read headers alone
         self._free: list[netimpl.Request] = []       # reply requests to reuse
         self._last: netimpl.Request | None = None     # the latest reply request still in flight
         self._closing = False                          # NBD_CMD_DISC: close once _last is sent
@@ -193,7 +197,11 @@ class Connection:
                     n = sock.recv_into(self._mv[:min(payload.length - payload.got, BUFFER_SIZE)])
             else:
                 self._make_room()
-                n = sock.recv_into(self._mv[self._end:])
+                end = self._end
+                if self._expect_large:     # mostly a header: the payload after it is received in place
+                    n = sock.recv_into(self._mv[end:min(end + _HEADER_READ, BUFFER_SIZE)])
+                else:
+                    n = sock.recv_into(self._mv[end:])
         except OSError as exc:
             logger.info("%s: receive failed: %s", self.peer, exc)
             self.close()
@@ -357,6 +365,8 @@ class Connection:
                 out.append(_SIMPLE(_SIMPLE_MAGIC, error, handle))
         self._pos, self._end = pos, end
         self.requests += served
+        if served > 1:
+            self._expect_large = False
         if disconnect:
             logger.info("%s: client disconnected (NBD_CMD_DISC) after %d requests", self.peer, self.requests)
             self._closing = True
@@ -386,6 +396,7 @@ class Connection:
             except OSError as exc:
                 logger.error("%s: write at %d+%d failed: %s", self.peer, offset, length, exc)
                 error = _nbd_errno(exc)
+        self._expect_large = True
         payload = _Payload(handle, flags, offset, length, target, token, error)
         if target is not None:
             target[:len(head)] = head
