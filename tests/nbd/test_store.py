@@ -146,7 +146,7 @@ def test_bounce_buffers_given_back_while_a_view_lives_are_fine(tmp_path):
     store = FileStore(str(path))
     try:
         lent = [store.read(i * 4096, 4096) for i in range(200)]   # more than the pool keeps
-        for view, token in lent:
+        for _view, token in lent:
             store.release(token)                                  # the view (a sent reply) lives on
         assert bytes(lent[-1][0]) == path.read_bytes()[199 * 4096:200 * 4096]
     finally:
