@@ -81,7 +81,9 @@ class Request:
             raise TypeError(f"Request bufs must be a sequence of bytes-like objects, not {bufs!r:.60}") from None
         # The common case (bytes and bytearrays only) is checked and measured at C speed.
         if not _PLAIN_TYPES.issuperset(map(type, items)):
-            items = [_as_buffer(b, i) for i, b in enumerate(items)]
+            # Byte memoryviews (slices of a store, say) pass as they are; anything else is checked and cast.
+            items = [b if type(b) in _PLAIN or (type(b) is memoryview and b.format == "B" and b.ndim == 1
+                                                and b.c_contiguous) else _as_buffer(b, i) for i, b in enumerate(items)]
         self._bufs = items
         self._nbytes = sum(map(len, items))
 

@@ -198,10 +198,9 @@ class Connection:
             else:
                 self._make_room()
                 end = self._end
-                if self._expect_large:     # mostly a header: the payload after it is received in place
-                    n = sock.recv_into(self._mv[end:min(end + _HEADER_READ, BUFFER_SIZE)])
-                else:
-                    n = sock.recv_into(self._mv[end:])
+                # after a large write, mostly a header: the payload after it is received in place
+                want = min(_HEADER_READ, BUFFER_SIZE - end) if self._expect_large else BUFFER_SIZE - end
+                n = sock.recv_into(self._mv[end:end + want])
         except OSError as exc:
             logger.info("%s: receive failed: %s", self.peer, exc)
             self.close()

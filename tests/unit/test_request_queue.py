@@ -208,3 +208,15 @@ def test_zero_length_requests_complete_in_order():
     sock.writev_async(Request([b""], cb=lambda r, st: log.append("empty2")))
     sock.flush()
     assert log == ["a", "empty", "empty2"]
+
+
+def test_request_buffers_memoryviews_of_any_shape_count_in_bytes_and_strided_ones_are_refused():
+    import array
+
+    words = array.array("I", range(4))                      # 16 bytes, itemsize 4
+    grid = memoryview(bytearray(12)).cast("B", (3, 4))      # 2-D bytes
+    req = Request([memoryview(bytes(10))[2:5], grid, memoryview(words), b"x"])
+    assert req.nbytes == 3 + 12 + 16 + 1
+    assert [len(b) for b in req.bufs] == [3, 12, 16, 1]
+    with pytest.raises(ValueError, match=r"bufs\[1\] is not a contiguous"):
+        Request([b"ok", memoryview(bytes(10))[::2]])
