@@ -65,6 +65,15 @@ def _nbd_errno(exc: OSError) -> int:
     return exc.errno if exc.errno in _NBD_ERRNOS else P.NBD_EIO
 
 
+def _status_reply(structured: bool, handle: int, error: int) -> bytes:
+    """The whole reply to a request that carries no data back."""
+    if not structured:
+        return _SIMPLE(_SIMPLE_MAGIC, error, handle)
+    if error:
+        return _CHUNK_ERROR(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_ERROR, handle, 6, error, 0)
+    return _CHUNK(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_NONE, handle, 0)
+
+
 class _Payload:
     """A write whose payload is still arriving: where it goes and what to answer."""
 
@@ -287,9 +296,7 @@ class Connection:
             if cmd == 0:                                              # NBD_CMD_READ
                 if offset + length > size or length > _MAX:
                     error = self._range_error(cmd, offset, length, size)
-                elif length == 0:
-                    pass
-                else:
+                elif length:
                     if rview is not None:
                         data = rview[offset:offset + length]
                     else:
@@ -309,16 +316,16 @@ class Connection:
                         out.append(data)
                         continue
             elif cmd == 1:                                            # NBD_CMD_WRITE
+                partial = end - pos < length          # the payload is still arriving
+                if partial and length <= _SMALL_PAYLOAD:   # wait for it here, and answer it with its batch
+                    pos -= _REQUEST_SIZE
+                    served -= 1
+                    break
                 if read_only:
                     error = P.NBD_EPERM
                 elif offset + length > size or length > _MAX:
                     error = self._range_error(cmd, offset, length, size)
-                avail = end - pos
-                if avail < length:                    # the payload is still arriving
-                    if length <= _SMALL_PAYLOAD:      # wait for it here, and answer it with its batch
-                        pos -= _REQUEST_SIZE
-                        served -= 1
-                        break
+                if partial:
                     self._start_payload(handle, flags, offset, length, error, mv[pos:end], store)
                     pos = end
                     break
@@ -355,13 +362,7 @@ class Connection:
                 logger.warning("%s: unsupported command %d (%s)", self.peer, cmd,
                                P.CMD_NAMES.get(cmd, "unknown"))
                 error = P.NBD_EINVAL
-            if structured:
-                if error:
-                    out.append(_CHUNK_ERROR(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_ERROR, handle, 6, error, 0))
-                else:
-                    out.append(_CHUNK(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_NONE, handle, 0))
-            else:
-                out.append(_SIMPLE(_SIMPLE_MAGIC, error, handle))
+            out.append(_status_reply(structured, handle, error))
         self._pos, self._end = pos, end
         self.requests += served
         if served > 1:
@@ -403,21 +404,15 @@ class Connection:
         self._payload = payload
 
     def _finish_write(self, payload: _Payload, out: list[Any]) -> None:
+        session = self.session
+        assert session is not None
         error = payload.error
         if not error and payload.target is not None:
-            store = self.session.store if self.session else None
-            assert store is not None
+            store = session.store
             try:
                 store.commit(payload.offset, payload.length, payload.token, bool(payload.flags & _FUA))
             except OSError as exc:
                 logger.error("%s: write at %d+%d failed: %s", self.peer, payload.offset, payload.length, exc)
                 error = _nbd_errno(exc)
             payload.target.release()
-        if self.session is not None and self.session.structured:
-            if error:
-                out.append(_CHUNK_ERROR(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_ERROR, payload.handle, 6,
-                                        error, 0))
-            else:
-                out.append(_CHUNK(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_NONE, payload.handle, 0))
-        else:
-            out.append(_SIMPLE(_SIMPLE_MAGIC, error, payload.handle))
+        out.append(_status_reply(session.structured, payload.handle, error))
