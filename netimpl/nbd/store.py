@@ -271,10 +271,7 @@ class FileStore(Store):
         self._bounce.put(token)
 
     def write(self, offset: int, data: memoryview, fua: bool) -> None:
-        if self.ALIGN == 1:
-            self._pwrite(data, offset, fua)
-        else:
-            super().write(offset, data, fua)
+        self._pwrite(data, offset, fua)
 
     def write_target(self, offset: int, length: int) -> tuple[memoryview, Any]:
         start, end = self._cover(offset, length)
@@ -341,6 +338,8 @@ class DirectFileStore(FileStore):
     kind = "file, O_DIRECT"
     ALIGN = 4096
     OPEN_FLAGS = os.O_DIRECT
+
+    write = Store.write          # data in hand still goes through an aligned bounce buffer
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
