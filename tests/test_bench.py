@@ -52,7 +52,7 @@ def test_json_schema_and_figures_are_sane(quick_run):
     for r in doc["results"]:
         w = BY_NAME[r["workload"]]
         assert len(r["runs"]) == 1
-        keys = {w.metric, "cpu_us"} | ({"p50_us", "p99_us"} if w.latency else set())
+        keys = {w.metric, "cpu_us", "user_us"} | ({"p50_us", "p99_us"} if w.latency else set())
         assert set(r["median"]) == keys
         for k in keys:
             v = r["median"][k]
@@ -76,12 +76,12 @@ def test_bad_arguments_are_refused():
 def test_table_ratios_are_against_asyncio():
     w = BY_NAME["read-16x32"]
     results = {w.name: {"asyncio": [{"rps": 100.0, "cpu_us": 4.0}, {"rps": 300.0, "cpu_us": 2.0}],
-                        "netimpl:posix": [{"rps": 400.0, "cpu_us": 1.0}]}}
+                        "netimpl:posix": [{"rps": 400.0, "cpu_us": 1.0, "user_us": 0.25}]}}
     buf = io.StringIO()
     report.table(results, [w], ["netimpl:posix", "asyncio"], buf)
     row = next(line for line in buf.getvalue().splitlines() if "netimpl:posix" in line).split()
     # asyncio's medians are 200 req/s and 3 µs: netimpl is 2x the rate at 0.33x the CPU
-    assert row[1:5] == ["400", "2.00x", "1.00", "0.33x"]
+    assert row[1:6] == ["400", "2.00x", "1.00", "0.33x", "0.25"]  # and how much of the CPU was user time
     doc = report.to_json(results, [w], ["netimpl:posix", "asyncio"], {"rounds": 2})
     assert doc["results"][1]["median"] == {"rps": 200.0, "cpu_us": 3.0}
 

@@ -34,7 +34,8 @@ def table(results: dict, workloads: list[Workload], contenders: list[str], out: 
         base = medians(rows[BASELINE]) if BASELINE in rows else None
         unit = "GB/s" if w.metric == "gbps" else "req/s"
         print(f"\n{w.title}", file=out)
-        head = f"  {'contender':16s} {unit:>10s} {'vs ' + BASELINE:>11s} {'CPU µs/op':>10s} {'vs ' + BASELINE:>11s}"
+        head = (f"  {'contender':16s} {unit:>10s} {'vs ' + BASELINE:>11s} {'CPU µs/op':>10s} {'vs ' + BASELINE:>11s}"
+                f" {'of it user':>10s}")
         if w.latency:
             head += f" {'p50 µs':>8s} {'p99 µs':>8s}"
         counted = any("syscalls_per_op" in r for c in contenders for r in rows.get(c, []))
@@ -49,6 +50,7 @@ def table(results: dict, workloads: list[Workload], contenders: list[str], out: 
             shown = f"{val:10.2f}" if w.metric == "gbps" else f"{val:10.0f}"
             line = (f"  {c:16s} {shown} {_ratio(val, base[w.metric] if base else None):>11s} "
                     f"{m['cpu_us']:10.2f} {_ratio(m['cpu_us'], base['cpu_us'] if base else None):>11s}")
+            line += f" {m['user_us']:10.2f}" if "user_us" in m else f" {'':10s}"
             if w.latency:
                 line += f" {m['p50_us']:8.1f} {m['p99_us']:8.1f}"
             if counted:

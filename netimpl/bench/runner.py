@@ -88,7 +88,8 @@ def run(contender: str, w: Workload, timing: Timing) -> dict:
         marks = json.loads(out.strip().splitlines()[-1])
         if len(marks) < 2:
             raise RuntimeError(f"{contender} server missed its CPU marks: {err[-2000:]}")
-        cpu = marks[1] - marks[0]
+        user = marks[1][0] - marks[0][0]
+        cpu = user + marks[1][1] - marks[0][1]
     except BaseException:
         server.kill()
         server.wait()
@@ -96,9 +97,11 @@ def run(contender: str, w: Workload, timing: Timing) -> dict:
     ops = win.bytes_in / w.chunk if w.mode == "bulk" else win.responses
     lats = sorted(win.latencies_ns)
     if w.mode == "bulk":
-        res = {"gbps": win.bytes_in / win.seconds / 1e9, "cpu_us": cpu / ops * 1e6 if ops else float("nan")}
+        res = {"gbps": win.bytes_in / win.seconds / 1e9}
     else:
-        res = {"rps": win.responses / win.seconds, "cpu_us": cpu / ops * 1e6 if ops else float("nan")}
+        res = {"rps": win.responses / win.seconds}
+    res["cpu_us"] = cpu / ops * 1e6 if ops else float("nan")
+    res["user_us"] = user / ops * 1e6 if ops else float("nan")
     if syscalls is not None and ops:
         res["syscalls_per_op"] = syscalls / ops
     if w.latency:
