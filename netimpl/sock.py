@@ -89,6 +89,14 @@ class Sock:
         """*backend*: read from the kernel into ``bufs``; ``None`` on EAGAIN, 0 on EOF; may raise OSError."""
         raise NotImplementedError
 
+    def _read_into(self, buf: bytearray) -> int | None:
+        """*backend*: read from the kernel into one bytearray; as :meth:`_readv`.
+
+        The hot path of ``recv_into``; a backend overrides it when one buffer
+        can be read with less work than a vector.
+        """
+        return self._readv([buf])  # type: ignore[list-item]
+
     def _writev(self, bufs: list[Any]) -> int | None:
         """*backend*: write ``bufs`` directly (by copy); ``None`` on EAGAIN; may raise OSError."""
         raise NotImplementedError
@@ -188,7 +196,16 @@ class Sock:
         """Read into ``buf``: bytes read, 0 at EOF, ``None`` when nothing is readable now."""
         if self._closed:
             raise ebadf()
-        return self._recv([buf if type(buf) is bytearray else _byte_view(buf)])
+        if type(buf) is bytearray and len(buf) >= MIN_SOCK_PIPE_SIZE:
+            pipe = self._pipe
+            if pipe is None or not pipe.bytes_available():
+                # The common large read: no views, no pipe (see _recv).
+                n = self._read_into(buf)
+                if n:
+                    self.stats.bytes_received += n
+                return n
+            return self._recv([buf])
+        return self._recv([_byte_view(buf)])
 
     def readv(self, bufs: Iterable[Any]) -> int | None:
         """Read into several buffers in order; as :meth:`recv_into`."""

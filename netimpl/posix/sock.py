@@ -142,11 +142,21 @@ class PosixSock(Sock):
             except InterruptedError:
                 continue
 
+    def _read_into(self, buf: bytearray) -> int | None:
+        while True:
+            self.stats.syscalls += 1
+            try:
+                return self._sys.recv_into(self._s, buf)
+            except BlockingIOError:
+                return None
+            except InterruptedError:
+                continue
+
     def _writev(self, bufs: list[Any]) -> int | None:
         while True:
             self.stats.syscalls += 1
             try:
-                return self._sys.sendmsg(self._s, bufs, _SEND_FLAGS)
+                return self._sys.sendmsg(self._s, bufs, (), _SEND_FLAGS)
             except BlockingIOError:
                 return None
             except InterruptedError:
@@ -169,7 +179,7 @@ class PosixSock(Sock):
             use_zc = zc is not None and total >= threshold
             stats.syscalls += 1
             try:
-                n = sendmsg(s, iovs, _ZC_SEND_FLAGS if use_zc else _SEND_FLAGS)
+                n = sendmsg(s, iovs, (), _ZC_SEND_FLAGS if use_zc else _SEND_FLAGS)
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -181,7 +191,7 @@ class PosixSock(Sock):
                     use_zc = False
                     stats.syscalls += 1
                     try:
-                        n = sendmsg(s, iovs, _SEND_FLAGS)
+                        n = sendmsg(s, iovs, (), _SEND_FLAGS)
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError as exc2:

@@ -26,7 +26,7 @@ class Scripted:
         self.calls: list[dict] = []
         self.wire = bytearray()
 
-    def sendmsg(self, s, iovs, flags):
+    def sendmsg(self, s, iovs, ancdata, flags):
         total = sum(len(memoryview(b).cast("B")) for b in iovs)
         self.calls.append({"iovs": [len(memoryview(b).cast("B")) for b in iovs], "flags": flags, "total": total})
         step = self.sends.pop(0) if self.sends else None
@@ -39,6 +39,9 @@ class Scripted:
 
     def readv(self, fd, bufs):
         return SYSCALLS.readv(fd, bufs)
+
+    def recv_into(self, s, buf):
+        return SYSCALLS.recv_into(s, buf)
 
     def recv_errqueue(self, s):
         if not self.errqueue:

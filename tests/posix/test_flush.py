@@ -147,6 +147,10 @@ def test_reads_of_a_kib_or_more_skip_an_empty_pipe_and_smaller_ones_fill_it(pair
             seen.append([len(b) for b in bufs])
             return super().readv(fd, bufs)
 
+        def recv_into(self, s, buf):
+            seen.append([len(buf)])
+            return super().recv_into(s, buf)
+
     server._sys = Recording()
     client.writev([b"x" * 3000])
     big = bytearray(MIN_SOCK_PIPE_SIZE)
@@ -157,6 +161,7 @@ def test_reads_of_a_kib_or_more_skip_an_empty_pipe_and_smaller_ones_fill_it(pair
     assert server.recv_into(small) == len(small)              # the rest, through the pipe ...
     assert sum(seen[-1]) > MIN_SOCK_PIPE_SIZE                 # ... which read what the kernel had
     calls = len(seen)
-    while server.recv_into(bytearray(8)):
-        pass
-    assert len(seen) == calls + 1                             # the last 953 bytes: from the pipe, then EAGAIN
+    assert server.recv_into(bytearray(MIN_SOCK_PIPE_SIZE)) == 3000 - 2 * MIN_SOCK_PIPE_SIZE + 1
+    assert len(seen) == calls                                 # a large read drains the pipe first, no syscall
+    assert server.recv_into(bytearray(8)) is None
+    assert len(seen) == calls + 1                             # then the kernel: EAGAIN
