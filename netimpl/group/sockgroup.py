@@ -173,7 +173,9 @@ class SockGroup:
                 self._requeue(sock)
                 self.stats.callbacks += served
                 raise
-            self._requeue(sock)
+            pipe = sock._pipe  # _requeue, inline: this runs once per callback
+            if pipe is not None and pipe.bytes_available() and sock._group is self:
+                ready[sock] = None
         self.stats.callbacks += served
         if served:
             # What the callbacks queued goes out now, not at the next poll: a reply
