@@ -97,6 +97,8 @@ class UringGroupImpl(GroupImpl):
     # -- membership ----------------------------------------------------------
 
     def add_sock(self, sock: "UringSock") -> None:  # type: ignore[override]
+        # One user_data serves every re-arm of the socket's poll: no op entry made and dropped per event.
+        sock._poll_ud = self._ud(POLL, sock)
         self._unarmed[sock] = None
         self._inflight[sock] = 0
 
@@ -113,6 +115,8 @@ class UringGroupImpl(GroupImpl):
             finally:
                 self._removing.discard(sock)
         self._inflight.pop(sock, None)
+        self._ops.pop(sock._poll_ud, None)
+        sock._poll_ud = 0
 
     def _cancel_and_wait(self, sock: "UringSock") -> None:
         ring = self.ring
@@ -140,9 +144,14 @@ class UringGroupImpl(GroupImpl):
     # -- sending -------------------------------------------------------------
 
     def flush_dirty(self) -> None:
+        """Start a write task for every dirty socket that has none in flight.
+
+        A socket leaves ``_dirty`` when its write task starts; the task's
+        completion puts it back if requests are still queued.
+        """
         dirty = self._dirty
         for sock in list(dirty):
-            if not sock._queued:
+            if sock._send_ud or not sock._queued:  # type: ignore[attr-defined]
                 dirty.pop(sock, None)
             elif not (sock._cb_cnt or sock._closed):
                 self.flush_sock(sock, submit=False)  # type: ignore[arg-type]
@@ -167,6 +176,7 @@ class UringGroupImpl(GroupImpl):
         self.ring.prep_send_bufs(send, iovs)
         sock._send_iovs = iovs  # the kernel reads these (slices included) until the CQE
         sock._send_ud = ud
+        self._dirty.pop(sock, None)
         self._inflight[sock] = self._inflight.get(sock, 0) + 1
         if submit:
             sock.stats.syscalls += 1
@@ -178,9 +188,10 @@ class UringGroupImpl(GroupImpl):
         ring = self.ring
         if self._dirty:
             self.flush_dirty()
+        inflight = self._inflight
         for sock in self._unarmed:
-            ring.prep_poll_add(sock._fd, POLL_MASK, self._ud(POLL, sock))
-            self._inflight[sock] += 1
+            ring.prep_poll_add(sock._fd, POLL_MASK, sock._poll_ud)
+            inflight[sock] += 1
         self._unarmed.clear()
         orphanage = self.impl.orphanage  # type: ignore[attr-defined]
         if len(orphanage) and not self._orphans_armed:
@@ -211,7 +222,6 @@ class UringGroupImpl(GroupImpl):
             else:
                 self._on_send(ud, sock, extra, res, flags)
         elif kind == POLL:
-            del self._ops[ud]
             self._inflight[sock] = self._inflight.get(sock, 1) - 1
             if sock._group_impl is not self or sock in self._removing or sock._closed:
                 return

@@ -20,6 +20,9 @@
  *    filling them field by field through cffi cost ~5x more. cffi drops the
  *    GIL around calls, so it takes it back while it touches the objects.
  *    The objects must stay alive until the CQE (their requests hold them).
+ *  - ni_reap_list hands CQEs to Python as (user_data, res, flags) tuples
+ *    appended to a list: one call per reap, where reading a struct array
+ *    through cffi cost three attribute lookups per CQE.
  */
 #include <Python.h>   /* cffi compiles this file into a CPython extension: the C API is there */
 #include <errno.h>
@@ -71,12 +74,6 @@ struct ni_send {
     int zerocopy;
     uint64_t user_data;
     struct msghdr msg;
-};
-
-struct ni_cqe {
-    uint64_t user_data;
-    int32_t res;
-    uint32_t flags;
 };
 
 struct ni_ring {
@@ -384,21 +381,37 @@ int ni_submit(struct ni_ring *r, unsigned wait_nr, int64_t timeout_ns)
     return ret < 0 ? -errno : ret;
 }
 
-unsigned ni_reap(struct ni_ring *r, struct ni_cqe *out, unsigned max)
+int ni_reap_list(struct ni_ring *r, uintptr_t list_id, unsigned max)
 {
+    PyObject *list = (PyObject *)list_id;
+    PyGILState_STATE gil = PyGILState_Ensure();
     unsigned head = *r->cq_khead, tail = load_acquire(r->cq_ktail), n = 0;
+    int rc = 0;
 
+    if (!PyList_CheckExact(list)) {
+        rc = -EINVAL;
+        goto out;
+    }
     while (head != tail && n < max) {
         struct io_uring_cqe *cqe = &r->cqes[head & r->cq_mask];
+        PyObject *t = Py_BuildValue("(KiI)", (unsigned long long)cqe->user_data, (int)cqe->res,
+                                    (unsigned)cqe->flags);
 
-        out[n].user_data = cqe->user_data;
-        out[n].res = cqe->res;
-        out[n].flags = cqe->flags;
+        if (t == NULL || PyList_Append(list, t) < 0) {
+            /* Out of memory: this CQE stays in the ring for the next reap. */
+            Py_XDECREF(t);
+            PyErr_Clear();
+            rc = -ENOMEM;
+            break;
+        }
+        Py_DECREF(t);
         head++;
         n++;
     }
     store_release(r->cq_khead, head);
-    return n;
+out:
+    PyGILState_Release(gil);
+    return rc ? rc : (int)n;
 }
 
 int ni_probe_opcode(struct ni_ring *r, unsigned opcode)

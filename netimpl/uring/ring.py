@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Iterator
-
 try:
     from ._ring import ffi, lib
 except ImportError as exc:  # not built: the backend's probe reports this
@@ -69,7 +67,6 @@ class Ring:
             rc = lib.ni_ring_create(out, entries, cq_entries, flags)
         check(rc, "io_uring_setup")
         self._r = out[0]
-        self._cqes = ffi.new("struct ni_cqe[]", REAP_BATCH)
         self.fd: int = lib.ni_ring_fd(self._r)
         self.setup_flags: int = lib.ni_ring_setup_flags(self._r)
         self.features: int = lib.ni_ring_features(self._r)
@@ -158,14 +155,11 @@ class Ring:
     def cq_ready(self) -> int:
         return lib.ni_cq_ready(self._r)
 
-    def reap(self) -> Iterator[tuple[int, int, int]]:
+    def reap(self) -> list[tuple[int, int, int]]:
         """Every completion available now as ``(user_data, res, flags)``, including overflowed ones."""
-        cqes = self._cqes
+        out: list[tuple[int, int, int]] = []
         while True:
-            n = lib.ni_reap(self._r, cqes, REAP_BATCH)
-            for i in range(n):
-                c = cqes[i]
-                yield c.user_data, c.res, c.flags
+            n = check(lib.ni_reap_list(self._r, id(out), REAP_BATCH), "reaping the CQ")
             if n == REAP_BATCH:
                 continue
             if lib.ni_cq_overflowed(self._r):
@@ -173,7 +167,7 @@ class Ring:
                 self.enters += 1
                 lib.ni_submit(self._r, 0, -1)
                 continue
-            return
+            return out
 
     def probe_opcode(self, opcode: int) -> bool:
         return bool(check(lib.ni_probe_opcode(self._r, opcode), "IORING_REGISTER_PROBE"))

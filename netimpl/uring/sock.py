@@ -26,6 +26,7 @@ class UringSock(PosixSock):
         self._send = None          # struct ni_send, allocated on the first ring send
         self._send_ud = 0          # user_data of the write task in flight, 0 when none
         self._send_iovs: list | None = None  # what that task's iovecs point into
+        self._poll_ud = 0          # user_data of the socket's readiness poll while in a group
 
     def _flush(self) -> None:
         gi: "UringGroupImpl | None" = self._group_impl  # type: ignore[assignment]

@@ -24,6 +24,16 @@ def test_nop_round_trip_keeps_user_data():
         assert list(r.reap()) == []
 
 
+def test_reaping_into_anything_but_a_list_is_refused_and_keeps_the_cqe():
+    with Ring(4, 8) as r:
+        r.prep_nop(SENTINEL)
+        r.submit(1, 1.0)
+        not_a_list = ()
+        assert lib.ni_reap_list(r._r, id(not_a_list), 8) == -errno.EINVAL
+        assert r.cq_ready() == 1
+        assert r.reap() == [(SENTINEL, 0, 0)]
+
+
 def test_setup_flags_asked_for_are_in_force():
     with Ring(8, 16) as r:
         # this kernel (6.1+) takes both; older ones fall back without them
