@@ -173,9 +173,7 @@ class SockGroup:
                 self._requeue(sock)
                 self.stats.callbacks += served
                 raise
-            pipe = sock._pipe  # _requeue, inline: this runs once per callback
-            if pipe is not None and pipe.bytes_available() and sock._group is self:
-                ready[sock] = None
+            self._requeue(sock)
         self.stats.callbacks += served
         if served:
             # What the callbacks queued goes out now, not at the next poll: a reply

@@ -398,10 +398,12 @@ int ni_reap_list(struct ni_ring *r, uintptr_t list_id, unsigned max)
                                     (unsigned)cqe->flags);
 
         if (t == NULL || PyList_Append(list, t) < 0) {
-            /* Out of memory: this CQE stays in the ring for the next reap. */
+            /* Out of memory: this CQE stays in the ring for the next reap, and
+             * the ones already appended are reported, not lost with an error. */
             Py_XDECREF(t);
             PyErr_Clear();
-            rc = -ENOMEM;
+            if (n == 0)
+                rc = -ENOMEM;
             break;
         }
         Py_DECREF(t);
