@@ -101,7 +101,10 @@ def default_impl() -> str:
     """``NETIMPL_IMPL`` if set, else :func:`set_default_impl`'s choice, else the best available."""
     env = os.environ.get(ENV_VAR)
     if env:
-        entry = _lookup(env)
+        try:
+            entry = _lookup(env)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_VAR}={env}: {exc}") from None
         reason = _reason(entry)
         if reason:
             raise NetImplError(f"{ENV_VAR}={env}: backend {env!r} is unavailable: {reason}")

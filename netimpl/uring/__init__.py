@@ -60,8 +60,7 @@ class UringImpl(PosixImpl):
         if reason:
             return reason
         if _ring.lib is None:
-            return (f"the io_uring C core is not built ({_ring.IMPORT_ERROR}); reinstall netimpl "
-                    "where gcc and the Python headers are present")
+            return features.not_built("the io_uring C core", _ring.IMPORT_ERROR)
         lib = _ring.lib
         try:
             r = _ring.Ring(8, 16)
