@@ -8,20 +8,22 @@ from dataclasses import dataclass
 
 from .errors import NetImplError, logger
 from .impl import NetImpl
+from .options import describe_fields, documented
 
 __all__ = ["ImplInfo", "register", "impls", "get", "default_impl", "set_default_impl"]
 
 ENV_VAR = "NETIMPL_IMPL"
 
 
+@describe_fields
 @dataclass(frozen=True)
 class ImplInfo:
     """What :func:`netimpl.impls` says of one backend."""
 
-    name: str
-    priority: int
-    available: bool
-    reason: str
+    name: str = documented("The backend's name, as given to impl= and NETIMPL_IMPL.")
+    priority: int = documented("Its rank: the available backend of highest priority is the default.")
+    available: bool = documented("Whether its probe found what it needs here (run once, at first use).")
+    reason: str = documented("Why it is unavailable, in words a user can act on; '' if available.")
 
 
 class _Entry:
