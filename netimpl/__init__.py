@@ -2,7 +2,9 @@
 
 One socket and sock-group interface, several backends chosen by priority:
 ``posix`` (epoll, recv pipes, batched ``sendmsg``, MSG_ZEROCOPY) everywhere,
-faster ones where the kernel allows. The contract is ``spec/API.md``.
+faster ones where the kernel allows. The API reference, with what every
+call raises, the thread rules and the zero-copy and close guarantees, is
+``docs/api.md`` in the source tree and the source distribution.
 
     >>> import netimpl
     >>> lsock = netimpl.listen("127.0.0.1", 0)

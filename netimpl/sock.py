@@ -55,7 +55,7 @@ def _byte_view(buf: Any) -> memoryview:
 
 
 class Sock:
-    """A non-blocking TCP socket of some backend; see :mod:`netimpl` for the contract."""
+    """A non-blocking TCP socket of some backend; the contract is docs/api.md ("Sock")."""
 
     impl_name: str = "?"
 
