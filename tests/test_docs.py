@@ -118,7 +118,7 @@ def _section(text: str, heading: str) -> str:
     start = text.index(heading)
     level = heading.split(" ")[0]
     rest = text[start + len(heading):]
-    end = re.search(rf"^#{{1,{len(level)}}} ", rest, re.M)
+    end = re.search(rf"^#{{1,{len(level)}}} ", rest, re.MULTILINE)
     return rest[:end.start()] if end else rest
 
 
