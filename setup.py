@@ -32,7 +32,7 @@ class optional_build_ext(build_ext):
 class runtime_build_py(build_py):
     """The wheel holds what runs: the cffi build scripts stay in the sdist (MANIFEST.in)."""
 
-    BUILD_ONLY = {("netimpl.uring", "build_ring"), ("netimpl.bench", "build_loadgen")}
+    BUILD_ONLY = frozenset({("netimpl.uring", "build_ring"), ("netimpl.bench", "build_loadgen")})
 
     def find_package_modules(self, package, package_dir):
         return [m for m in super().find_package_modules(package, package_dir) if m[:2] not in self.BUILD_ONLY]
