@@ -153,3 +153,15 @@ def test_profile_server_help_and_bad_names_run_nothing():
     assert bad.returncode == 2 and "unknown contender 'nonsense'" in bad.stderr and "blocking" in bad.stderr
     assert prof("asyncio", "nonsense").returncode == 2
     assert prof("asyncio", "read-qd1", "0").returncode == 2
+
+
+def test_the_nbd_server_says_what_listening_beyond_loopback_exposes():
+    from netimpl.nbd.__main__ import exposure_warning, parser
+
+    for host in ("127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"):
+        assert exposure_warning(host, read_only=False) == "", host
+    everywhere = exposure_warning("0.0.0.0", read_only=False)
+    assert "every interface" in everywhere and "overwrite" in everywhere and "--host 127.0.0.1" in everywhere
+    assert "overwrite" not in exposure_warning("192.0.2.1", read_only=True)
+    assert "192.0.2.1" in exposure_warning("192.0.2.1", read_only=True)
+    assert "no authentication" in parser().format_help() and parser().get_default("host") == "0.0.0.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import signal
 import sys
@@ -46,7 +47,10 @@ def parser() -> argparse.ArgumentParser:
                    help="also export FILE (a regular file or block device) as NAME; repeatable")
     p.add_argument("--direct", action="store_true", help="open file exports with O_DIRECT")
     p.add_argument("--read-only", "-r", action="store_true", help="every export refuses writes (EPERM)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address to listen on (default 0.0.0.0: every interface). NBD has no authentication "
+                        "here: anyone who can reach the port can read, and unless --read-only overwrite, the "
+                        "exports; 127.0.0.1 serves this machine only")
     p.add_argument("--port", type=int, default=10809, help="TCP port (default 10809; 0 picks a free one)")
     p.add_argument("--impl", default=None, help="netimpl backend (default: the best available: "
                    "see python -m netimpl info)")
@@ -54,6 +58,20 @@ def parser() -> argparse.ArgumentParser:
                    help="replies at least this large go zero-copy where it is in force (default 64K)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every connection")
     return p
+
+
+def exposure_warning(host: str, read_only: bool) -> str:
+    """What to tell the operator when the exports are open to other machines ('' for a loopback address)."""
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return ""
+    except ValueError:
+        if host == "localhost":
+            return ""
+    where = "every interface" if host in ("0.0.0.0", "::", "[::]") else host
+    access = "read" if read_only else "read and overwrite"
+    return (f"netimpl.nbd: warning: listening on {where} with no authentication: anyone who can reach the port "
+            f"can {access} the exports (--host 127.0.0.1 serves this machine only)")
 
 
 def open_exports(args: argparse.Namespace) -> dict[str, Store]:
@@ -98,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         zc = (f"on for replies >= {args.zerocopy_threshold} bytes (never to loopback clients)"
               if server.listener.zerocopy else "off")
         print(f"netimpl.nbd: listening on {host}:{port}, backend {server.impl_name}, zero-copy {zc}", flush=True)
+        warning = exposure_warning(args.host, args.read_only)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         for name, store in exports.items():
             print(f"  export {name!r}: {store.describe()}", flush=True)
         try:
