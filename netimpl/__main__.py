@@ -2,7 +2,7 @@
 
 ``netimpl COMMAND --help`` shows a command's options. Exit status: 0 done;
 1 the command cannot run here (a backend unavailable, a compiled part not
-built); 2 a bad command line (an unknown backend included).
+built); 2 a bad command line (an unknown backend included); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"'{prog} COMMAND --help' shows a command's options.\n"
                "Exit status: 0 done; 1 cannot run here (a backend unavailable, a compiled part not built); "
-               "2 bad command line.")
+               "2 bad command line; 130 interrupted.")
     p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND",
                    help="; ".join(f"{name}: {text}" for name, text in COMMANDS.items()))
     return p

@@ -4,7 +4,7 @@ A command that cannot run says why in one line on stderr and exits non-zero,
 never with a traceback: 2 for a bad command line (an unknown backend
 included, as argparse does for its own errors), 1 when the command line is
 right but this machine cannot run it (a backend unavailable, a compiled part
-not built).
+not built), 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def run(command: Callable[[], int], prog: str) -> int:
     except CommandError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.status
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130  # as a shell reports SIGINT
     except BrokenPipeError:  # e.g. `netimpl info | head -1`: the reader left
         # Point stdout at /dev/null so that the interpreter's last flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -165,3 +165,18 @@ def test_the_nbd_server_says_what_listening_beyond_loopback_exposes():
     assert "overwrite" not in exposure_warning("192.0.2.1", read_only=True)
     assert "192.0.2.1" in exposure_warning("192.0.2.1", read_only=True)
     assert "no authentication" in parser().format_help() and parser().get_default("host") == "0.0.0.0"
+
+
+def test_bench_refuses_an_output_it_could_not_write_before_running():
+    out = run("bench", "--quick", "--json", "/nonexistent-dir/b.json")
+    assert out.returncode == 2 and "/nonexistent-dir" in out.stderr and "contenders:" not in out.stdout
+
+
+def test_an_interrupted_command_ends_without_a_traceback(capsys):
+    from netimpl import _cli
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert _cli.run(interrupted, "netimpl bench") == 130
+    assert capsys.readouterr().err.strip() == "netimpl bench: interrupted"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
 import sys
 import time
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m netimpl bench") -
         p.error("--rounds and --seconds must be positive")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib: pip install 'netimpl[bench]'")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        # checked before a run of minutes, not after it
+        if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            p.error(f"{flag} {path}: cannot write into {os.path.dirname(os.path.abspath(path))!r}")
     if args.syscalls and shutil.which("perf") is None:
         p.error("--syscalls needs perf (Debian: linux-perf) on PATH")
     if args.impl is not None:
