@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import NetImplError, logger
 from .impl import NetImpl
-from .options import describe_fields, documented
+from .options import ImplOpts, describe_fields, documented
 
 __all__ = ["ImplInfo", "register", "impls", "get", "default_impl", "set_default_impl"]
 
@@ -133,12 +133,12 @@ def set_default_impl(name: str | None) -> None:
     _default = name
 
 
-def get_impl_opts(name: str) -> "object":
+def get_impl_opts(name: str) -> ImplOpts:
     """A copy of backend ``name``'s options."""
     return _lookup(name).impl.get_opts()
 
 
-def set_impl_opts(name: str, opts: object = None, **fields: object) -> None:
+def set_impl_opts(name: str, opts: ImplOpts | None = None, **fields: object) -> None:
     """Replace backend ``name``'s options with ``opts``, then change ``fields``."""
     impl = _lookup(name).impl
     if opts is None:
