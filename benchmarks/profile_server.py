@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import netimpl
 from netimpl.bench import servers
@@ -62,8 +63,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _profile_threads(finished: list[cProfile.Profile], started: list[threading.Thread]) -> None:
-    """Give every thread started from now on a profiler of its own, kept once the thread ends."""
+def profile_threads(finished: list[cProfile.Profile], started: list[threading.Thread]) -> Callable[[], None]:
+    """Give every thread started from now on a profiler of its own, kept once the thread ends.
+
+    cProfile follows only the thread that enabled it; the blocking server does
+    its work in a thread per connection. Returns the function that undoes this.
+    """
     original = threading.Thread.run
 
     def run(self: threading.Thread) -> None:
@@ -77,6 +82,11 @@ def _profile_threads(finished: list[cProfile.Profile], started: list[threading.T
             finished.append(prof)
 
     threading.Thread.run = run  # type: ignore[method-assign]
+
+    def undo() -> None:
+        threading.Thread.run = original  # type: ignore[method-assign]
+
+    return undo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.contender.startswith("netimpl:"):
         servers.serve_netimpl(args.contender.split(":", 1)[1], w.mode, a, b)
     elif args.contender == "blocking":
-        _profile_threads(finished, threads)
+        profile_threads(finished, threads)
         servers.serve_blocking(w.mode, a, b)
     else:
         servers.serve_asyncio(args.contender, w.mode, a, b)

@@ -180,3 +180,35 @@ def test_an_interrupted_command_ends_without_a_traceback(capsys):
 
     assert _cli.run(interrupted, "netimpl bench") == 130
     assert capsys.readouterr().err.strip() == "netimpl bench: interrupted"
+
+
+def test_profile_server_profiles_every_thread_of_the_blocking_server():
+    import importlib.util
+    import pstats
+    import threading
+
+    spec = importlib.util.spec_from_file_location("profile_server", PROFILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def connection_work() -> int:
+        return sum(range(1000))
+
+    finished: list = []
+    started: list = []
+    undo = module.profile_threads(finished, started)
+    try:
+        threads = [threading.Thread(target=connection_work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        undo()
+    assert started == threads and len(finished) == 3
+    stats = pstats.Stats(*finished)
+    assert any(name == "connection_work" for (_, _, name) in stats.stats), "thread work missing from the profile"
+    after = threading.Thread(target=connection_work)
+    after.start()
+    after.join()
+    assert len(finished) == 3  # undone: later threads run unprofiled
