@@ -85,6 +85,7 @@ class _Checked:
         return dataclasses.replace(self, **fields)  # type: ignore[type-var]
 
     def copy(self: _T) -> _T:
+        """A plain copy."""
         return dataclasses.replace(self)  # type: ignore[type-var]
 
 

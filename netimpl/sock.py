@@ -136,9 +136,11 @@ class Sock:
         raise NotImplementedError
 
     def is_ipv4(self) -> bool:
+        """True for an IPv4 socket."""
         raise NotImplementedError
 
     def is_ipv6(self) -> bool:
+        """True for an IPv6 socket."""
         raise NotImplementedError
 
     def is_connected(self) -> bool:
@@ -160,14 +162,17 @@ class Sock:
     # ------------------------------------------------------------------
 
     def fileno(self) -> int:
+        """The kernel fd; -1 once closed."""
         return -1 if self._closed else self._fd
 
     @property
     def group(self) -> "SockGroup | None":
+        """The group the socket is in, or None."""
         return self._group
 
     @property
     def closed(self) -> bool:
+        """True once close() has been called."""
         return self._closed
 
     def __enter__(self) -> "Sock":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import pydoc
 import re
 from pathlib import Path
@@ -153,3 +154,20 @@ def test_the_docstrings_lead_to_the_reference():
     assert API.is_file()
     for obj in (netimpl, netimpl.Sock, netimpl.SockGroup):
         assert "docs/api.md" in (obj.__doc__ or ""), obj
+
+
+def test_help_describes_every_public_method_and_property():
+    bare = []
+    for n in netimpl.__all__:
+        cls = getattr(netimpl, n)
+        if not inspect.getdoc(cls):
+            bare.append(n)
+        if not isinstance(cls, type):
+            continue
+        for m in dir(cls):
+            static = inspect.getattr_static(cls, m)
+            if m.startswith("_") or not (callable(static) or isinstance(static, property)):
+                continue
+            if not inspect.getdoc(static if isinstance(static, property) else getattr(cls, m)):
+                bare.append(f"{n}.{m}")
+    assert not bare, f"no docstring: {', '.join(bare)}"
