@@ -41,19 +41,19 @@ def info() -> int:
 
 
 def _info_main(argv: list[str], prog: str) -> int:
-    argparse.ArgumentParser(prog=prog, description=COMMANDS["info"] + ".").parse_args(argv)
+    argparse.ArgumentParser(prog=prog, description=_cli.sentence(COMMANDS["info"] + ".")).parse_args(argv)
     return info()
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
+    commands = "\n".join(f"  {name:6s} {text}" for name, text in COMMANDS.items())
     p = argparse.ArgumentParser(
         prog=prog, description="netimpl: an SPDK-style pluggable socket layer for storage targets.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"'{prog} COMMAND --help' shows a command's options.\n"
-               "Exit status: 0 done; 1 cannot run here (a backend unavailable, a compiled part not built); "
+        epilog=f"commands:\n{commands}\n\n'{prog} COMMAND --help' shows a command's options.\n"
+               "Exit status: 0 done; 1 cannot run here (a backend unavailable, a compiled part not built);\n"
                "2 bad command line; 130 interrupted.")
-    p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND",
-                   help="; ".join(f"{name}: {text}" for name, text in COMMANDS.items()))
+    p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help=", ".join(COMMANDS))
     return p
 
 

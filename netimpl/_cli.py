@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-__all__ = ["CommandError", "backend", "prog_name", "run"]
+__all__ = ["CommandError", "backend", "prog_name", "run", "sentence"]
 
 USAGE = 2
 UNAVAILABLE = 1
@@ -33,6 +33,12 @@ def prog_name(module: str) -> str:
     if not name or name in ("-c", "-m", "__main__.py") or name.endswith(".py"):
         return f"python -m {module}"
     return name
+
+
+def sentence(doc: str) -> str:
+    """A command's description from its docstring's first paragraph, without the leading ``prog``: part."""
+    text = doc.split("\n\n")[0].split(": ", 1)[-1].strip()
+    return text[:1].upper() + text[1:]
 
 
 def backend(name: str | None) -> str:

@@ -150,7 +150,7 @@ def echo_round_trip(impl: str | None, count: int = 1000) -> float:
 def main(argv: list[str] | None = None, prog: str = "python -m netimpl demo",
          preamble: Callable[[], object] | None = None) -> int:
     """Parse ``argv``, check the backend, run ``preamble`` (the CLI prints ``info``), then the demo."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(prog=prog, description=_cli.sentence(__doc__))
     p.add_argument("--size", type=int, default=1024, help="MiB per bulk transfer (default 1024)")
     p.add_argument("--runs", type=int, default=3, help="runs of each contender (default 3)")
     p.add_argument("--impl", default=None, help="backend (default: NETIMPL_IMPL, else the best available)")

@@ -80,7 +80,7 @@ class _Progress:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m netimpl bench") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(prog=prog, description=_cli.sentence(__doc__))
     p.add_argument("--quick", action="store_true", help="short windows, one round: under a minute")
     p.add_argument("--only", action="append", choices=[w.name for w in WORKLOADS], metavar="WORKLOAD",
                    help=f"run only this workload (repeatable): {', '.join(w.name for w in WORKLOADS)}")
