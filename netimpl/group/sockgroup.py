@@ -104,13 +104,56 @@ class SockGroup:
                 logger.debug("%r: placement id %d is served by another group", sock, pid)
 
     def remove_sock(self, sock: "Sock") -> None:
-        """Stop watching ``sock``; its queued, unsent requests complete with ECANCELED."""
-        if getattr(sock, "_group", None) is not self:
-            raise ValueError(f"{sock!r} is not in this group")
+        """Stop watching ``sock``; its queued, unsent requests complete with ECANCELED.
+
+        A pause (:meth:`pause_reading`) is forgotten with it.
+        """
+        self._member(sock)
         self._detach(sock)
         sock._fail_queued(errno.ECANCELED)
         if callback_errors.pending and sock._cb_cnt == 0:
             callback_errors.reraise()
+
+    def pause_reading(self, sock: "Sock") -> None:
+        """Stop calling ``sock``'s read callback (a listener's: no accept callback) until resumed.
+
+        While paused, the socket's readiness neither calls its callback nor
+        cuts a :meth:`poll` timeout short, so a paused socket with data
+        waiting costs no CPU; its writes and request completions go on.
+        The way to apply backpressure: pause while
+        :attr:`Sock.queued_bytes` is over a bound, resume when it drains.
+        Pausing a paused socket does nothing (one resume undoes any number
+        of pauses). ``ValueError`` if ``sock`` is not in this group.
+        """
+        self._member(sock)
+        if sock._read_paused:
+            return
+        gi: "GroupImpl" = sock._group_impl  # type: ignore[assignment]
+        gi._check_thread(sock, "pause_reading")
+        sock._read_paused = True
+        self._ready.pop(sock, None)
+        gi.pause(sock)
+
+    def resume_reading(self, sock: "Sock") -> None:
+        """Undo :meth:`pause_reading`: a following :meth:`poll` serves whatever waited.
+
+        Data already in the recv pipe or in the kernel is served without a
+        new kernel event. Resuming a socket that is not paused does nothing;
+        ``ValueError`` if ``sock`` is not in this group.
+        """
+        self._member(sock)
+        if not sock._read_paused:
+            return
+        gi: "GroupImpl" = sock._group_impl  # type: ignore[assignment]
+        gi._check_thread(sock, "resume_reading")
+        sock._read_paused = False
+        gi.resume(sock)
+        if sock._has_buffered():
+            self._ready[sock] = None
+
+    def _member(self, sock: "Sock") -> None:
+        if getattr(sock, "_group", None) is not self:
+            raise ValueError(f"{sock!r} is not in this group")
 
     def _detach(self, sock: "Sock") -> None:
         """Take ``sock`` out of the group; requests are the caller's business."""
@@ -123,6 +166,7 @@ class SockGroup:
         self._ready.pop(sock, None)
         sock._group = None
         sock._group_impl = None
+        sock._read_paused = False
         if sock._group_pid >= 0:
             placement_map.release(sock._group_pid, self)
             sock._group_pid = -1
@@ -135,6 +179,15 @@ class SockGroup:
         returning: posix sends it at once; uring prepares it, and the next
         poll's single ``io_uring_enter`` submits it (keep polling). Returns
         the number of read callbacks made.
+
+        Raises what a read or request callback let out (the first, once the
+        group is consistent again; the rest are logged): a read callback that
+        does not catch a receive error (``ConnectionResetError`` from
+        ``recv_into``) ends this poll with it, and the remaining ready sockets
+        are served by the next poll; the group stays usable. ``TypeError`` /
+        ``ValueError`` for bad arguments, ``OSError(EBADF)`` once closed,
+        ``OSError(EEXIST)`` from a thread that does not drive a uring group.
+        Send errors never raise: they complete their requests.
         """
         if not (type(max_events) is int and max_events > 0 and type(timeout) in _NUMBER and timeout >= 0):
             _check_poll_args(max_events, timeout)
@@ -164,7 +217,7 @@ class SockGroup:
             sock = next(iter(ready))
             del ready[sock]
             cb = socks.get(sock)
-            if cb is None:
+            if cb is None or sock._read_paused:
                 continue
             served += 1
             try:
@@ -187,7 +240,7 @@ class SockGroup:
 
     def _requeue(self, sock: "Sock") -> None:
         # Back of the list while the pipe holds data; otherwise the kernel will say.
-        if sock._group is self and sock._has_buffered():
+        if sock._group is self and not sock._read_paused and sock._has_buffered():
             self._ready[sock] = None
 
     def _poll_many(self, max_events: int, wait: float) -> None:
