@@ -12,6 +12,8 @@ from typing import IO
 from .workloads import Workload
 
 BASELINE = "asyncio"
+#: The floor: a plain C epoll server of the same protocols (floor.c).
+FLOOR = "c-epoll"
 SCHEMA_VERSION = 1
 
 
