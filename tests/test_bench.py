@@ -49,17 +49,19 @@ def test_every_contender_is_measured_on_every_workload(quick_run):
         assert c in out.stdout
 
 
-def test_the_floor_is_measured_on_every_workload(quick_run):
+def test_the_floor_is_measured_on_every_workload_and_shown_against_itself(quick_run):
     out, doc, _ = quick_run
     need(floor.unavailable())
     assert contenders()[0] == report.FLOOR and unavailable() == []
     assert {r["workload"] for r in doc["results"] if r["contender"] == report.FLOOR} == set(ONLY)
-    assert sum(line.startswith(f"  {report.FLOOR} ") for line in out.stdout.splitlines()) == len(ONLY)
+    assert "lower is better" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(f"  {report.FLOOR} ")]
+    assert len(rows) == len(ONLY) and all("1.00x" in row for row in rows)
 
 
 def test_json_schema_and_figures_are_sane(quick_run):
     _, doc, _ = quick_run
-    assert doc["schema"] == report.SCHEMA_VERSION and doc["baseline"] == "asyncio"
+    assert doc["schema"] == report.SCHEMA_VERSION and doc["baseline"] == "asyncio" and doc["floor"] == "c-epoll"
     assert set(doc["machine"]) == {"cpus", "kernel", "python"}
     assert doc["config"] == {"rounds": 1, "seconds": 0.15, "quick": True}
     assert [w["name"] for w in doc["workloads"]] == ONLY
@@ -108,6 +110,29 @@ def test_workload_names_are_unique_and_shaped_like_the_issue():
     assert {w.chunk for w in WORKLOADS if w.mode == "bulk"} == {4096, 65536, 1 << 20}
     many = BY_NAME["many-1000"]
     assert many.conns == 1000 and many.active == 50
+
+
+def test_table_shows_cpu_as_a_multiple_of_the_floor():
+    w = BY_NAME["small-64x8"]
+    results = {w.name: {report.FLOOR: [{"rps": 900.0, "cpu_us": 0.5, "user_us": 0.125}],
+                        "asyncio": [{"rps": 100.0, "cpu_us": 4.0, "user_us": 2.0}],
+                        "netimpl:posix": [{"rps": 400.0, "cpu_us": 1.0, "user_us": 0.25}]}}
+    buf = io.StringIO()
+    report.table(results, [w], [report.FLOOR, "netimpl:posix", "asyncio"], buf)
+    text = buf.getvalue()
+    assert "lower is better" in text.splitlines()[0]
+    head = next(line for line in text.splitlines() if "contender" in line)
+    assert head.split().index("floor") == head.split().index("user") - 3  # "vs floor" just before "of it user"
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("  ") and "contender" not in line}
+    assert rows["netimpl:posix"][1:7] == ["400", "4.00x", "1.00", "0.25x", "2.00x", "0.25"]
+    assert rows["asyncio"][4:6] == ["1.00x", "8.00x"] and rows[report.FLOOR][4:6] == ["0.12x", "1.00x"]
+    # no floor measured: the column is left empty and the note is not printed
+    del results[w.name][report.FLOOR]
+    buf = io.StringIO()
+    report.table(results, [w], ["netimpl:posix", "asyncio"], buf)
+    assert "lower is better" not in buf.getvalue()
+    row = next(line for line in buf.getvalue().splitlines() if "netimpl:posix" in line).split()
+    assert row[1:6] == ["400", "4.00x", "1.00", "0.25x", "0.25"]
 
 
 def test_without_the_compiled_floor_the_bench_says_so_and_leaves_it_out(monkeypatch):
