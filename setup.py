@@ -29,6 +29,7 @@ class optional_build_ext(build_ext):
 
 
 setup(
-    cffi_modules=["netimpl/uring/build_ring.py:ffibuilder", "netimpl/bench/build_loadgen.py:ffibuilder"],
+    cffi_modules=["netimpl/uring/build_ring.py:ffibuilder", "netimpl/bench/build_loadgen.py:ffibuilder",
+                  "netimpl/bench/build_floor.py:ffibuilder"],
     cmdclass={"build_ext": optional_build_ext},
 )

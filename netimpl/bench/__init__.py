@@ -6,7 +6,8 @@ by the same load generator, a small C program built through cffi pinned to
 CPU 0, so that the client is never what is measured. For every row it
 reports throughput and the server's CPU time per operation (getrusage of
 the server), the figure that does not depend on the client, each with its
-ratio to asyncio.
+ratio to asyncio, and the CPU time also as a multiple of the floor's:
+``c-epoll``, a plain C epoll server doing the same work (``floor.c``).
 """
 
 from __future__ import annotations
@@ -16,20 +17,28 @@ import importlib.util
 import sys
 import time
 
-from . import report, runner
+from . import floor, report, runner
 from .workloads import BY_NAME, WORKLOADS
 
-__all__ = ["main", "contenders"]
+__all__ = ["main", "contenders", "unavailable"]
+
+
+def unavailable() -> list[str]:
+    """One sentence for each contender that cannot run here (other than netimpl backends, which ``info`` lists)."""
+    reason = floor.unavailable()
+    return [f"{report.FLOOR} is unavailable: {reason}."] if reason else []
 
 
 def contenders(impl: str | None = None) -> list[str]:
-    """Every contender available here; ``impl`` keeps one netimpl backend only."""
+    """Every contender available here, the floor first; ``impl`` keeps one netimpl backend only."""
     import netimpl
 
-    out = [f"netimpl:{i.name}" for i in netimpl.impls() if i.available and (impl is None or i.name == impl)]
-    if impl is not None and not out:
+    out = [] if floor.unavailable() else [report.FLOOR]
+    ours = [f"netimpl:{i.name}" for i in netimpl.impls() if i.available and (impl is None or i.name == impl)]
+    if impl is not None and not ours:
         raise SystemExit(f"backend {impl!r} is not available: " +
                          "; ".join(f"{i.name}: {i.reason or 'available'}" for i in netimpl.impls()))
+    out += ours
     out.append("asyncio")
     if importlib.util.find_spec("uvloop") is not None:
         out.append("uvloop")
@@ -72,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     done = 0
     print(f"contenders: {', '.join(names)}; {rounds} round(s) of {seconds:g} s each, alternating; "
           f"server on CPU {runner.SERVER_CPU}, C load generator on CPU {runner.LOADGEN_CPU}", flush=True)
+    for sentence in unavailable():
+        print(sentence, flush=True)
     for w in workloads:
         for _ in range(rounds):
             for c in names:

@@ -12,6 +12,8 @@ from typing import IO
 from .workloads import Workload
 
 BASELINE = "asyncio"
+#: The floor: a plain C epoll server of the same protocols (floor.c); each row's CPU is also shown as a multiple of it.
+FLOOR = "c-epoll"
 SCHEMA_VERSION = 1
 
 
@@ -27,15 +29,19 @@ def _ratio(x: float, base: float | None) -> str:
 
 
 def table(results: dict, workloads: list[Workload], contenders: list[str], out: IO[str]) -> None:
+    if any(FLOOR in results.get(w.name, {}) for w in workloads):
+        print(f"vs floor: server CPU per op as a multiple of {FLOOR}'s, a plain C epoll server doing the same work; "
+              "lower is better, 1.00x is the floor", file=out)
     for w in workloads:
         rows = results.get(w.name, {})
         if not rows:
             continue
         base = medians(rows[BASELINE]) if BASELINE in rows else None
+        floor_cpu = medians(rows[FLOOR])["cpu_us"] if FLOOR in rows else None
         unit = "GB/s" if w.metric == "gbps" else "req/s"
         print(f"\n{w.title}", file=out)
         head = (f"  {'contender':16s} {unit:>10s} {'vs ' + BASELINE:>11s} {'CPU µs/op':>10s} {'vs ' + BASELINE:>11s}"
-                f" {'of it user':>10s}")
+                f" {'vs floor':>8s} {'of it user':>10s}")
         if w.latency:
             head += f" {'p50 µs':>8s} {'p99 µs':>8s}"
         counted = any("syscalls_per_op" in r for c in contenders for r in rows.get(c, []))
@@ -50,6 +56,7 @@ def table(results: dict, workloads: list[Workload], contenders: list[str], out: 
             shown = f"{val:10.2f}" if w.metric == "gbps" else f"{val:10.0f}"
             line = (f"  {c:16s} {shown} {_ratio(val, base[w.metric] if base else None):>11s} "
                     f"{m['cpu_us']:10.2f} {_ratio(m['cpu_us'], base['cpu_us'] if base else None):>11s}")
+            line += f" {_ratio(m['cpu_us'], floor_cpu):>8s}"
             line += f" {m['user_us']:10.2f}" if "user_us" in m else f" {'':10s}"
             if w.latency:
                 line += f" {m['p50_us']:8.1f} {m['p99_us']:8.1f}"
@@ -64,6 +71,7 @@ def to_json(results: dict, workloads: list[Workload], contenders: list[str], con
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
         "config": config,
         "baseline": BASELINE,
+        "floor": FLOOR,
         "contenders": contenders,
         "workloads": [{"name": w.name, "title": w.title, "metric": w.metric} for w in workloads],
         "results": [

@@ -7,7 +7,8 @@
 response. ``bulk``: stream ``CHUNK``-byte writes to each client until it
 goes. The server prints its port, records its user and system CPU time
 (getrusage, all threads) at each SIGUSR1, and at SIGTERM prints those marks and exits.
-Contenders: ``netimpl:<backend>``, ``asyncio``, ``uvloop``, ``blocking``.
+Contenders: ``c-epoll`` (the floor: a plain C epoll server, ``floor.c``),
+``netimpl:<backend>``, ``asyncio``, ``uvloop``, ``blocking``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import signal
 import socket
 import sys
 import threading
+
+from .report import FLOOR
 
 MARKS: list[tuple[float, float]] = []
 
@@ -171,6 +174,31 @@ def serve_asyncio(loop_kind: str, mode: str, a: int, b: int) -> None:
     finish()
 
 
+# -- the floor: a plain C epoll server of the same protocols ---------------------
+
+def serve_floor(mode: str, a: int, b: int) -> None:
+    from .floor import FloorServer, unavailable
+
+    if unavailable():
+        raise SystemExit(unavailable())
+    ls = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    ls.setblocking(False)
+    # The C loop runs until a signal arrives: Python's handlers (the CPU marks, the stop) run between its runs.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    stop = [False]
+    signal.signal(signal.SIGUSR1, mark)
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    server = FloorServer(ls.fileno(), wake_r, mode, a, b)
+    announce(ls.getsockname()[1])
+    try:
+        while not stop[0]:
+            server.run(100)  # the timeout only bounds how late a stop seen after its wakeup byte can be
+    finally:
+        server.close()
+    finish()
+
+
 # -- plain blocking sockets, a thread per connection ---------------------------
 
 def serve_blocking(mode: str, a: int, b: int) -> None:
@@ -220,7 +248,9 @@ def main(argv: list[str]) -> None:
     cpu = os.environ.get("NETIMPL_BENCH_CPU")
     if cpu is not None:
         os.sched_setaffinity(0, {int(cpu)})
-    if contender.startswith("netimpl:"):
+    if contender == FLOOR:
+        serve_floor(mode, a, b)
+    elif contender.startswith("netimpl:"):
         serve_netimpl(contender.split(":", 1)[1], mode, a, b)
     elif contender in ("asyncio", "uvloop"):
         serve_asyncio(contender, mode, a, b)
