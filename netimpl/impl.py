@@ -121,6 +121,12 @@ class GroupImpl(abc.ABC):
         wait up to ``timeout`` seconds for readiness if nothing is ready, and
         return the sockets that became readable (data, EOF or error)."""
 
+    def before_wait(self) -> bool:
+        """The group's caller is about to wait on :meth:`fileno`: hand the kernel whatever is
+        prepared and arrange that everything pending wakes that fd (write space for queued
+        requests, say). True when :meth:`poll` has work to do at once without a kernel event."""
+        return False
+
     @abc.abstractmethod
     def fileno(self) -> int:
         """An fd that polls readable when :meth:`poll` has something to report

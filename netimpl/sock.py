@@ -311,11 +311,14 @@ class Sock:
         req._zc_wait = 0
         req._status = 0
         queued = self._queued
-        if not queued and gi is not None:
-            gi._dirty[self] = None
         queued.append(req)
         self._queued_iovcnt += len(req._bufs)
         self._queued_bytes += req._nbytes
+        if len(queued) == 1 and gi is not None:
+            gi._dirty[self] = None
+            group = self._group
+            if group._wake_fd >= 0 and not group._polling:  # type: ignore[union-attr]
+                group._work_arrived()  # type: ignore[union-attr]  # no kernel event will announce it
         if self._queued_iovcnt >= IOV_BATCH_SIZE and self._cb_cnt == 0:
             self._flush()
             if callback_errors.pending:

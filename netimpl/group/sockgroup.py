@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import select
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -55,7 +56,12 @@ class SockGroup:
         self._socks: dict["Sock", ReadCallback] = {}
         self._ready: dict["Sock", None] = {}  # the pending-recv list, in service order
         self._closed = False
-        self._waiter: select.epoll | None = None
+        self._waiter: select.epoll | None = None  # over the group impls' fds (and _wake_fd): mixed waits, fileno()
+        self._wake_fd = -1        # eventfd: set while poll has work of its own (fileno() asked for)
+        self._wake_set = False
+        self._busy = False        # poll has work to do at once (kept up to date once fileno() was asked for)
+        self._polling = False
+        self._driver: object = None  # the netimpl.aio.run task serving the group, if any
 
     def __repr__(self) -> str:
         return f"<SockGroup impls={list(self._impls)} socks={len(self._socks)} ready={len(self._ready)}>"
@@ -86,7 +92,8 @@ class SockGroup:
             gi = sock._impl.group_impl_create()
             self._impls[sock.impl_name] = gi
             self.stats.impls.append(sock.impl_name)
-            self._waiter_reset()
+            if self._waiter is not None:
+                self._waiter.register(gi.fileno(), select.EPOLLIN)
         gi.add_sock(sock)
         gi.socks[sock] = None
         sock._group = self
@@ -150,6 +157,8 @@ class SockGroup:
         gi.resume(sock)
         if sock._has_buffered():
             self._ready[sock] = None
+        if not self._polling:
+            self._work_arrived()
 
     def _member(self, sock: "Sock") -> None:
         if getattr(sock, "_group", None) is not self:
@@ -193,6 +202,8 @@ class SockGroup:
             _check_poll_args(max_events, timeout)
         if self._closed:
             raise ebadf()
+        if self._wake_fd >= 0:
+            return self._poll_exported(max_events, timeout)
         self.stats.polls += 1
         ready = self._ready
         wait = 0.0 if ready else float(timeout)
@@ -208,6 +219,88 @@ class SockGroup:
         if callback_errors.pending:
             callback_errors.reraise()
         return self._serve(max_events)
+
+    def _poll_exported(self, max_events: int, timeout: float) -> int:
+        """poll, keeping :meth:`fileno`'s promise: afterwards its fd is readable exactly when
+        there is work (a kernel event, or work of poll's own)."""
+        self._polling = True
+        try:
+            self.stats.polls += 1
+            ready = self._ready
+            wait = 0.0 if ready or self._busy else float(timeout)
+            if self._impls:
+                self._poll_many(max_events, wait)
+            elif wait > 0:
+                time.sleep(wait)
+            if callback_errors.pending:
+                callback_errors.reraise()
+            return self._serve(max_events)
+        finally:
+            self._polling = False
+            self._update_busy()
+
+    def _update_busy(self) -> None:
+        busy = bool(self._ready)
+        for gi in self._impls.values():
+            if gi.before_wait():
+                busy = True
+        self._busy = busy
+        if busy != self._wake_set:
+            self._wake_set = busy
+            if busy:
+                os.eventfd_write(self._wake_fd, 1)
+            else:
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:
+                    pass
+
+    def _work_arrived(self) -> None:
+        """Work came outside poll that no kernel event announces (a request queued or a socket
+        resumed outside a callback): make :meth:`fileno` say so."""
+        if self._wake_fd >= 0:
+            self._update_busy()
+
+    def fileno(self) -> int:
+        """One fd, readable while :meth:`poll` has something to do (SPDK's group interrupt fd).
+
+        It polls readable while the kernel holds events for the group (readable
+        unpaused sockets, pending connections, send and zero-copy completions,
+        sockets whose queued requests the kernel can now take) and while poll
+        has work of its own (recv-pipe data, a socket just resumed with data
+        waiting, submissions prepared for a uring ring). An idle, fully served
+        group's fd is not readable. It is the same fd from the first call
+        until :meth:`close`: an epoll set over each backend's own fd (posix:
+        its epoll; uring: an eventfd registered with the ring, since a
+        DEFER_TASKRUN ring's fd wakes no poller) and an eventfd of the group's.
+        Wait on it for reading, then call ``poll(timeout=0)``; see :mod:`netimpl.aio`.
+        """
+        if self._closed:
+            raise ebadf()
+        if self._wake_fd < 0:
+            waiter = self._waiter_get()
+            wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            try:
+                waiter.register(wake, select.EPOLLIN)
+            except BaseException:
+                os.close(wake)
+                raise
+            self._wake_fd = wake
+            self._update_busy()
+        return self._waiter.fileno()  # type: ignore[union-attr]
+
+    def _waiter_get(self) -> select.epoll:
+        waiter = self._waiter
+        if waiter is None:
+            waiter = select.epoll()
+            try:
+                for gi in self._impls.values():
+                    waiter.register(gi.fileno(), select.EPOLLIN)
+            except BaseException:
+                waiter.close()
+                raise
+            self._waiter = waiter
+        return waiter
 
     def _serve(self, max_events: int) -> int:
         ready = self._ready
@@ -252,20 +345,20 @@ class SockGroup:
                 found = True
         if found or wait <= 0:
             return
-        waiter = self._waiter
-        if waiter is None:
-            waiter = self._waiter = select.epoll()
-            for gi in self._impls.values():
-                waiter.register(gi.fileno(), select.EPOLLIN)
-        if waiter.poll(wait, 1):
+        for gi in self._impls.values():
+            gi.before_wait()  # arrange that everything pending wakes the waiter
+        if self._waiter_get().poll(wait, 1):
             for gi in list(self._impls.values()):
                 for sock in gi.poll(max_events, 0.0):
                     ready[sock] = None
 
-    def _waiter_reset(self) -> None:
+    def _waiter_close(self) -> None:
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
 
     def close(self) -> None:
         """Release the group: ``OSError(EBUSY)`` while sockets remain; idempotent once empty."""
@@ -274,7 +367,7 @@ class SockGroup:
         if self._socks:
             raise oserror(errno.EBUSY, f"{len(self._socks)} sockets are still in the group")
         self._closed = True
-        self._waiter_reset()
+        self._waiter_close()
         for gi in self._impls.values():
             gi.close()
         self._impls.clear()

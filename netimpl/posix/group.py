@@ -103,6 +103,11 @@ class PosixGroupImpl(GroupImpl):
                 ready.append(sock)
         return ready
 
+    def before_wait(self) -> bool:
+        if self._dirty or self._want_out:
+            self._watch_writable()
+        return False
+
     def _arm(self, sock: "PosixSock") -> None:
         """Set the socket's epoll mask from its state: paused or not, waiting for write space or not."""
         out = EPOLLOUT if sock in self._want_out else 0

@@ -246,16 +246,7 @@ class UringGroupImpl(GroupImpl):
                 pass
         if self._dirty:
             self.flush_dirty()
-        inflight = self._inflight
-        for sock in self._unarmed:
-            ring.prep_poll_add(sock._fd, POLL_MASK, sock._poll_ud)
-            sock._poll_armed = True
-            inflight[sock] += 1
-        self._unarmed.clear()
-        orphanage = self.impl.orphanage  # type: ignore[attr-defined]
-        if len(orphanage) and not self._orphans_armed:
-            ring.prep_poll_add(orphanage.fileno(), select.POLLIN, self._ud(ORPHANS, None))
-            self._orphans_armed = True
+        self._arm_polls()
         ready: list["UringSock"] = []
         backlog = self._backlog
         before = Sock.completions
@@ -278,6 +269,32 @@ class UringGroupImpl(GroupImpl):
             timeout = deadline - time.monotonic()
             if timeout <= 0.0005:
                 return ready
+
+    def _arm_polls(self) -> None:
+        """Prepare the readiness polls of sockets not armed yet (and the orphanage's)."""
+        ring = self.ring
+        inflight = self._inflight
+        for sock in self._unarmed:
+            ring.prep_poll_add(sock._fd, POLL_MASK, sock._poll_ud)
+            sock._poll_armed = True
+            inflight[sock] += 1
+        self._unarmed.clear()
+        orphanage = self.impl.orphanage  # type: ignore[attr-defined]
+        if len(orphanage) and not self._orphans_armed:
+            ring.prep_poll_add(orphanage.fileno(), select.POLLIN, self._ud(ORPHANS, None))
+            self._orphans_armed = True
+
+    def before_wait(self) -> bool:
+        ring = self._ring
+        if ring is None:
+            return False
+        self._check_thread(self, "poll")
+        if self._dirty:
+            self.flush_dirty()
+        self._arm_polls()
+        if ring.sq_pending():
+            ring.submit(0)  # completions from here on signal the eventfd
+        return bool(self._backlog) or ring.cq_ready() > 0
 
     def _dispatch(self, ud: int, res: int, flags: int, ready: list | None) -> None:
         op = self._ops.get(ud)
