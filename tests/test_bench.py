@@ -40,6 +40,7 @@ def test_every_contender_is_measured_on_every_workload(quick_run):
     names = contenders()
     assert {"asyncio", "uvloop", "blocking"} <= set(names)
     assert [c for c in names if c.startswith("netimpl:")] == [f"netimpl:{i.name}" for i in netimpl.impls() if i.available]
+    assert f"netimpl-aio:{netimpl.default_impl()}" in names  # the default backend inside an asyncio loop
     need(floor.unavailable())
     assert names[0] == report.FLOOR
     assert doc["contenders"] == names

@@ -39,6 +39,9 @@ def contenders(impl: str | None = None) -> list[str]:
         raise SystemExit(f"backend {impl!r} is not available: " +
                          "; ".join(f"{i.name}: {i.reason or 'available'}" for i in netimpl.impls()))
     out += ours
+    if ours:  # the default backend (or the one asked for) once more, inside an asyncio loop
+        best = impl or netimpl.default_impl()
+        out.append(f"netimpl-aio:{best if f'netimpl:{best}' in ours else ours[0].split(':', 1)[1]}")
     out.append("asyncio")
     if importlib.util.find_spec("uvloop") is not None:
         out.append("uvloop")

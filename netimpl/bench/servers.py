@@ -8,7 +8,9 @@ response. ``bulk``: stream ``CHUNK``-byte writes to each client until it
 goes. The server prints its port, records its user and system CPU time
 (getrusage, all threads) at each SIGUSR1, and at SIGTERM prints those marks and exits.
 Contenders: ``c-epoll`` (the floor: a plain C epoll server, ``floor.c``),
-``netimpl:<backend>``, ``asyncio``, ``uvloop``, ``blocking``.
+``netimpl:<backend>``, ``netimpl-aio:<backend>`` (the same server driven by
+``netimpl.aio.run`` inside an asyncio loop, uvloop's where installed),
+``asyncio``, ``uvloop``, ``blocking``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def finish() -> None:
 
 # -- netimpl -------------------------------------------------------------------
 
-def serve_netimpl(impl: str, mode: str, a: int, b: int) -> None:
+def serve_netimpl(impl: str, mode: str, a: int, b: int, aio: bool = False) -> None:
     import netimpl
 
     lsock = netimpl.listen("127.0.0.1", 0, impl=impl)
@@ -106,9 +108,37 @@ def serve_netimpl(impl: str, mode: str, a: int, b: int) -> None:
                     s.writev_async(netimpl.Request([chunk], cb=refill, ctx=s))
 
     group.add_sock(lsock, on_listener)
+    if aio:
+        serve_in_asyncio(group, lsock)
+        return
     announce(lsock.getaddr()[1])
     while not stop[0]:
         group.poll(max_events=64, timeout=0.005)
+    finish()
+
+
+def serve_in_asyncio(group, lsock) -> None:
+    """The same group, driven by ``netimpl.aio.run`` from an asyncio loop (uvloop's when installed)."""
+    import asyncio
+
+    import netimpl.aio
+
+    try:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        stopped = loop.create_future()
+        loop.add_signal_handler(signal.SIGUSR1, mark)
+        loop.add_signal_handler(signal.SIGTERM, lambda: stopped.done() or stopped.set_result(None))
+        task = asyncio.create_task(netimpl.aio.run(group, max_events=64))
+        announce(lsock.getaddr()[1])
+        await stopped
+        task.cancel()
+
+    loop.run_until_complete(main())
     finish()
 
 
@@ -252,6 +282,8 @@ def main(argv: list[str]) -> None:
         serve_floor(mode, a, b)
     elif contender.startswith("netimpl:"):
         serve_netimpl(contender.split(":", 1)[1], mode, a, b)
+    elif contender.startswith("netimpl-aio:"):
+        serve_netimpl(contender.split(":", 1)[1], mode, a, b, aio=True)
     elif contender in ("asyncio", "uvloop"):
         serve_asyncio(contender, mode, a, b)
     elif contender == "blocking":
