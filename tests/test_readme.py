@@ -44,7 +44,8 @@ def served(request):
     info = next(i for i in netimpl.impls() if i.name == request.param)
     need("" if info.available else f"backend {info.name} unavailable: {info.reason}")
     netimpl.set_default_impl(request.param)
-    code = _example().replace(LISTEN, 'netimpl.listen("127.0.0.1", 0)').replace("while True:", "while not stop.is_set():")
+    code = _example().replace(LISTEN, 'netimpl.listen("127.0.0.1", 0)')
+    code = code.replace("while True:", "while not stop.is_set():")
     ns: dict = {"stop": threading.Event()}
     server = threading.Thread(target=exec, args=(code, ns), daemon=True)
     server.start()
@@ -113,7 +114,8 @@ def test_embedding_example_bounds_a_peer_that_never_reads(served):
 
 def test_embedding_example_ends_cleanly_on_ctrl_c():
     code = _example().replace(LISTEN, 'netimpl.listen("127.0.0.1", 0)')
-    code = code.replace("try:\n    while True:", "print(group.socks[0].getaddr()[1], flush=True)\ntry:\n    while True:")
+    announce = "print(group.socks[0].getaddr()[1], flush=True)\n"
+    code = code.replace("try:\n    while True:", announce + "try:\n    while True:")
     code += "print('closed', group.socks, flush=True)\n"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
