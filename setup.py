@@ -32,13 +32,15 @@ class optional_build_ext(build_ext):
 class runtime_build_py(build_py):
     """The wheel holds what runs: the cffi build scripts stay in the sdist (MANIFEST.in)."""
 
-    BUILD_ONLY = frozenset({("netimpl.uring", "build_ring"), ("netimpl.bench", "build_loadgen")})
+    BUILD_ONLY = frozenset({("netimpl.uring", "build_ring"), ("netimpl.bench", "build_loadgen"),
+                            ("netimpl.bench", "build_floor")})
 
     def find_package_modules(self, package, package_dir):
         return [m for m in super().find_package_modules(package, package_dir) if m[:2] not in self.BUILD_ONLY]
 
 
 setup(
-    cffi_modules=["netimpl/uring/build_ring.py:ffibuilder", "netimpl/bench/build_loadgen.py:ffibuilder"],
+    cffi_modules=["netimpl/uring/build_ring.py:ffibuilder", "netimpl/bench/build_loadgen.py:ffibuilder",
+                  "netimpl/bench/build_floor.py:ffibuilder"],
     cmdclass={"build_ext": optional_build_ext, "build_py": runtime_build_py},
 )

@@ -32,6 +32,12 @@ def ebadf() -> OSError:
     return oserror(errno.EBADF, "socket is closed")
 
 
+def wrong_thread(what: object, call: str) -> OSError:
+    """The refusal of a call made from a thread that does not drive ``what``'s group."""
+    return oserror(errno.EEXIST, f"{call} on {what!r} from a thread that does not poll its group: "
+                                 "call it on the thread that polls the group (IORING_SETUP_SINGLE_ISSUER)")
+
+
 class CallbackErrors:
     """Exceptions raised by user callbacks, waiting to be re-raised.
 

@@ -17,8 +17,10 @@ registers an instance with :func:`netimpl.register`.
 from __future__ import annotations
 
 import abc
+import threading
 from typing import TYPE_CHECKING, ClassVar
 
+from .errors import wrong_thread
 from .options import ImplOpts, SockOpts
 
 if TYPE_CHECKING:
@@ -77,10 +79,19 @@ class GroupImpl(abc.ABC):
     those instead of walking every socket.
     """
 
+    #: The thread (``threading.get_ident()``) that alone may drive this group impl and its
+    #: sockets' writes, or 0 when any thread may. Checked before a call changes anything.
+    _owner = 0
+
     def __init__(self, impl: NetImpl) -> None:
         self.impl = impl
         self.socks: dict["Sock", None] = {}
         self._dirty: dict["Sock", None] = {}
+
+    def _check_thread(self, what: object, call: str = "this call") -> None:
+        """Raise ``OSError(EEXIST)`` when called from a thread other than :attr:`_owner`."""
+        if self._owner and self._owner != threading.get_ident():
+            raise wrong_thread(what, call)
 
     @abc.abstractmethod
     def add_sock(self, sock: "Sock") -> None:
@@ -91,10 +102,30 @@ class GroupImpl(abc.ABC):
         """Stop watching ``sock``; nothing of it may be referenced afterwards. Never raises."""
 
     @abc.abstractmethod
+    def pause(self, sock: "Sock") -> None:
+        """Stop reporting ``sock`` readable, and stop letting its readiness end a wait.
+
+        Its writes, write-readiness and (zero-copy) completions go on; a
+        socket whose peer has gone must not make :meth:`poll` spin while
+        paused. ``sock._read_paused`` is already True.
+        """
+
+    @abc.abstractmethod
+    def resume(self, sock: "Sock") -> None:
+        """Report ``sock`` again; data waiting in the kernel is reported by the next :meth:`poll`
+        without a new kernel event. ``sock._read_paused`` is already False."""
+
+    @abc.abstractmethod
     def poll(self, max_events: int, timeout: float) -> list["Sock"]:
         """Flush dirty sockets, reap completions (running request callbacks),
         wait up to ``timeout`` seconds for readiness if nothing is ready, and
         return the sockets that became readable (data, EOF or error)."""
+
+    def before_wait(self) -> bool:
+        """The group's caller is about to wait on :meth:`fileno`: hand the kernel whatever is
+        prepared and arrange that everything pending wakes that fd (write space for queued
+        requests, say). True when :meth:`poll` has work to do at once without a kernel event."""
+        return False
 
     @abc.abstractmethod
     def fileno(self) -> int:

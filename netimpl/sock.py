@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import errno
 from collections import deque
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import callback_errors, ebadf, logger
+from .errors import callback_errors, ebadf, logger, wrong_thread
 from .pipe import Pipe
 from .request import FREE, PENDING, QUEUED, Request
 from .stats import SockStats
@@ -71,12 +72,14 @@ class Sock:
         self._queued: deque[Request] = deque()
         self._pending: deque[Request] = deque()
         self._queued_iovcnt = 0
+        self._queued_bytes = 0
         self._cb_cnt = 0
         self._closed = False
         self._close_deferred = False
         self._group: "SockGroup | None" = None
         self._group_impl: "GroupImpl | None" = None
         self._group_pid = -1
+        self._read_paused = False  # SockGroup.pause_reading: no read callback, no readiness wake-up
         self._pipe: Pipe | None = Pipe(impl_opts.recv_buf_size) if impl_opts.enable_recv_pipe and impl_opts.recv_buf_size > 0 else None
         self._recvlowat = 1
         self.stats = SockStats(impl.name)
@@ -198,7 +201,18 @@ class Sock:
     # -- receive ----------------------------------------------------------
 
     def recv_into(self, buf: Any) -> int | None:
-        """Read into ``buf``: bytes read, 0 at EOF, ``None`` when nothing is readable now."""
+        """Read into ``buf``: bytes read, 0 at EOF, ``None`` when nothing is readable now.
+
+        Through the recv pipe where it is enabled (a read of at least 1 KiB
+        with the pipe empty goes straight into ``buf``). Never blocks.
+
+        Raises ``OSError`` when the kernel reports an error on the socket
+        (``ConnectionResetError`` for a peer's reset, ``TimeoutError`` for
+        ETIMEDOUT...), after every byte received before the error has been
+        delivered; ``OSError(EBADF)`` once closed; ``TypeError`` for a
+        read-only buffer. A group's read callback is called for an error as
+        for data and EOF, so it must be ready to catch it.
+        """
         if self._closed:
             raise ebadf()
         if type(buf) is bytearray and len(buf) >= MIN_SOCK_PIPE_SIZE:
@@ -213,7 +227,7 @@ class Sock:
         return self._recv([_byte_view(buf)])
 
     def readv(self, bufs: Iterable[Any]) -> int | None:
-        """Read into several buffers in order; as :meth:`recv_into`."""
+        """Read into several buffers in order; returns and raises as :meth:`recv_into`."""
         if self._closed:
             raise ebadf()
         return self._recv([_byte_view(b) for b in bufs])
@@ -256,10 +270,26 @@ class Sock:
 
     # -- send -------------------------------------------------------------
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of this socket's requests whose callbacks have not run yet.
+
+        Queued, partly or wholly handed to the kernel, or waiting for a
+        zero-copy release: a partly sent request counts whole. Inside a
+        request's callback that request no longer counts. Readable after
+        :meth:`close` (zero-copy requests still awaiting release count).
+        The measure for backpressure: stop producing (for instance
+        :meth:`SockGroup.pause_reading`) while it is above a bound.
+        """
+        return self._queued_bytes
+
     def writev(self, bufs: Iterable[Any]) -> int | None:
         """Write directly after flushing the queue; ``None`` (nothing written) if the queue would not drain."""
         if self._closed:
             raise ebadf()
+        gi = self._group_impl
+        if gi is not None and gi._owner:
+            gi._check_thread(self, "writev")
         bufs = list(bufs)
         if self._queued:
             self.flush()
@@ -278,17 +308,22 @@ class Sock:
             raise TypeError(f"writev_async takes a netimpl.Request, not {req!r:.60}")
         if req._state != FREE:
             raise ValueError(f"{req!r} is already queued")
+        gi = self._group_impl
+        if gi is not None and gi._owner and gi._owner != get_ident():
+            raise wrong_thread(self, "writev_async")  # before anything changes: the call does nothing
         req._state = QUEUED
         req._offset = 0
         req._zc_wait = 0
         req._status = 0
         queued = self._queued
-        if not queued:
-            gi = self._group_impl
-            if gi is not None:
-                gi._dirty[self] = None
         queued.append(req)
         self._queued_iovcnt += len(req._bufs)
+        self._queued_bytes += req._nbytes
+        if len(queued) == 1 and gi is not None:
+            gi._dirty[self] = None
+            group = self._group
+            if group._wake_fd >= 0 and not group._polling:  # type: ignore[union-attr]
+                group._work_arrived()  # type: ignore[union-attr]  # no kernel event will announce it
         if self._queued_iovcnt >= IOV_BATCH_SIZE and self._cb_cnt == 0:
             self._flush()
             if callback_errors.pending:
@@ -302,6 +337,9 @@ class Sock:
         """
         if self._closed:
             raise ebadf()
+        gi = self._group_impl
+        if gi is not None and gi._owner:
+            gi._check_thread(self, "flush")
         if self._cb_cnt == 0:
             self._flush()
         if callback_errors.pending:
@@ -359,6 +397,7 @@ class Sock:
     def _complete(self, req: Request) -> None:
         status = req._status
         req._state = FREE
+        self._queued_bytes -= req._nbytes
         Sock.completions += 1
         if status:
             self.stats.requests_aborted += 1

@@ -5,14 +5,19 @@ from __future__ import annotations
 import io
 import json
 import math
+import signal
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
 import netimpl
-from netimpl.bench import contenders, report
+from netimpl import features
+from netimpl.bench import contenders, floor, report, unavailable
 from netimpl.bench.workloads import BY_NAME, WORKLOADS
+from tests.conftest import need
 
 ONLY = ["bulk-64k", "read-qd1", "read-16x32"]
 
@@ -36,6 +41,9 @@ def test_every_contender_is_measured_on_every_workload(quick_run):
     names = contenders()
     assert {"asyncio", "uvloop", "blocking"} <= set(names)
     assert [c for c in names if c.startswith("netimpl:")] == [f"netimpl:{i.name}" for i in netimpl.impls() if i.available]
+    assert f"netimpl-aio:{netimpl.default_impl()}" in names  # the default backend inside an asyncio loop
+    need(floor.unavailable())
+    assert names[0] == report.FLOOR
     assert doc["contenders"] == names
     got = {(r["workload"], r["contender"]) for r in doc["results"]}
     assert got == {(w, c) for w in ONLY for c in names}
@@ -43,9 +51,19 @@ def test_every_contender_is_measured_on_every_workload(quick_run):
         assert c in out.stdout
 
 
+def test_the_floor_is_measured_on_every_workload_and_shown_against_itself(quick_run):
+    out, doc, _ = quick_run
+    need(floor.unavailable())
+    assert contenders()[0] == report.FLOOR and unavailable() == []
+    assert {r["workload"] for r in doc["results"] if r["contender"] == report.FLOOR} == set(ONLY)
+    assert "lower is better" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(f"  {report.FLOOR} ")]
+    assert len(rows) == len(ONLY) and all("1.00x" in row for row in rows)
+
+
 def test_json_schema_and_figures_are_sane(quick_run):
     _, doc, _ = quick_run
-    assert doc["schema"] == report.SCHEMA_VERSION and doc["baseline"] == "asyncio"
+    assert doc["schema"] == report.SCHEMA_VERSION and doc["baseline"] == "asyncio" and doc["floor"] == "c-epoll"
     assert set(doc["machine"]) == {"cpus", "kernel", "python"}
     assert doc["config"] == {"rounds": 1, "seconds": 0.15, "quick": True}
     assert [w["name"] for w in doc["workloads"]] == ONLY
@@ -94,3 +112,173 @@ def test_workload_names_are_unique_and_shaped_like_the_issue():
     assert {w.chunk for w in WORKLOADS if w.mode == "bulk"} == {4096, 65536, 1 << 20}
     many = BY_NAME["many-1000"]
     assert many.conns == 1000 and many.active == 50
+
+
+def test_table_shows_cpu_as_a_multiple_of_the_floor():
+    w = BY_NAME["small-64x8"]
+    results = {w.name: {report.FLOOR: [{"rps": 900.0, "cpu_us": 0.5, "user_us": 0.125}],
+                        "asyncio": [{"rps": 100.0, "cpu_us": 4.0, "user_us": 2.0}],
+                        "netimpl:posix": [{"rps": 400.0, "cpu_us": 1.0, "user_us": 0.25}]}}
+    buf = io.StringIO()
+    report.table(results, [w], [report.FLOOR, "netimpl:posix", "asyncio"], buf)
+    text = buf.getvalue()
+    assert any(line.startswith(f"CPU/{report.FLOOR}: ") for line in text.splitlines()[:2])  # what the column means
+    head = next(line for line in text.splitlines() if "contender" in line)
+    assert f"CPU/{report.FLOOR} ↓  user µs/op" in head  # the floor's multiple just before the user time
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("  ") and "contender" not in line}
+    assert rows["netimpl:posix"][1:7] == ["400", "4.00x", "1.00", "0.25x", "2.00x", "0.25"]
+    assert rows["asyncio"][4:6] == ["1.00x", "8.00x"] and rows[report.FLOOR][4:6] == ["0.12x", "1.00x"]
+    # no floor measured: the column is left empty and the note is not printed
+    del results[w.name][report.FLOOR]
+    buf = io.StringIO()
+    report.table(results, [w], ["netimpl:posix", "asyncio"], buf)
+    assert f"CPU/{report.FLOOR}" not in buf.getvalue()
+    row = next(line for line in buf.getvalue().splitlines() if "netimpl:posix" in line).split()
+    assert row[1:6] == ["400", "4.00x", "1.00", "0.25x", "0.25"]
+
+
+def test_without_the_compiled_floor_the_bench_says_so_and_leaves_it_out(monkeypatch):
+    monkeypatch.setattr(floor, "lib", None)
+    monkeypatch.setattr(floor, "IMPORT_ERROR", "No module named 'netimpl.bench._floor'")
+    assert report.FLOOR not in contenders()
+    assert unavailable() == [(f"{report.FLOOR} is unavailable: the C floor server is not built "
+                              f"(No module named 'netimpl.bench._floor'); {features.INSTALL_HINT}.")]
+    with pytest.raises(RuntimeError, match="not built"):
+        floor.FloorServer(0, -1, "rr", 64, 64)
+
+
+def test_floor_server_refuses_bad_arguments():
+    need(floor.unavailable())
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        with pytest.raises(ValueError, match="'nonsense'"):
+            floor.FloorServer(ls.fileno(), -1, "nonsense", 64, 64)
+        with pytest.raises(ValueError, match="0"):
+            floor.FloorServer(ls.fileno(), -1, "rr", 64, 0)
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            floor.FloorServer(-5, -1, "rr", 64, 64)
+        srv = floor.FloorServer(ls.fileno(), -1, "rr", 64, 64)
+        srv.run(0)  # nothing to do: returns at once
+        srv.close()
+        srv.close()
+        with pytest.raises(ValueError, match="closed"):
+            srv.run(0)
+
+
+# -- the floor server speaks each workload's protocol, byte for byte -------------------------------
+
+class FloorProcess:
+    """``python -m netimpl.bench.servers c-epoll ...``, as the runner starts it (unpinned)."""
+
+    def __init__(self, mode: str, *sizes: int) -> None:
+        need(floor.unavailable())
+        self.p = subprocess.Popen([sys.executable, "-m", "netimpl.bench.servers", report.FLOOR, mode,
+                                   *map(str, sizes)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        assert line.strip().isdigit(), line + self.p.stderr.read()
+        self.port = int(line)
+        self.idle_fds = self.fds()
+
+    def fds(self) -> int:
+        import os
+
+        return len(os.listdir(f"/proc/{self.p.pid}/fd"))
+
+    def connect(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port))
+        s.settimeout(10)
+        return s
+
+    def wait_idle(self) -> None:
+        """Every connection the clients closed is closed by the server too: its fds are back to idle."""
+        import time
+
+        deadline = time.monotonic() + 10
+        while self.fds() != self.idle_fds and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.fds() == self.idle_fds
+
+    def stop(self) -> list:
+        """Two CPU marks, then SIGTERM: the server exits 0 and prints them, as the runner expects."""
+        import time
+
+        for _ in range(2):
+            self.p.send_signal(signal.SIGUSR1)
+            time.sleep(0.05)
+        self.p.send_signal(signal.SIGTERM)
+        out, err = self.p.communicate(timeout=10)
+        assert self.p.returncode == 0, err
+        marks = json.loads(out.strip().splitlines()[-1])
+        assert len(marks) == 2 and all(len(m) == 2 and m[0] >= 0 and m[1] >= 0 for m in marks), marks
+        return marks
+
+
+def recv_exactly(s: socket.socket, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        chunk = s.recv(min(n - len(got), 1 << 20))
+        assert chunk, f"connection closed after {len(got)} of {n} bytes"
+        got += chunk
+    return bytes(got)
+
+
+def assert_quiet(socks: list[socket.socket]) -> None:
+    """Nothing more arrives on any of ``socks`` (the server has long answered what it will)."""
+    import select
+
+    readable, _, _ = select.select(socks, [], [], 0.1)
+    assert readable == [], [s.recv(1 << 16) for s in readable]
+
+
+@pytest.mark.parametrize("w", [w for w in WORKLOADS if w.mode == "rr"], ids=lambda w: w.name)
+def test_floor_answers_each_whole_request_with_one_reply(w):
+    srv = FloorProcess("rr", w.req, w.resp)
+    try:
+        # up to 100 connections: past the server's first table of 64 fds
+        conns = [srv.connect() for _ in range(min(w.conns, 100))]
+        for s in conns:  # a request one byte short gets no answer
+            s.sendall(bytes(w.req - 1))
+        assert_quiet(conns)
+        for s in conns:  # its last byte, `depth` whole requests and half of another, in one send
+            s.sendall(b"\xff" * (1 + w.depth * w.req + w.req // 2))
+        for s in conns:
+            assert recv_exactly(s, (1 + w.depth) * w.resp) == bytes((1 + w.depth) * w.resp)
+        assert_quiet(conns)
+        conns[0].sendall(bytes(w.req - w.req // 2))
+        assert recv_exactly(conns[0], w.resp) == bytes(w.resp)
+
+        # More replies than the sockets hold while the client does not read: the server's sends come up
+        # short, the rest waits for EPOLLOUT, and every byte still arrives, in order and no more.
+        n = min((32 << 20) // w.resp, (8 << 20) // w.req)
+        sender = threading.Thread(target=conns[1 % len(conns)].sendall, args=(bytes(n * w.req),))
+        sender.start()
+        sender.join(20)
+        assert recv_exactly(conns[1 % len(conns)], n * w.resp) == bytes(n * w.resp)
+        assert_quiet(conns)
+        for s in conns:
+            s.close()
+        srv.wait_idle()
+        with srv.connect() as s:  # and it still serves
+            s.sendall(bytes(w.req))
+            assert recv_exactly(s, w.resp) == bytes(w.resp)
+        srv.wait_idle()
+    finally:
+        if srv.p.poll() is None:
+            srv.stop()
+
+
+@pytest.mark.parametrize("w", [w for w in WORKLOADS if w.mode == "bulk"], ids=lambda w: w.name)
+def test_floor_streams_zeros_to_each_client_until_it_goes(w):
+    srv = FloorProcess("bulk", w.chunk)
+    try:
+        a, b = srv.connect(), srv.connect()
+        for s in (a, b, a):
+            assert recv_exactly(s, 3 * w.chunk + 1) == bytes(3 * w.chunk + 1)
+        a.close()
+        assert recv_exactly(b, 2 * w.chunk) == bytes(2 * w.chunk)  # the other client is still served
+        b.close()
+        srv.wait_idle()
+        with srv.connect() as s:
+            assert recv_exactly(s, w.chunk) == bytes(w.chunk)
+        srv.wait_idle()
+    finally:
+        srv.stop()

@@ -6,7 +6,8 @@ by the same load generator, a small C program built through cffi pinned to
 CPU 0, so that the client is never what is measured. For every row it
 reports throughput and the server's CPU time per operation (getrusage of
 the server), the figure that does not depend on the client, each with its
-ratio to asyncio.
+ratio to asyncio, and the CPU time also as a multiple of the floor's:
+``c-epoll``, a plain C epoll server doing the same work (``floor.c``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ import time
 from typing import IO
 
 from .. import _cli
-from . import loadgen, report, runner
+from . import floor, loadgen, report, runner
 from .workloads import BY_NAME, WORKLOADS
 
-__all__ = ["contenders", "main"]
+__all__ = ["contenders", "main", "unavailable"]
+
+
+def unavailable() -> list[str]:
+    """One sentence for each contender that cannot run here (other than netimpl backends, which ``info`` lists)."""
+    reason = floor.unavailable()
+    return [f"{report.FLOOR} is unavailable: {reason}."] if reason else []
 
 
 def contenders(impl: str | None = None) -> list[str]:
-    """Every contender available here; ``impl`` keeps one netimpl backend only.
+    """Every contender available here, the floor first; ``impl`` keeps one netimpl backend only.
 
     An unknown ``impl`` raises ``ValueError``, an unavailable one
     :class:`netimpl.NetImplError` saying why.
@@ -37,7 +44,12 @@ def contenders(impl: str | None = None) -> list[str]:
 
     if impl is not None:
         get(impl)
-    out = [f"netimpl:{i.name}" for i in netimpl.impls() if i.available and (impl is None or i.name == impl)]
+    out = [] if floor.unavailable() else [report.FLOOR]
+    ours = [f"netimpl:{i.name}" for i in netimpl.impls() if i.available and (impl is None or i.name == impl)]
+    out += ours
+    if ours:  # the default backend (or the one asked for) once more, inside an asyncio loop
+        best = impl or netimpl.default_impl()
+        out.append(f"netimpl-aio:{best if f'netimpl:{best}' in ours else ours[0].split(':', 1)[1]}")
     out.append("asyncio")
     if importlib.util.find_spec("uvloop") is not None:
         out.append("uvloop")
@@ -116,6 +128,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m netimpl bench") -
     done = 0
     print(f"contenders: {', '.join(names)}; {rounds} round(s) of {seconds:g} s each, alternating; "
           f"server on CPU {runner.SERVER_CPU}, C load generator on CPU {runner.LOADGEN_CPU}", flush=True)
+    for sentence in unavailable():
+        print(sentence, flush=True)
     progress = _Progress(total, sys.stderr)
     for w in workloads:
         for _ in range(rounds):

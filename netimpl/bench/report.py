@@ -12,6 +12,8 @@ from typing import IO
 from .workloads import Workload
 
 BASELINE = "asyncio"
+#: The floor: a plain C epoll server of the same protocols (floor.c); each row's CPU is also shown as a multiple of it.
+FLOOR = "c-epoll"
 SCHEMA_VERSION = 1
 
 
@@ -30,10 +32,13 @@ def _ratio(x: float, base: float | None) -> str:
 UP, DOWN = "↑", "↓"
 
 
-def _columns(w: Workload, counted: bool) -> list[tuple[str, int]]:
+def _columns(w: Workload, counted: bool, floor: bool) -> list[tuple[str, int]]:
     unit = "GB/s" if w.metric == "gbps" else "req/s"
     cols = [(f"{unit} {UP}", 10), (f"rate/{BASELINE} {UP}", 14), (f"CPU µs/op {DOWN}", 11),
-            (f"CPU/{BASELINE} {DOWN}", 13), ("user µs/op", 10)]
+            (f"CPU/{BASELINE} {DOWN}", 13)]
+    if floor:
+        cols.append((f"CPU/{FLOOR} {DOWN}", 13))
+    cols.append(("user µs/op", 10))
     if w.latency:
         cols += [(f"p50 µs {DOWN}", 8), (f"p99 µs {DOWN}", 8)]
     if counted:
@@ -46,13 +51,17 @@ def table(results: dict, workloads: list[Workload], contenders: list[str], out: 
     print(f"{UP} higher is better, {DOWN} lower is better; rate/{BASELINE} and CPU/{BASELINE}: ratio to "
           f"{BASELINE}'s median; CPU: the server's (user + system) per operation, user µs/op the user part of it",
           file=out)
+    if any(FLOOR in results.get(w.name, {}) for w in workloads):
+        print(f"CPU/{FLOOR}: server CPU per op as a multiple of {FLOOR}'s, a plain C epoll server doing the same "
+              "work (1.00x is the floor)", file=out)
     for w in workloads:
         rows = results.get(w.name, {})
         if not rows:
             continue
         base = medians(rows[BASELINE]) if BASELINE in rows else None
+        floor_cpu = medians(rows[FLOOR])["cpu_us"] if FLOOR in rows else None
         counted = any("syscalls_per_op" in r for c in contenders for r in rows.get(c, []))
-        cols = _columns(w, counted)
+        cols = _columns(w, counted, floor_cpu is not None)
         print(f"\n{w.title}", file=out)
         print(f"  {'contender':16s}" + "".join(f"  {label:>{width}s}" for label, width in cols), file=out)
         for c in contenders:
@@ -62,8 +71,10 @@ def table(results: dict, workloads: list[Workload], contenders: list[str], out: 
             val = m[w.metric]
             cells = [f"{val:.2f}" if w.metric == "gbps" else f"{val:.0f}",
                      _ratio(val, base[w.metric] if base else None), f"{m['cpu_us']:.2f}",
-                     _ratio(m["cpu_us"], base["cpu_us"] if base else None),
-                     f"{m['user_us']:.2f}" if "user_us" in m else ""]
+                     _ratio(m["cpu_us"], base["cpu_us"] if base else None)]
+            if floor_cpu is not None:
+                cells.append(_ratio(m["cpu_us"], floor_cpu))
+            cells.append(f"{m['user_us']:.2f}" if "user_us" in m else "")
             if w.latency:
                 cells += [f"{m['p50_us']:.1f}", f"{m['p99_us']:.1f}"]
             if counted:
@@ -86,9 +97,10 @@ SHORT_TITLES = {
 
 
 def display_name(contender: str) -> str:
-    """``netimpl:uring`` -> ``netimpl uring``; ``blocking`` -> ``blocking threads``."""
-    if contender.startswith("netimpl:"):
-        return "netimpl " + contender.split(":", 1)[1]
+    """``netimpl:uring`` -> ``netimpl uring``; ``netimpl-aio:uring`` -> ``netimpl-aio uring``;
+    ``blocking`` -> ``blocking threads``."""
+    if contender.startswith(("netimpl:", "netimpl-aio:")):
+        return contender.replace(":", " ", 1)
     return {"blocking": "blocking threads"}.get(contender, contender)
 
 
@@ -140,6 +152,7 @@ def to_json(results: dict, workloads: list[Workload], contenders: list[str], con
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
         "config": config,
         "baseline": BASELINE,
+        "floor": FLOOR,
         "contenders": contenders,
         "workloads": [{"name": w.name, "title": w.title, "metric": w.metric} for w in workloads],
         "results": [

@@ -7,7 +7,10 @@
 response. ``bulk``: stream ``CHUNK``-byte writes to each client until it
 goes. The server prints its port, records its user and system CPU time
 (getrusage, all threads) at each SIGUSR1, and at SIGTERM prints those marks and exits.
-Contenders: ``netimpl:<backend>``, ``asyncio``, ``uvloop``, ``blocking``.
+Contenders: ``c-epoll`` (the floor: a plain C epoll server, ``floor.c``),
+``netimpl:<backend>``, ``netimpl-aio:<backend>`` (the same server driven by
+``netimpl.aio.run`` inside an asyncio loop, uvloop's where installed),
+``asyncio``, ``uvloop``, ``blocking``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import signal
 import socket
 import sys
 import threading
+
+from .report import FLOOR
 
 MARKS: list[tuple[float, float]] = []
 
@@ -43,7 +48,7 @@ def finish() -> None:
 
 # -- netimpl -------------------------------------------------------------------
 
-def serve_netimpl(impl: str, mode: str, a: int, b: int) -> None:
+def serve_netimpl(impl: str, mode: str, a: int, b: int, aio: bool = False) -> None:
     import netimpl
 
     lsock = netimpl.listen("127.0.0.1", 0, impl=impl)
@@ -103,9 +108,37 @@ def serve_netimpl(impl: str, mode: str, a: int, b: int) -> None:
                     s.writev_async(netimpl.Request([chunk], cb=refill, ctx=s))
 
     group.add_sock(lsock, on_listener)
+    if aio:
+        serve_in_asyncio(group, lsock)
+        return
     announce(lsock.getaddr()[1])
     while not stop[0]:
         group.poll(max_events=64, timeout=0.005)
+    finish()
+
+
+def serve_in_asyncio(group, lsock) -> None:
+    """The same group, driven by ``netimpl.aio.run`` from an asyncio loop (uvloop's when installed)."""
+    import asyncio
+
+    import netimpl.aio
+
+    try:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        stopped = loop.create_future()
+        loop.add_signal_handler(signal.SIGUSR1, mark)
+        loop.add_signal_handler(signal.SIGTERM, lambda: stopped.done() or stopped.set_result(None))
+        task = asyncio.create_task(netimpl.aio.run(group, max_events=64))
+        announce(lsock.getaddr()[1])
+        await stopped
+        task.cancel()
+
+    loop.run_until_complete(main())
     finish()
 
 
@@ -171,6 +204,31 @@ def serve_asyncio(loop_kind: str, mode: str, a: int, b: int) -> None:
     finish()
 
 
+# -- the floor: a plain C epoll server of the same protocols ---------------------
+
+def serve_floor(mode: str, a: int, b: int) -> None:
+    from .floor import FloorServer, unavailable
+
+    if unavailable():
+        raise SystemExit(unavailable())
+    ls = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    ls.setblocking(False)
+    # The C loop runs until a signal arrives: Python's handlers (the CPU marks, the stop) run between its runs.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    stop = [False]
+    signal.signal(signal.SIGUSR1, mark)
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    server = FloorServer(ls.fileno(), wake_r, mode, a, b)
+    announce(ls.getsockname()[1])
+    try:
+        while not stop[0]:
+            server.run(100)  # the timeout only bounds how late a stop seen after its wakeup byte can be
+    finally:
+        server.close()
+    finish()
+
+
 # -- plain blocking sockets, a thread per connection ---------------------------
 
 def serve_blocking(mode: str, a: int, b: int) -> None:
@@ -220,8 +278,12 @@ def main(argv: list[str]) -> None:
     cpu = os.environ.get("NETIMPL_BENCH_CPU")
     if cpu is not None:
         os.sched_setaffinity(0, {int(cpu)})
-    if contender.startswith("netimpl:"):
+    if contender == FLOOR:
+        serve_floor(mode, a, b)
+    elif contender.startswith("netimpl:"):
         serve_netimpl(contender.split(":", 1)[1], mode, a, b)
+    elif contender.startswith("netimpl-aio:"):
+        serve_netimpl(contender.split(":", 1)[1], mode, a, b, aio=True)
     elif contender in ("asyncio", "uvloop"):
         serve_asyncio(contender, mode, a, b)
     elif contender == "blocking":

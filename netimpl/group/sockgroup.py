@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import select
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -55,7 +56,12 @@ class SockGroup:
         self._socks: dict["Sock", ReadCallback] = {}
         self._ready: dict["Sock", None] = {}  # the pending-recv list, in service order
         self._closed = False
-        self._waiter: select.epoll | None = None
+        self._waiter: select.epoll | None = None  # over the group impls' fds (and _wake_fd): mixed waits, fileno()
+        self._wake_fd = -1        # eventfd: set while poll has work of its own (fileno() asked for)
+        self._wake_set = False
+        self._busy = False        # poll has work to do at once (kept up to date once fileno() was asked for)
+        self._polling = False
+        self._driver: object = None  # the netimpl.aio.run task serving the group, if any
 
     def __repr__(self) -> str:
         return f"<SockGroup impls={list(self._impls)} socks={len(self._socks)} ready={len(self._ready)}>"
@@ -86,7 +92,8 @@ class SockGroup:
             gi = sock._impl.group_impl_create()
             self._impls[sock.impl_name] = gi
             self.stats.impls.append(sock.impl_name)
-            self._waiter_reset()
+            if self._waiter is not None:
+                self._waiter.register(gi.fileno(), select.EPOLLIN)
         gi.add_sock(sock)
         gi.socks[sock] = None
         sock._group = self
@@ -104,13 +111,58 @@ class SockGroup:
                 logger.debug("%r: placement id %d is served by another group", sock, pid)
 
     def remove_sock(self, sock: "Sock") -> None:
-        """Stop watching ``sock``; its queued, unsent requests complete with ECANCELED."""
-        if getattr(sock, "_group", None) is not self:
-            raise ValueError(f"{sock!r} is not in this group")
+        """Stop watching ``sock``; its queued, unsent requests complete with ECANCELED.
+
+        A pause (:meth:`pause_reading`) is forgotten with it.
+        """
+        self._member(sock)
         self._detach(sock)
         sock._fail_queued(errno.ECANCELED)
         if callback_errors.pending and sock._cb_cnt == 0:
             callback_errors.reraise()
+
+    def pause_reading(self, sock: "Sock") -> None:
+        """Stop calling ``sock``'s read callback (a listener's: no accept callback) until resumed.
+
+        While paused, the socket's readiness neither calls its callback nor
+        cuts a :meth:`poll` timeout short, so a paused socket with data
+        waiting costs no CPU; its writes and request completions go on.
+        The way to apply backpressure: pause while
+        :attr:`Sock.queued_bytes` is over a bound, resume when it drains.
+        Pausing a paused socket does nothing (one resume undoes any number
+        of pauses). ``ValueError`` if ``sock`` is not in this group.
+        """
+        self._member(sock)
+        if sock._read_paused:
+            return
+        gi: "GroupImpl" = sock._group_impl  # type: ignore[assignment]
+        gi._check_thread(sock, "pause_reading")
+        sock._read_paused = True
+        self._ready.pop(sock, None)
+        gi.pause(sock)
+
+    def resume_reading(self, sock: "Sock") -> None:
+        """Undo :meth:`pause_reading`: a following :meth:`poll` serves whatever waited.
+
+        Data already in the recv pipe or in the kernel is served without a
+        new kernel event. Resuming a socket that is not paused does nothing;
+        ``ValueError`` if ``sock`` is not in this group.
+        """
+        self._member(sock)
+        if not sock._read_paused:
+            return
+        gi: "GroupImpl" = sock._group_impl  # type: ignore[assignment]
+        gi._check_thread(sock, "resume_reading")
+        sock._read_paused = False
+        gi.resume(sock)
+        if sock._has_buffered():
+            self._ready[sock] = None
+        if not self._polling:
+            self._work_arrived()
+
+    def _member(self, sock: "Sock") -> None:
+        if getattr(sock, "_group", None) is not self:
+            raise ValueError(f"{sock!r} is not in this group")
 
     def _detach(self, sock: "Sock") -> None:
         """Take ``sock`` out of the group; requests are the caller's business."""
@@ -123,6 +175,7 @@ class SockGroup:
         self._ready.pop(sock, None)
         sock._group = None
         sock._group_impl = None
+        sock._read_paused = False
         if sock._group_pid >= 0:
             placement_map.release(sock._group_pid, self)
             sock._group_pid = -1
@@ -135,11 +188,22 @@ class SockGroup:
         returning: posix sends it at once; uring prepares it, and the next
         poll's single ``io_uring_enter`` submits it (keep polling). Returns
         the number of read callbacks made.
+
+        Raises what a read or request callback let out (the first, once the
+        group is consistent again; the rest are logged): a read callback that
+        does not catch a receive error (``ConnectionResetError`` from
+        ``recv_into``) ends this poll with it, and the remaining ready sockets
+        are served by the next poll; the group stays usable. ``TypeError`` /
+        ``ValueError`` for bad arguments, ``OSError(EBADF)`` once closed,
+        ``OSError(EEXIST)`` from a thread that does not drive a uring group.
+        Send errors never raise: they complete their requests.
         """
         if not (type(max_events) is int and max_events > 0 and type(timeout) in _NUMBER and timeout >= 0):
             _check_poll_args(max_events, timeout)
         if self._closed:
             raise ebadf()
+        if self._wake_fd >= 0:
+            return self._poll_exported(max_events, timeout)
         self.stats.polls += 1
         ready = self._ready
         wait = 0.0 if ready else float(timeout)
@@ -156,6 +220,88 @@ class SockGroup:
             callback_errors.reraise()
         return self._serve(max_events)
 
+    def _poll_exported(self, max_events: int, timeout: float) -> int:
+        """poll, keeping :meth:`fileno`'s promise: afterwards its fd is readable exactly when
+        there is work (a kernel event, or work of poll's own)."""
+        self._polling = True
+        try:
+            self.stats.polls += 1
+            ready = self._ready
+            wait = 0.0 if ready or self._busy else float(timeout)
+            if self._impls:
+                self._poll_many(max_events, wait)
+            elif wait > 0:
+                time.sleep(wait)
+            if callback_errors.pending:
+                callback_errors.reraise()
+            return self._serve(max_events)
+        finally:
+            self._polling = False
+            self._update_busy()
+
+    def _update_busy(self) -> None:
+        busy = bool(self._ready)
+        for gi in self._impls.values():
+            if gi.before_wait():
+                busy = True
+        self._busy = busy
+        if busy != self._wake_set:
+            self._wake_set = busy
+            if busy:
+                os.eventfd_write(self._wake_fd, 1)
+            else:
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:
+                    pass
+
+    def _work_arrived(self) -> None:
+        """Work came outside poll that no kernel event announces (a request queued or a socket
+        resumed outside a callback): make :meth:`fileno` say so."""
+        if self._wake_fd >= 0:
+            self._update_busy()
+
+    def fileno(self) -> int:
+        """One fd, readable while :meth:`poll` has something to do (SPDK's group interrupt fd).
+
+        It polls readable while the kernel holds events for the group (readable
+        unpaused sockets, pending connections, send and zero-copy completions,
+        sockets whose queued requests the kernel can now take) and while poll
+        has work of its own (recv-pipe data, a socket just resumed with data
+        waiting, submissions prepared for a uring ring). An idle, fully served
+        group's fd is not readable. It is the same fd from the first call
+        until :meth:`close`: an epoll set over each backend's own fd (posix:
+        its epoll; uring: an eventfd registered with the ring, since a
+        DEFER_TASKRUN ring's fd wakes no poller) and an eventfd of the group's.
+        Wait on it for reading, then call ``poll(timeout=0)``; see :mod:`netimpl.aio`.
+        """
+        if self._closed:
+            raise ebadf()
+        if self._wake_fd < 0:
+            waiter = self._waiter_get()
+            wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            try:
+                waiter.register(wake, select.EPOLLIN)
+            except BaseException:
+                os.close(wake)
+                raise
+            self._wake_fd = wake
+            self._update_busy()
+        return self._waiter.fileno()  # type: ignore[union-attr]
+
+    def _waiter_get(self) -> select.epoll:
+        waiter = self._waiter
+        if waiter is None:
+            waiter = select.epoll()
+            try:
+                for gi in self._impls.values():
+                    waiter.register(gi.fileno(), select.EPOLLIN)
+            except BaseException:
+                waiter.close()
+                raise
+            self._waiter = waiter
+        return waiter
+
     def _serve(self, max_events: int) -> int:
         ready = self._ready
         served = 0
@@ -164,7 +310,7 @@ class SockGroup:
             sock = next(iter(ready))
             del ready[sock]
             cb = socks.get(sock)
-            if cb is None:
+            if cb is None or sock._read_paused:
                 continue
             served += 1
             try:
@@ -187,7 +333,7 @@ class SockGroup:
 
     def _requeue(self, sock: "Sock") -> None:
         # Back of the list while the pipe holds data; otherwise the kernel will say.
-        if sock._group is self and sock._has_buffered():
+        if sock._group is self and not sock._read_paused and sock._has_buffered():
             self._ready[sock] = None
 
     def _poll_many(self, max_events: int, wait: float) -> None:
@@ -199,20 +345,20 @@ class SockGroup:
                 found = True
         if found or wait <= 0:
             return
-        waiter = self._waiter
-        if waiter is None:
-            waiter = self._waiter = select.epoll()
-            for gi in self._impls.values():
-                waiter.register(gi.fileno(), select.EPOLLIN)
-        if waiter.poll(wait, 1):
+        for gi in self._impls.values():
+            gi.before_wait()  # arrange that everything pending wakes the waiter
+        if self._waiter_get().poll(wait, 1):
             for gi in list(self._impls.values()):
                 for sock in gi.poll(max_events, 0.0):
                     ready[sock] = None
 
-    def _waiter_reset(self) -> None:
+    def _waiter_close(self) -> None:
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
 
     def close(self) -> None:
         """Release the group: ``OSError(EBUSY)`` while sockets remain; idempotent once empty."""
@@ -221,7 +367,7 @@ class SockGroup:
         if self._socks:
             raise oserror(errno.EBUSY, f"{len(self._socks)} sockets are still in the group")
         self._closed = True
-        self._waiter_reset()
+        self._waiter_close()
         for gi in self._impls.values():
             gi.close()
         self._impls.clear()

@@ -12,6 +12,11 @@ Facts about epoll that shape it (epoll(7)):
 * Without ``EPOLLOUT`` a socket whose send buffer was full would wait for the
   whole ``timeout`` before its queue moved again; so while ``poll`` is about to
   sleep, sockets with queued data are also watched for ``EPOLLOUT``.
+* ``EPOLLERR`` and ``EPOLLHUP`` are reported whatever the mask says, so a
+  socket paused for reading whose peer is gone would wake every wait. A
+  paused socket is therefore armed ``EPOLLONESHOT``: each event it raises
+  (write space, a zero-copy notification) is handled and the socket re-armed,
+  except after a hang-up or an error, which only its resume will report.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 EPOLLERR = select.EPOLLERR
+EPOLLHUP = select.EPOLLHUP
+EPOLLONESHOT = select.EPOLLONESHOT
 _READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLRDHUP
 _WATCH = select.EPOLLIN | select.EPOLLERR | select.EPOLLRDHUP
 
@@ -87,9 +94,30 @@ class PosixGroupImpl(GroupImpl):
                     self._dirty.pop(sock, None)
                 if sock._closed:
                     continue
+            if sock._read_paused:
+                # Armed one-shot: re-arm unless the peer is gone (resume reports that).
+                if not (ev & EPOLLHUP or (ev & EPOLLERR and sock._zc is None)) and fds.get(fd) is sock:
+                    self._arm(sock)
+                continue
             if ev & _READABLE or (ev & EPOLLERR and sock._zc is None):
                 ready.append(sock)
         return ready
+
+    def before_wait(self) -> bool:
+        if self._dirty or self._want_out:
+            self._watch_writable()
+        return False
+
+    def _arm(self, sock: "PosixSock") -> None:
+        """Set the socket's epoll mask from its state: paused or not, waiting for write space or not."""
+        out = EPOLLOUT if sock in self._want_out else 0
+        self._ep.modify(sock._fd, (EPOLLONESHOT | out) if sock._read_paused else (_WATCH | out))
+
+    def pause(self, sock: "PosixSock") -> None:  # type: ignore[override]
+        self._arm(sock)
+
+    def resume(self, sock: "PosixSock") -> None:  # type: ignore[override]
+        self._arm(sock)  # level-triggered: what waits in the kernel is reported by the next wait
 
     def _watch_writable(self) -> None:
         want = self._want_out
@@ -97,11 +125,11 @@ class PosixGroupImpl(GroupImpl):
         for sock in [s for s in want if s not in dirty]:
             want.discard(sock)
             if not sock._closed:
-                self._ep.modify(sock._fd, _WATCH)
+                self._arm(sock)
         for sock in dirty:  # type: ignore[assignment]
             if sock not in want and not sock._closed:
                 want.add(sock)
-                self._ep.modify(sock._fd, _WATCH | EPOLLOUT)
+                self._arm(sock)
 
     def close(self) -> None:
         self._ep.close()

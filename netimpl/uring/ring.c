@@ -416,6 +416,11 @@ out:
     return rc ? rc : (int)n;
 }
 
+int ni_register_eventfd(struct ni_ring *r, int efd)
+{
+    return sys_register(r->fd, IORING_REGISTER_EVENTFD, &efd, 1) < 0 ? -errno : 0;
+}
+
 int ni_probe_opcode(struct ni_ring *r, unsigned opcode)
 {
     size_t len = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);

@@ -169,5 +169,9 @@ class Ring:
                 continue
             return out
 
+    def register_eventfd(self, efd: int) -> None:
+        """Have the kernel signal eventfd ``efd`` whenever this ring has completions to post."""
+        check(lib.ni_register_eventfd(self._r, efd), "IORING_REGISTER_EVENTFD")
+
     def probe_opcode(self, opcode: int) -> bool:
         return bool(check(lib.ni_probe_opcode(self._r, opcode), "IORING_REGISTER_PROBE"))

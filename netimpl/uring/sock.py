@@ -26,7 +26,11 @@ class UringSock(PosixSock):
         self._send = None          # struct ni_send, allocated on the first ring send
         self._send_ud = 0          # user_data of the write task in flight, 0 when none
         self._send_iovs: list | None = None  # what that task's iovecs point into
+        self._send_total = 0       # bytes that task asked the kernel to take
         self._poll_ud = 0          # user_data of the socket's readiness poll while in a group
+        self._poll_armed = False   # that poll is in the kernel
+        self._out_armed = False    # waiting in the group's write-space set: no send until it has room
+        self._out_registered = False  # its fd is in that set (armed or not)
 
     def _flush(self) -> None:
         gi: "UringGroupImpl | None" = self._group_impl  # type: ignore[assignment]

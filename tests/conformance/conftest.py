@@ -8,7 +8,7 @@ from typing import Callable
 import pytest
 
 import netimpl
-from tests.conftest import available_impls
+from tests.conftest import available_impls, need
 
 
 @pytest.fixture(params=available_impls())
@@ -51,9 +51,19 @@ class Net:
         client = self.connect(host, lsock.getaddr()[1], **kw)
         return client, self.accept(lsock)
 
-    def group(self) -> netimpl.SockGroup:
+    def group(self, mixed: bool = False) -> netimpl.SockGroup:
+        """A new group; ``mixed``: it also holds an idle connected socket of every other available backend."""
         g = netimpl.SockGroup()
         self.groups.append(g)
+        if mixed:
+            others = [i.name for i in netimpl.impls() if i.available and i.name != self.impl]
+            need("" if others else f"a mixed group needs a second available backend beside {self.impl}")
+            for name in others:
+                lsock = netimpl.listen("127.0.0.1", 0, impl=name)
+                peer = netimpl.connect("127.0.0.1", lsock.getaddr()[1], impl=name)
+                idle = self.accept(lsock)
+                self.socks += [lsock, peer]
+                g.add_sock(idle, lambda grp, s: s.recv_into(bytearray(4096)))
         return g
 
     def close(self) -> None:
@@ -64,6 +74,12 @@ class Net:
             s.close()
         for g in self.groups:
             g.close()
+
+
+@pytest.fixture(params=[False, True], ids=["single", "mixed"])
+def mixed(request) -> bool:
+    """Run once with a group of this backend alone, once in a group that holds every backend."""
+    return request.param
 
 
 @pytest.fixture
