@@ -4,9 +4,11 @@
 
 e.g. ``netimpl:posix read-16x32 3``. The server runs in this process under
 cProfile, pinned to CPU 1; the C load generator runs in a child on CPU 0.
-Contenders: ``netimpl:<backend>`` (any available backend), ``asyncio``,
+Contenders: ``netimpl:<backend>`` and ``netimpl-aio:<backend>`` (any
+available backend; the second inside an asyncio loop), ``asyncio``,
 ``uvloop`` (if installed) and ``blocking``, whose connection threads are
-profiled each on its own and reported together.
+profiled each on its own and reported together. The floor, ``c-epoll``, is
+C: profile it with ``perf`` instead.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable
 import netimpl
 from netimpl.bench import servers
 from netimpl.bench.loadgen import LoadGen, unavailable_reason
+from netimpl.bench.report import FLOOR
 from netimpl.bench.workloads import BY_NAME
 
 PROG = "benchmarks/profile_server.py"
@@ -33,6 +36,8 @@ PROG = "benchmarks/profile_server.py"
 def contenders() -> dict[str, str]:
     """Every contender name this script knows -> '' if it can be profiled here, else why not."""
     out = {f"netimpl:{i.name}": i.reason for i in netimpl.impls()}
+    out |= {f"netimpl-aio:{i.name}": i.reason for i in netimpl.impls()}
+    out[FLOOR] = "a C server: cProfile sees none of its work (perf record -p PID shows it)"
     out["asyncio"] = ""
     out["uvloop"] = "" if importlib.util.find_spec("uvloop") else "uvloop is not installed (the bench extra)"
     out["blocking"] = ""
@@ -52,7 +57,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.contender not in known:
         p.error(f"unknown contender {args.contender!r} (known: {', '.join(known)})")
     if known[args.contender]:
-        print(f"{PROG}: {args.contender} cannot run here: {known[args.contender]}", file=sys.stderr)
+        print(f"{PROG}: {args.contender} cannot be profiled here: {known[args.contender]}", file=sys.stderr)
         sys.exit(1)
     if args.seconds <= 0 or args.lines <= 0:
         p.error("SECONDS and --lines must be positive")
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     prof.enable()
     if args.contender.startswith("netimpl:"):
         servers.serve_netimpl(args.contender.split(":", 1)[1], w.mode, a, b)
+    elif args.contender.startswith("netimpl-aio:"):
+        servers.serve_netimpl(args.contender.split(":", 1)[1], w.mode, a, b, aio=True)
     elif args.contender == "blocking":
         profile_threads(finished, threads)
         servers.serve_blocking(w.mode, a, b)
