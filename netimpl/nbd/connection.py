@@ -123,15 +123,43 @@ class Connection:
         self.sock.writev_async(netimpl.Request([data]))
 
     def close(self) -> None:
-        """Leave the group and close the socket; queued replies are cancelled. Idempotent."""
+        """Leave the group and close the socket; queued replies are cancelled. Idempotent.
+
+        Everything the connection holds is let go here rather than left to
+        the cyclic collector: the reply requests (whose callbacks point back
+        at the connection), the negotiation generator (which holds
+        :meth:`_send`), a half-received write's buffer and the receive
+        buffer. Replies still in the kernel's hands (zero-copy) keep their
+        own buffers until it releases them, and then nothing else.
+        """
         if self._closed:
             return
         self._closed = True
         sock = self.sock
-        if sock.group is not None:
-            sock.group.remove_sock(sock)
-        sock.close()
-        self.server._forget(self)
+        try:
+            if sock.group is not None:
+                sock.group.remove_sock(sock)
+        finally:
+            sock.close()                  # queued replies complete now, through _reply_done
+            self._release()
+            self.server._forget(self)
+
+    def _release(self) -> None:
+        gen, self._negotiation = self._negotiation, None
+        if gen is not None:
+            gen.close()
+        payload, self._payload = self._payload, None
+        if payload is not None and payload.target is not None:
+            payload.target.release()
+            assert self.session is not None
+            self.session.store.discard(payload.token)
+        for req in self._free:
+            req.cb = None
+        self._free.clear()
+        self._last = None
+        self._mv.release()
+        self._buf = bytearray()
+        self._mv = memoryview(self._buf)
 
     def _drop(self, why: str, *args: Any) -> None:
         logger.warning("%s: " + why + "; dropping the connection", self.peer, *args)
@@ -148,6 +176,10 @@ class Connection:
             except Exception:
                 logger.exception("%s: could not release a reply buffer", self.peer)
             tokens.clear()
+        req.bufs = ()                     # the reply's buffers go now, not when the request is reused
+        if self._closed:
+            req.cb = None                 # the last reference to the connection may be this one
+            return
         self._free.append(req)
         if req is self._last:
             self._last = None
