@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 
 import netimpl
 
-from .server import NbdServer
+from .server import DEFAULT_HANDSHAKE_TIMEOUT, NbdServer
 from .store import MemoryStore, Store, open_file_store, parse_size
 
 DEFAULT_ZEROCOPY_THRESHOLD = 64 << 10
@@ -32,6 +33,16 @@ def _size_arg(text: str) -> int:
     return size
 
 
+def _seconds_arg(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return seconds
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m netimpl.nbd",
@@ -52,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
                    "see python -m netimpl info)")
     p.add_argument("--zerocopy-threshold", type=_size_arg, default=DEFAULT_ZEROCOPY_THRESHOLD,
                    help="replies at least this large go zero-copy where it is in force (default 64K)")
+    p.add_argument("--handshake-timeout", type=_seconds_arg, default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="SECONDS",
+                   help="drop a client that has not finished negotiating this long after it connected "
+                        f"(default {DEFAULT_HANDSHAKE_TIMEOUT:g}; 0: no limit)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every connection")
     return p
 
@@ -87,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         try:
-            server = NbdServer(exports, args.host, args.port, impl=impl)
+            server = NbdServer(exports, args.host, args.port, impl=impl,
+                               handshake_timeout=args.handshake_timeout or None)
         except (ValueError, OSError) as exc:
             print(f"netimpl.nbd: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 2
@@ -95,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, _frame: stop.append(signum))
         host, port = server.address
-        zc = (f"on for replies >= {args.zerocopy_threshold} bytes (never to loopback clients)"
-              if server.listener.zerocopy else "off")
+        zc = {True: f"on for replies >= {args.zerocopy_threshold} bytes",
+              None: f"on for replies >= {args.zerocopy_threshold} bytes, except to loopback clients",
+              False: "off"}[server.zerocopy]
         print(f"netimpl.nbd: listening on {host}:{port}, backend {server.impl_name}, zero-copy {zc}", flush=True)
         for name, store in exports.items():
             print(f"  export {name!r}: {store.describe()}", flush=True)

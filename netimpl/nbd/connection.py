@@ -161,6 +161,10 @@ class Connection:
         self._buf = bytearray()
         self._mv = memoryview(self._buf)
 
+    def timed_out(self, seconds: float) -> None:
+        """The server's negotiation deadline passed: drop the client."""
+        self._drop("negotiation not finished after %g s", seconds)
+
     def _drop(self, why: str, *args: Any) -> None:
         logger.warning("%s: " + why + "; dropping the connection", self.peer, *args)
         self.close()
@@ -289,6 +293,7 @@ class Connection:
                 self._need = gen.send(data)
             except StopIteration as stop:
                 self._negotiation = None
+                self.server._negotiated(self)
                 session = stop.value
                 if session is None:
                     logger.info("%s: client ended the negotiation", self.peer)

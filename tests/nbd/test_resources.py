@@ -10,7 +10,12 @@ reads them.
 from __future__ import annotations
 
 import gc
+import os
+import re
+import signal
 import struct
+import subprocess
+import sys
 import time
 import weakref
 
@@ -18,7 +23,7 @@ import pytest
 
 from netimpl.nbd import MemoryStore, open_file_store
 
-from .client import REQ_MAGIC, Client
+from .client import REQ_MAGIC, Client, Closed
 
 MiB = 1 << 20
 
@@ -90,3 +95,176 @@ def test_a_closed_connection_and_its_reply_buffers_go_without_the_cyclic_collect
         mm = store._mmap
         store.close()                                          # no reply still holds a slice of it
         assert mm.closed
+
+
+# -- defect 7: negotiation has a deadline ------------------------------------------------------
+
+def test_a_client_that_never_negotiates_is_dropped_after_the_handshake_timeout(nbd, caplog):
+    srv = nbd(handshake_timeout=0.5)
+    with Client(srv.port) as idle, Client(srv.port) as slow, Client(srv.port) as good:
+        idle.recv_exact(18)                                   # the greeting, and then nothing
+        slow.greeting()
+        good.connect()
+        t0 = time.monotonic()
+        for _ in range(40):                                   # an option, one byte per 50 ms: never done in time
+            try:
+                slow.s.sendall(b"I")
+            except OSError:
+                break
+            time.sleep(0.05)
+        assert idle.is_closed(5.0) and slow.is_closed(5.0)
+        assert time.monotonic() - t0 < 5.0
+        assert good.read(0, 4096) == bytes(4096)              # transmission has no deadline
+    assert caplog.text.count("negotiation not finished after 0.5 s") == 2
+
+
+def test_without_a_handshake_timeout_an_idle_client_stays(nbd):
+    srv = nbd(handshake_timeout=None)
+    with Client(srv.port) as idle:
+        idle.recv_exact(18)
+        assert not idle.is_closed(1.0)
+        idle.s.sendall(struct.pack(">I", 3))
+        idle.go("")
+        assert idle.read(0, 8) == bytes(8)
+
+
+@pytest.mark.parametrize("bad,exc", [(-1, ValueError), (0, ValueError), (float("nan"), ValueError),
+                                     (float("inf"), ValueError), ("10", TypeError), (True, TypeError)])
+def test_a_bad_handshake_timeout_is_refused_naming_it(bad, exc):
+    from netimpl.nbd import NbdServer
+
+    with pytest.raises(exc, match=f"handshake_timeout .*{bad!r}"):
+        NbdServer({"": MemoryStore(MiB)}, "127.0.0.1", 0, handshake_timeout=bad)
+
+
+# -- defect 6: at the fd limit the server backs off, logs once, and recovers by itself ---------
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _greeted(c: Client, timeout: float) -> bool:
+    c.s.settimeout(timeout)
+    try:
+        return c.recv_exact(18).startswith(b"NBDMAGIC")
+    except (TimeoutError, Closed):
+        return False
+
+
+_LIMITED_SERVER = """
+import resource, sys
+from netimpl.nbd.__main__ import main
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_at_the_fd_limit_the_server_backs_off_logs_once_and_recovers(impl, tmp_path):
+    limit = 48
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LIMITED_SERVER, str(limit), "--impl", impl, "--host", "127.0.0.1",
+             "--port", "0", "--size", "16M", "--handshake-timeout", "0"],
+            stdout=subprocess.PIPE, stderr=err, text=True)
+    clients: list[Client] = []
+    try:
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        assert m, log.read_text()
+        port = int(m.group(1))
+        while True:                                   # connect until the server can take no more
+            c = Client(port)
+            clients.append(c)
+            if not _greeted(c, 2.0):
+                break
+            assert len(clients) < limit, "the fd limit did not bite"
+        waiting = clients.pop()                       # in the backlog: accept fails with EMFILE
+        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(2.0)
+        cpu = _cpu_seconds(proc.pid) - cpu0
+        wall = time.monotonic() - t0
+        text = log.read_text()
+        assert text.count("accept failed") == 1, text[-2000:]
+        assert "Too many open files" in text
+        assert len(text.splitlines()) < 5, text[-2000:]
+        assert cpu < 0.25 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s at the fd limit: spinning"
+        for c in clients[:4]:                         # free a few fds: the waiting client is served
+            c.close()
+        assert _greeted(waiting, 5.0), "the server did not accept again by itself"
+        clients.append(waiting)
+        time.sleep(0.2)
+        assert "accepting again" in log.read_text()
+    finally:
+        for c in clients:
+            c.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+# -- defect 8: the banner's zero-copy state is what accepted connections use ---------------------
+
+def _read_from(host: str, port: int, out) -> None:
+    """In the namespace: negotiate, read 1 MiB (a zero-copy sized reply), report, hold on a moment."""
+    try:
+        with Client(port, host) as c:
+            c.connect()
+            out.put(len(c.read(0, MiB)))
+            time.sleep(1.0)
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        out.put(repr(exc))
+
+
+def _accepted_zerocopy(srv, host: str, veth) -> bool:
+    import multiprocessing as mp
+
+    out = mp.get_context("fork").Queue()
+    proc = veth.run_in_ns(_read_from, host, srv.port, out)
+    try:
+        assert out.get(timeout=20) == MiB
+        (conn,) = srv.server.connections
+        return conn.sock.zerocopy
+    finally:
+        proc.join(10)
+
+
+def test_the_zerocopy_state_reported_is_what_accepted_connections_use(nbd, impl, veth):
+    import netimpl
+
+    srv = nbd(host=veth.host_ip)                        # not loopback: the policy allows zero-copy
+    assert srv.server.zerocopy is True and srv.server.listener.zerocopy is False
+    assert _accepted_zerocopy(srv, veth.host_ip, veth) is True
+    srv.stop()
+
+    opts = netimpl.get_impl_opts(impl)
+    netimpl.set_impl_opts(impl, enable_zerocopy_send_server=False)
+    try:
+        srv = nbd(host=veth.host_ip)
+        assert srv.server.zerocopy is False
+        assert _accepted_zerocopy(srv, veth.host_ip, veth) is False
+    finally:
+        netimpl.set_impl_opts(impl, opts)
+
+    loop = nbd()
+    assert loop.server.zerocopy is False
+    with Client(loop.port) as c:
+        c.connect()
+        assert wait_for(lambda: len(loop.server.connections) == 1)
+        assert next(iter(loop.server.connections)).sock.zerocopy is False
+
+
+def test_the_banner_says_zerocopy_on_where_accepted_connections_use_it(impl, veth):
+    proc = subprocess.Popen([sys.executable, "-m", "netimpl.nbd", "--impl", impl, "--host", veth.host_ip,
+                             "--port", "0", "--size", "16M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        banner = proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "zero-copy on for replies >= 65536 bytes" in banner, (banner, err)
+    assert proc.returncode == 0, err
