@@ -10,9 +10,7 @@ loop; requests read through each socket's recv pipe; replies sent with
 ``writev_async`` straight from the backing store (header and data iovecs, no
 joined copies), zero-copy for large reads where the backend allows it.
 
-It uses ``import netimpl`` and nothing below it, as any embedding code would,
-but for one question the banner asks the core's zero-copy policy: whether
-the listening address is on loopback (:mod:`netimpl.iface`).
+It uses ``import netimpl`` and nothing below it, as any embedding code would.
 """
 
 from .handshake import ProtocolError, Session

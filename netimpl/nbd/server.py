@@ -24,7 +24,6 @@ import time
 from typing import Callable, Mapping
 
 import netimpl
-from netimpl.iface import is_loopback_address  # the policy's own loopback test, not a look-alike
 
 from .connection import Connection
 from .store import Store
@@ -102,15 +101,15 @@ class NbdServer:
         loopback address never does, one on another address does, and one
         on a wildcard address (``0.0.0.0``, ``::``) does for every client
         but a loopback one: None. (Where the kernel refuses ``SO_ZEROCOPY``
-        a socket sends by copy all the same; each connection's log line
-        says what it got.)
+        a socket sends by copy all the same, and an address other than
+        127.0.0.0/8 and ::1 configured on the loopback interface is taken
+        for what it is not here; each connection's log line says what it
+        got.)
         """
         if not getattr(netimpl.get_impl_opts(self.impl_name), "enable_zerocopy_send_server", False):
             return False
-        host = self.address[0]
-        if ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified:
-            return None
-        return not is_loopback_address(host)
+        ip = ipaddress.ip_address(self.address[0].split("%", 1)[0])
+        return None if ip.is_unspecified else not ip.is_loopback
 
     def _accept(self, group: netimpl.SockGroup, listener: netimpl.Sock) -> None:
         while True:

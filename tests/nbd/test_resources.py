@@ -13,6 +13,7 @@ import gc
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 
 from netimpl.nbd import MemoryStore, open_file_store
 
-from .client import REQ_MAGIC, Client, Closed
+from .client import REQ_MAGIC, SIMPLE_MAGIC, Client, Closed
 
 MiB = 1 << 20
 
@@ -268,3 +269,120 @@ def test_the_banner_says_zerocopy_on_where_accepted_connections_use_it(impl, vet
         _, err = proc.communicate(timeout=30)
     assert "zero-copy on for replies >= 65536 bytes" in banner, (banner, err)
     assert proc.returncode == 0, err
+
+
+# -- defect 4 and flow control: replies a client does not read are bounded ----------------------
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_a_client_that_never_reads_its_replies_cannot_grow_the_server(impl, tmp_path, kind):
+    """800 pipelined 1 MiB READs, never read: unbounded, that was 800 MiB of replies in the server."""
+    args = ["--size", "64M"]
+    if kind == "file":
+        disk = tmp_path / "disk.img"
+        with open(disk, "wb") as f:
+            f.truncate(64 * MiB)
+        args = ["--size", "0", "--export", f"={disk}"]
+    proc = subprocess.Popen([sys.executable, "-m", "netimpl.nbd", "--impl", impl, "--host", "127.0.0.1",
+                             "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1))
+        with Client(port) as c:
+            c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            c.connect()
+            time.sleep(0.2)
+            base = _rss_mib(proc.pid)
+            c.s.sendall(read_requests(800, MiB, 64 * MiB))
+            growth, cpu0, t0 = [], _cpu_seconds(proc.pid), time.monotonic()
+            for _ in range(30):
+                time.sleep(0.1)
+                growth.append(_rss_mib(proc.pid) - base)
+                if growth[-1] > 200:
+                    break
+            cpu, wall = _cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
+            print(f"{impl} {kind}: RSS growth with 800 unread 1 MiB replies: {max(growth):.0f} MiB")
+            assert max(growth) < 64, f"the server grew by {max(growth):.0f} MiB for one client's unread replies"
+            assert cpu < 0.5 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s while the client reads nothing"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_a_held_connection_goes_on_when_its_replies_drain_and_loses_nothing(nbd, tmp_path, kind):
+    from netimpl.nbd.connection import IOV_COST, MAX_UNSENT_BYTES
+
+    data = os.urandom(64 * MiB)
+    if kind == "file":
+        path = tmp_path / "disk.img"
+        path.write_bytes(data)
+        store = open_file_store(str(path))
+    else:
+        store = MemoryStore(64 * MiB)
+        store.write_view[:] = data
+    srv = nbd({"": store})
+    other = Client(srv.port)
+    other.connect()
+    with Client(srv.port) as c:
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        c.connect(structured=True)
+        assert wait_for(lambda: len(srv.server.connections) == 2)
+        c.s.sendall(read_requests(96, MiB, 64 * MiB))
+        conn = next(x for x in srv.server.connections if x.session and x.session.structured)
+        assert wait_for(lambda: conn._held), "the connection never held back"
+        time.sleep(0.3)
+        unsent = conn.sock.queued_bytes
+        assert MAX_UNSENT_BYTES - 2 * MiB <= unsent <= MAX_UNSENT_BYTES + MiB + 100 * IOV_COST, unsent
+        assert other.read(0, 4096) == data[:4096]              # another client is served meanwhile
+        for i in range(96):
+            off = (i % 64) * MiB
+            assert c.reply(MiB) == (1 + i, 0, data[off:off + MiB]), i
+        assert not conn._held
+        assert c.read(5, 3) == data[5:8]
+    other.close()
+
+
+def test_a_flood_of_tiny_replies_is_bounded_too(nbd):
+    import threading
+
+    from netimpl.nbd.connection import IOV_COST, MAX_UNSENT_BYTES
+
+    srv = nbd()
+    count = 8 * MAX_UNSENT_BYTES // IOV_COST        # 8 MiB of replies: more than the kernel's buffers hold
+    with Client(srv.port) as c:
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        c.connect()
+        assert wait_for(lambda: len(srv.server.connections) == 1)
+        (conn,) = srv.server.connections
+        sender = threading.Thread(target=c.s.sendall, args=(struct.pack(">IHHQQI", REQ_MAGIC, 0, 3, 9, 0, 0)
+                                                            * count,), daemon=True)
+        sender.start()
+        assert wait_for(lambda: conn._held), "a flood of FLUSH replies never held the connection"
+        assert conn._iovs * IOV_COST <= MAX_UNSENT_BYTES + IOV_COST
+        got = c.recv_exact(16 * count)
+        sender.join(10)
+        assert got == struct.pack(">IIQ", SIMPLE_MAGIC, 0, 9) * count
+        assert not conn._held
+        assert c.read(0, 8) == bytes(8)
+
+
+def test_a_held_client_that_resets_is_dropped(nbd, tmp_path):
+    srv = nbd({"": MemoryStore(64 * MiB)})
+    c = Client(srv.port)
+    c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    c.connect()
+    assert wait_for(lambda: len(srv.server.connections) == 1)
+    (conn,) = srv.server.connections
+    c.s.sendall(read_requests(64, MiB, 64 * MiB))
+    assert wait_for(lambda: conn._held)
+    c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()                                                  # RST, with replies unsent
+    assert wait_for(lambda: not srv.server.connections), "the server kept a reset client that it held"
