@@ -7,9 +7,11 @@ has not reached transmission yet, and the end of an accept back-off.
 Why a back-off: when ``accept`` fails for want of a resource (the fd limit,
 EMFILE or ENFILE; ENOBUFS, ENOMEM), the connection stays in the backlog and
 the listener stays readable, so accepting again at once fails again, and
-logs again, as fast as the loop turns. Instead the server stops watching
-the listener for :data:`ACCEPT_BACKOFF` seconds, logs once for the whole
-episode, and tries again; the clients wait in the backlog meanwhile. The
+logs again, as fast as the loop turns. Instead the server pauses the
+listener (``SockGroup.pause_reading``: no accept callback, and its
+readiness no longer wakes the poll) for :data:`ACCEPT_BACKOFF` seconds,
+logs once for the whole episode, and tries again; the clients wait in the
+backlog meanwhile. The
 negotiation deadline is the other half: without it a client that connects
 and never negotiates holds its fd for good, and enough of them hold the
 server at its fd limit.
@@ -140,12 +142,12 @@ class NbdServer:
                         "on" if sock.zerocopy else "off")
 
     def _back_off(self, exc: OSError) -> None:
-        """Stop watching the listener for ACCEPT_BACKOFF seconds; the first failure of an episode is logged."""
+        """Pause the listener for ACCEPT_BACKOFF seconds; the first failure of an episode is logged."""
         if not self._accept_failed:
             logger.warning("accept failed: %s; not accepting for %g s at a time until it works again "
                            "(new clients wait in the backlog)", exc, ACCEPT_BACKOFF)
         self._accept_failed += 1
-        self.group.remove_sock(self.listener)
+        self.group.pause_reading(self.listener)
         self._accept_again = time.monotonic() + ACCEPT_BACKOFF
         self._next_timer = min(self._next_timer, self._accept_again)
 
@@ -165,8 +167,8 @@ class NbdServer:
         if now >= self._next_timer:
             if self._accept_again and now >= self._accept_again:
                 self._accept_again = 0.0
-                if not self.listener.closed and self.listener.group is None:
-                    self.group.add_sock(self.listener, self._accept)
+                if self.listener.group is self.group:
+                    self.group.resume_reading(self.listener)
             late = []
             for conn, deadline in self._negotiating.items():
                 if deadline > now:

