@@ -11,10 +11,9 @@ logs again, as fast as the loop turns. Instead the server pauses the
 listener (``SockGroup.pause_reading``: no accept callback, and its
 readiness no longer wakes the poll) for :data:`ACCEPT_BACKOFF` seconds,
 logs once for the whole episode, and tries again; the clients wait in the
-backlog meanwhile. The
-negotiation deadline is the other half: without it a client that connects
-and never negotiates holds its fd for good, and enough of them hold the
-server at its fd limit.
+backlog meanwhile. The negotiation deadline is the other half: without it
+a client that connects and never negotiates holds its fd for good, and
+enough of them hold the server at its fd limit.
 """
 
 from __future__ import annotations
@@ -162,7 +161,9 @@ class NbdServer:
             self.requests_done += conn.requests
 
     def _run_timers(self, timeout: float) -> float:
-        """Run what is due; ``timeout`` cut down to the next timer."""
+        """Run what is due; ``timeout`` cut down to the next timer (a bad one is left to ``SockGroup.poll``)."""
+        if self._next_timer == math.inf:
+            return timeout
         now = time.monotonic()
         if now >= self._next_timer:
             if self._accept_again and now >= self._accept_again:
@@ -178,7 +179,11 @@ class NbdServer:
                 conn.timed_out(self.handshake_timeout or 0.0)
             nxt = next(iter(self._negotiating.values()), math.inf)
             self._next_timer = min(nxt, self._accept_again or math.inf)
-        return timeout if self._next_timer - now >= timeout else max(0.0, self._next_timer - now)
+        wait = max(0.0, self._next_timer - now)
+        try:
+            return min(timeout, wait)
+        except TypeError:
+            return timeout
 
     @property
     def requests(self) -> int:

@@ -406,3 +406,21 @@ def test_a_large_batch_of_replies_goes_out_in_requests_of_bounded_size(nbd):
         c.s.sendall(struct.pack(">IHHQQI", REQ_MAGIC, 0, 3, 9, 0, 0) * 5000)
         assert c.recv_exact(16 * 5000) == struct.pack(">IIQ", SIMPLE_MAGIC, 0, 9) * 5000
     assert sum(sizes) == 5000 and max(sizes) <= MAX_REPLY_IOVS, sizes
+
+
+@pytest.mark.parametrize("bad,exc", [("soon", TypeError), (-1, ValueError)])
+def test_a_bad_poll_timeout_is_refused_naming_it_while_a_client_negotiates(impl, bad, exc):
+    from netimpl.nbd import NbdServer
+
+    server = NbdServer({"": MemoryStore(MiB)}, "127.0.0.1", 0, impl=impl)
+    try:
+        with Client(server.address[1]) as c:
+            while not server.connections:
+                server.poll(0.01)                           # a negotiation deadline is now pending
+            with pytest.raises(exc, match=repr(bad)):
+                server.poll(bad)
+            for _ in range(5):
+                server.poll(0.01)
+            assert c.greeting() == 3                        # and the server goes on
+    finally:
+        server.close()
