@@ -12,6 +12,7 @@ import select
 from ..impl import NetImpl
 from ..options import SockOpts
 from ..tcp import create_connection, create_listener
+from ..unix import create_unix_connection, create_unix_listener, remove_path
 from .group import PosixGroupImpl
 from .orphans import Orphanage
 from .sock import PosixSock
@@ -58,6 +59,25 @@ class PosixImpl(NetImpl):
         s = create_connection(host, port, impl_opts, opts)
         try:
             return self.sock_type(self, s, impl_opts, opts, server=False)
+        except BaseException:
+            s.close()
+            raise
+
+    def listen_unix(self, path: str | bytes, opts: SockOpts) -> PosixSock:
+        s, ino = create_unix_listener(path, self._opts, opts)
+        try:
+            sock = self.sock_type(self, s, self._opts, opts, server=True, listener=True)
+        except BaseException:
+            s.close()
+            remove_path(path, ino)
+            raise
+        sock._unix_path = (path, ino)
+        return sock
+
+    def connect_unix(self, path: str | bytes, opts: SockOpts) -> PosixSock:
+        s = create_unix_connection(path, self._opts, opts)
+        try:
+            return self.sock_type(self, s, self._opts, opts, server=False)
         except BaseException:
             s.close()
             raise
