@@ -43,6 +43,16 @@ def _seconds_arg(text: str) -> float:
     return seconds
 
 
+def _workers_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers {text!r} is not a whole number") from None
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"--workers {n} is outside 1..1024")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m netimpl.nbd",
@@ -66,26 +76,84 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--handshake-timeout", type=_seconds_arg, default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="SECONDS",
                    help="drop a client that has not finished negotiating this long after it connected "
                         f"(default {DEFAULT_HANDSHAKE_TIMEOUT:g}; 0: no limit)")
+    p.add_argument("--workers", type=_workers_arg, default=1, metavar="N",
+                   help="serve from N processes, each with its own group, sharing the port (SO_REUSEPORT) and "
+                        "the exports: memory exports are one shared memory, file exports are opened by each; "
+                        "a worker that dies is replaced (default 1)")
+    p.add_argument("--placement", action="store_true",
+                   help="with --workers: pin each worker to a CPU and let the kernel hand it the connections "
+                        "whose packets arrive on that CPU (SO_INCOMING_CPU; for multi-queue NICs)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every connection")
     return p
 
 
-def open_exports(args: argparse.Namespace) -> dict[str, Store]:
+def open_exports(args: argparse.Namespace, memory: bool = True, files: bool = True) -> dict[str, Store]:
+    """The exports the arguments name: the memory export, the file exports, or both."""
     exports: dict[str, Store] = {}
     try:
-        if args.size:
+        if args.size and memory:
             exports[args.name] = MemoryStore(args.size, read_only=args.read_only)
+        names = {args.name} if args.size else set()
         for name, path in args.export:
-            if name in exports:
+            if name in names:
                 raise ValueError(f"export name {name!r} is given twice")
-            exports[name] = open_file_store(path, read_only=args.read_only, direct=args.direct)
-        if not exports:
+            names.add(name)
+            if files:
+                exports[name] = open_file_store(path, read_only=args.read_only, direct=args.direct)
+        if not names:
             raise ValueError("nothing to export: --size 0 and no --export")
     except BaseException:
         for store in exports.values():
             store.close()
         raise
     return exports
+
+
+def _zerocopy_words(state: bool | None, threshold: int) -> str:
+    return {True: f"on for replies >= {threshold} bytes",
+            None: f"on for replies >= {threshold} bytes, except to loopback clients",
+            False: "off"}[state]
+
+
+def serve_workers(args: argparse.Namespace, impl: str, memory: dict[str, Store]) -> int:
+    """``--workers N``: the memory export made here (one shared mapping), file exports opened by each worker."""
+    from netimpl.workers import WorkerPool
+
+    def worker(listener: netimpl.Sock, index: int) -> None:
+        stop: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: stop.append(signum))
+        files = open_exports(args, memory=False)
+        try:
+            server = NbdServer({**memory, **files}, impl=impl, listener=listener,
+                               handshake_timeout=args.handshake_timeout or None)
+            try:
+                server.serve(lambda: bool(stop))
+            finally:
+                logging.getLogger("netimpl.nbd").info("worker %d: stopped after %d connections, %d requests",
+                                                      index, server.accepted, server.requests)
+                server.close()
+        finally:
+            for store in files.values():
+                store.close()
+
+    try:
+        pool = WorkerPool(args.workers, worker, args.host, args.port, impl=impl, placement=args.placement)
+        pool.start()
+    except (ValueError, OSError, TimeoutError, RuntimeError) as exc:
+        print(f"netimpl.nbd: cannot start {args.workers} workers on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    policy = getattr(netimpl.get_impl_opts(impl), "enable_zerocopy_send_server", False)
+    zc = NbdServer.zerocopy_policy(args.host, policy)
+    print(f"netimpl.nbd: listening on {args.host}:{pool.port}, backend {impl}, {args.workers} workers, "
+          f"zero-copy {_zerocopy_words(zc, args.zerocopy_threshold)}", flush=True)
+    for name, store in memory.items():
+        print(f"  export {name!r}: {store.describe()}", flush=True)
+    for name, path in args.export:
+        print(f"  export {name!r}: file {path}, opened by each worker", flush=True)
+    status = pool.wait()
+    print(f"netimpl.nbd: stopped {args.workers} workers", flush=True)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,10 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         impl = args.impl or netimpl.default_impl()
         netimpl.set_impl_opts(impl, zerocopy_threshold=args.zerocopy_threshold)
-        exports = open_exports(args)
+        exports = open_exports(args, files=args.workers == 1)
     except (ValueError, TypeError, OSError, netimpl.NetImplError) as exc:
         print(f"netimpl.nbd: {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        try:
+            return serve_workers(args, impl, exports)
+        finally:
+            for store in exports.values():
+                store.close()
     try:
         try:
             server = NbdServer(exports, args.host, args.port, impl=impl,
@@ -110,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, _frame: stop.append(signum))
         host, port = server.address
-        zc = {True: f"on for replies >= {args.zerocopy_threshold} bytes",
-              None: f"on for replies >= {args.zerocopy_threshold} bytes, except to loopback clients",
-              False: "off"}[server.zerocopy]
+        zc = _zerocopy_words(server.zerocopy, args.zerocopy_threshold)
         print(f"netimpl.nbd: listening on {host}:{port}, backend {server.impl_name}, zero-copy {zc}", flush=True)
         for name, store in exports.items():
             print(f"  export {name!r}: {store.describe()}", flush=True)
