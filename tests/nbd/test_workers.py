@@ -27,8 +27,8 @@ def owner(client: Client, pids: set[int]) -> int:
         for line in f.readlines()[1:]:
             fields = line.split()
             # the server end: its own port is the server's, its peer's is ours; established, with an inode
-            if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[3]) == (server, local, "01") \
-                    and fields[9] != "0":
+            ends = (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[3])
+            if ends == (server, local, "01") and fields[9] != "0":
                 inode = fields[9]
     assert inode, f"no server end for client port {local}"
     for pid in pids:
