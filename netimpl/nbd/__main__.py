@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 
@@ -69,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", "-r", action="store_true", help="every export refuses writes (EPERM)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=10809, help="TCP port (default 10809; 0 picks a free one)")
+    p.add_argument("--unix", "-U", metavar="PATH",
+                   help="listen on a Unix-domain socket at PATH instead of TCP (nbd+unix:///?socket=PATH); "
+                        "a stale socket file is replaced, the path is removed at exit")
     p.add_argument("--impl", default=None, help="netimpl backend (default: the best available: "
                    "see python -m netimpl info)")
     p.add_argument("--zerocopy-threshold", type=_size_arg, default=DEFAULT_ZEROCOPY_THRESHOLD,
@@ -156,6 +160,24 @@ def serve_workers(args: argparse.Namespace, impl: str, memory: dict[str, Store])
     return status
 
 
+#: The first fd systemd-style socket activation passes (SD_LISTEN_FDS_START).
+LISTEN_FDS_START = 3
+
+
+def _activation_fd() -> int | None:
+    """fd 3 when this process was started by socket activation (LISTEN_PID is us, LISTEN_FDS >= 1),
+    as by ``nbdinfo -- [ python -m netimpl.nbd ... ]``; the variables are then cleared for children."""
+    try:
+        ours = int(os.environ.get("LISTEN_PID", "")) == os.getpid() and int(os.environ.get("LISTEN_FDS", "")) >= 1
+    except ValueError:
+        return None
+    if not ours:
+        return None
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    return LISTEN_FDS_START
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -167,34 +189,47 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, netimpl.NetImplError) as exc:
         print(f"netimpl.nbd: {exc}", file=sys.stderr)
         return 2
+    activated = _activation_fd()
     if args.workers > 1:
+        if args.unix or activated is not None:
+            print("netimpl.nbd: --workers needs a TCP port (SO_REUSEPORT): not with --unix or socket activation",
+                  file=sys.stderr)
+            return 2
         try:
             return serve_workers(args, impl, exports)
         finally:
             for store in exports.values():
                 store.close()
     try:
+        where = (f"socket-activation fd {activated}" if activated is not None
+                 else f"unix:{args.unix}" if args.unix else f"{args.host}:{args.port}")
         try:
-            server = NbdServer(exports, args.host, args.port, impl=impl,
+            listener = (netimpl.listen_fd(activated, impl=impl) if activated is not None
+                        else netimpl.listen_unix(args.unix, impl=impl) if args.unix else None)
+            server = NbdServer(exports, args.host, args.port, impl=impl, listener=listener,
                                handshake_timeout=args.handshake_timeout or None)
-        except (ValueError, OSError) as exc:
-            print(f"netimpl.nbd: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        except (ValueError, TypeError, OSError) as exc:
+            print(f"netimpl.nbd: cannot listen on {where}: {exc}", file=sys.stderr)
             return 2
         stop = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, _frame: stop.append(signum))
         host, port = server.address
         zc = _zerocopy_words(server.zerocopy, args.zerocopy_threshold)
-        print(f"netimpl.nbd: listening on {host}:{port}, backend {server.impl_name}, zero-copy {zc}", flush=True)
+        where = f"{host}:{port}" if server.listener.is_ipv4() or server.listener.is_ipv6() else f"unix:{host}"
+        # Socket-activated, stdout is the client's (nbdinfo -- [ ... ]): say it on stderr instead.
+        out = sys.stderr if activated is not None else sys.stdout
+        print(f"netimpl.nbd: listening on {where}, backend {server.impl_name}, zero-copy {zc}", file=out, flush=True)
         for name, store in exports.items():
-            print(f"  export {name!r}: {store.describe()}", flush=True)
+            print(f"  export {name!r}: {store.describe()}", file=out, flush=True)
         try:
             server.serve(lambda: bool(stop))
         finally:
             served, connections = server.requests, server.accepted
             server.close()
         signame = signal.Signals(stop[0]).name if stop else "stop"
-        print(f"netimpl.nbd: {signame}: stopped after {connections} connections, {served} requests", flush=True)
+        print(f"netimpl.nbd: {signame}: stopped after {connections} connections, {served} requests", file=out,
+              flush=True)
         return 0
     finally:
         for store in exports.values():

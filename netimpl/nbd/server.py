@@ -111,6 +111,8 @@ class NbdServer:
         for what it is not here; each connection's log line says what it
         got.)
         """
+        if not (self.listener.is_ipv4() or self.listener.is_ipv6()):
+            return False  # a Unix-domain socket: no zero-copy there
         policy = getattr(netimpl.get_impl_opts(self.impl_name), "enable_zerocopy_send_server", False)
         return self.zerocopy_policy(self.address[0], policy)
 
