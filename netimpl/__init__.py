@@ -28,7 +28,7 @@ from .sock import Sock
 from .stats import GroupStats, SockStats
 
 __all__ = [
-    "listen", "connect", "listen_unix", "connect_unix",
+    "listen", "connect", "listen_unix", "connect_unix", "listen_fd",
     "impls", "default_impl", "set_default_impl", "get_impl_opts", "set_impl_opts",
     "register", "Sock", "Request", "Pipe", "ImplOpts", "SockOpts", "ImplInfo", "NetImplError",
     "SockGroup", "optimal_group", "NetImpl", "GroupImpl", "SockStats", "GroupStats",
@@ -79,6 +79,18 @@ def connect_unix(path: "str | bytes | os.PathLike", *, impl: str | None = None,
     from .unix import check_path
 
     return _get_impl(impl).connect_unix(check_path(path), _sock_opts(opts))
+
+
+def listen_fd(fd: int, *, impl: str | None = None, opts: SockOpts | None = None) -> Sock:
+    """A Sock over ``fd``, a TCP or Unix-domain socket that is already listening.
+
+    For socket activation (systemd's ``LISTEN_FDS``, libnbd's captive mode):
+    the Sock owns the fd from then on and closes it. ``ValueError`` if ``fd``
+    is not a listening stream socket (the fd is then left as it was).
+    """
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise TypeError(f"fd must be a non-negative int, not {fd!r}")
+    return _get_impl(impl).listen_fd(fd, _sock_opts(opts))
 
 
 def _register_builtin() -> None:

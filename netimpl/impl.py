@@ -74,6 +74,11 @@ class NetImpl(abc.ABC):
         """A Unix-domain socket connected to ``path``; a backend without them refuses."""
         raise NetImplError(f"backend {self.name!r} has no Unix-domain sockets")
 
+    def listen_fd(self, fd: int, opts: SockOpts) -> "Sock":
+        """A Sock over ``fd``, a socket already listening (socket activation); a backend without
+        kernel sockets refuses."""
+        raise NetImplError(f"backend {self.name!r} cannot take a listening fd")
+
     @abc.abstractmethod
     def group_impl_create(self) -> "GroupImpl":
         """A new, empty group impl of this backend."""

@@ -8,9 +8,24 @@ target. After a large write the next receive is kept small, so that the
 next large payload lands in place rather than being copied over from the
 buffer. It then
 answers every complete request in the buffer and queues all the replies of
-that batch as one :class:`netimpl.Request`: header and data iovecs side by
-side, the data a slice of the store, so that a queue depth of 32 reads
-costs one receive and one ``sendmsg`` of 64 iovecs.
+that batch as one :class:`netimpl.Request` (up to :data:`MAX_REPLY_IOVS`
+iovecs): header and data iovecs side by side, the data a slice of the
+store, so that a queue depth of 32 reads costs one receive and one
+``sendmsg`` of 64 iovecs.
+
+Flow control: a client that sends requests and does not read the replies
+would otherwise have the server hold every reply (for a file export, a
+buffer with a copy of the data each). So a connection answers requests
+only while its unsent replies (``Sock.queued_bytes``, plus
+:data:`IOV_COST` per iovec for the Python objects) stay under
+:data:`MAX_UNSENT_BYTES`; at the bound the remaining requests wait in the
+buffer and the socket's reading is paused (``SockGroup.pause_reading``),
+so the kernel's receive window pushes back on the client. The completion
+that brings them down to :data:`RESUME_UNSENT_BYTES` answers what waited
+and resumes reading. A connection's replies therefore never hold more than
+:data:`MAX_UNSENT_BYTES` plus one maximum-size reply. A reply that fails
+(the client reset the connection) ends the connection: a paused socket
+would not learn of the reset from a receive.
 
 Replies go out in the order the requests arrived. A request the server
 cannot honour (past the end, over the maximum length, a write to a
@@ -23,6 +38,7 @@ in part, as a torn write does on a disk; it was never acknowledged.
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +58,17 @@ BUFFER_SIZE = 256 << 10        # request headers and small payloads are received
 _SMALL_PAYLOAD = 64 << 10      # larger write payloads are received straight into their target
 _RECEIVES_PER_CALL = 8         # then the group serves other clients
 _HEADER_READ = 4096            # the receive after a large write: its successor's header, little payload
+#: A connection answers no more requests (and reads none) while its unsent replies hold at least
+#: this many bytes, and goes on once they are down to RESUME_UNSENT_BYTES: so its replies never
+#: hold more than this plus one maximum-size reply, whatever the client does.
+MAX_UNSENT_BYTES = 16 << 20
+RESUME_UNSENT_BYTES = MAX_UNSENT_BYTES // 2
+#: replies are queued in requests of at most this many iovecs: a request sent in many pieces costs
+#: its backend a walk over the iovecs already sent for every piece
+MAX_REPLY_IOVS = 256
+#: what a reply's iovec costs in Python objects (a header's bytes, a memoryview), counted as unsent
+#: bytes: a flood of tiny replies is bounded too
+IOV_COST = 256
 _REQUEST = P.REQUEST
 _REQUEST_SIZE = P.REQUEST.size
 _SIMPLE = P.SIMPLE_REPLY.pack
@@ -111,6 +138,9 @@ class Connection:
         self._last: netimpl.Request | None = None     # the latest reply request still in flight
         self._closing = False                          # NBD_CMD_DISC: close once _last is sent
         self._closed = False
+        self._iovs = 0                 # iovecs of the reply requests in flight
+        self._budget = 0               # unsent reply bytes still allowed, while answering requests
+        self._held = False             # over MAX_UNSENT_BYTES: requests wait, reading is paused
         self._negotiation: Negotiation | None = negotiate(server.exports, self._send)
         self._need = next(self._negotiation)
 
@@ -123,15 +153,47 @@ class Connection:
         self.sock.writev_async(netimpl.Request([data]))
 
     def close(self) -> None:
-        """Leave the group and close the socket; queued replies are cancelled. Idempotent."""
+        """Leave the group and close the socket; queued replies are cancelled. Idempotent.
+
+        Everything the connection holds is let go here rather than left to
+        the cyclic collector: the reply requests (whose callbacks point back
+        at the connection), the negotiation generator (which holds
+        :meth:`_send`), a half-received write's buffer and the receive
+        buffer. Replies still in the kernel's hands (zero-copy) keep their
+        own buffers until it releases them, and then nothing else.
+        """
         if self._closed:
             return
         self._closed = True
         sock = self.sock
-        if sock.group is not None:
-            sock.group.remove_sock(sock)
-        sock.close()
-        self.server._forget(self)
+        try:
+            if sock.group is not None:
+                sock.group.remove_sock(sock)
+        finally:
+            sock.close()                  # queued replies complete now, through _reply_done
+            self._release()
+            self.server._forget(self)
+
+    def _release(self) -> None:
+        gen, self._negotiation = self._negotiation, None
+        if gen is not None:
+            gen.close()
+        payload, self._payload = self._payload, None
+        if payload is not None and payload.target is not None:
+            payload.target.release()
+            assert self.session is not None
+            self.session.store.discard(payload.token)
+        for req in self._free:
+            req.cb = None
+        self._free.clear()
+        self._last = None
+        self._mv.release()
+        self._buf = bytearray()
+        self._mv = memoryview(self._buf)
+
+    def timed_out(self, seconds: float) -> None:
+        """The server's negotiation deadline passed: drop the client."""
+        self._drop("negotiation not finished after %g s", seconds)
 
     def _drop(self, why: str, *args: Any) -> None:
         logger.warning("%s: " + why + "; dropping the connection", self.peer, *args)
@@ -148,11 +210,36 @@ class Connection:
             except Exception:
                 logger.exception("%s: could not release a reply buffer", self.peer)
             tokens.clear()
+        self._iovs -= len(req.bufs)
+        req.bufs = ()                     # the reply's buffers go now, not when the request is reused
+        if self._closed:
+            req.cb = None                 # the last reference to the connection may be this one
+            return
+        if status:
+            logger.info("%s: sending replies failed: %s", self.peer, errno.errorcode.get(status, status))
+            self.close()
+            req.cb = None
+            return
         self._free.append(req)
         if req is self._last:
             self._last = None
             if self._closing:
                 self.close()
+                return
+        if self._held and self.sock.queued_bytes + self._iovs * IOV_COST <= RESUME_UNSENT_BYTES:
+            self._guarded(self._go_on)
+
+    def _go_on(self) -> None:
+        """The replies have drained: answer the requests that waited, then read again."""
+        self._held = False
+        out: list[Any] = []
+        tokens: list[Any] = []
+        sock = self.sock
+        self._budget = MAX_UNSENT_BYTES - sock.queued_bytes - self._iovs * IOV_COST
+        self._serve(out, tokens)
+        self._finish_batch(sock, out, tokens)
+        if not self._held and not self._closed and sock.group is not None:
+            sock.group.resume_reading(sock)
 
     def _queue(self, out: list[Any], tokens: list[Any] | None) -> None:
         req = self._free.pop() if self._free else netimpl.Request((), cb=self._reply_done, ctx=[])
@@ -160,7 +247,15 @@ class Connection:
         if tokens:
             req.ctx.extend(tokens)
         self._last = req
+        self._iovs += len(out)
         self.sock.writev_async(req)
+
+    def _hold(self) -> None:
+        """Too many reply bytes unsent: stop reading until they drain (see :meth:`_reply_done`)."""
+        self._held = True
+        group = self.sock.group
+        if group is not None:
+            group.pause_reading(self.sock)
 
     # -- the group callback ----------------------------------------------------------------------
 
@@ -169,22 +264,31 @@ class Connection:
 
         Whatever goes wrong with this client ends this client only.
         """
-        if self._closed:
+        if self._closed or self._held:
             return
+        self._guarded(self._readable)
+
+    def _guarded(self, serve: Any) -> None:
+        """Run ``serve()``; whatever goes wrong with this client ends this client only."""
         try:
-            self._readable(sock)
+            serve()
         except ProtocolError as exc:
             self._drop("%s", exc)
         except Exception:
             logger.exception("%s: internal error serving the client; dropping the connection", self.peer)
             self.close()
 
-    def _readable(self, sock: netimpl.Sock) -> None:
+    def _readable(self) -> None:
+        sock = self.sock
         out: list[Any] = []              # the replies of this call, queued as one request
         tokens: list[Any] = []           # store buffers they lend, released when it completes
+        self._budget = MAX_UNSENT_BYTES - sock.queued_bytes - self._iovs * IOV_COST
         for _ in range(_RECEIVES_PER_CALL):
             if not self._receive(sock, out, tokens):
                 break
+        self._finish_batch(sock, out, tokens)
+
+    def _finish_batch(self, sock: netimpl.Sock, out: list[Any], tokens: list[Any]) -> None:
         if self._closed:
             return
         if out:
@@ -257,6 +361,7 @@ class Connection:
                 self._need = gen.send(data)
             except StopIteration as stop:
                 self._negotiation = None
+                self.server._negotiated(self)
                 session = stop.value
                 if session is None:
                     logger.info("%s: client ended the negotiation", self.peer)
@@ -271,7 +376,8 @@ class Connection:
     # -- transmission -----------------------------------------------------------------------------
 
     def _serve(self, out: list[Any], tokens: list[Any]) -> bool:
-        """Answer every complete request in the buffer into ``out``; False after NBD_CMD_DISC."""
+        """Answer every complete request in the buffer into ``out``, as far as the budget of unsent
+        reply bytes goes; False after NBD_CMD_DISC or when the rest must wait (:meth:`_hold`)."""
         session = self.session
         assert session is not None
         store = session.store
@@ -284,8 +390,16 @@ class Connection:
         pos, end = self._pos, self._end
         unpack = _REQUEST.unpack_from
         served = 0
-        disconnect = False
+        disconnect = held = False
+        budget = self._budget
         while end - pos >= _REQUEST_SIZE:
+            if budget <= 0:
+                held = True
+                break
+            if len(out) >= MAX_REPLY_IOVS:
+                self._queue(out, tokens)
+                out.clear()
+                tokens.clear()
             magic, flags, cmd, handle, offset, length = unpack(buf, pos)
             pos += _REQUEST_SIZE
             served += 1
@@ -314,6 +428,7 @@ class Connection:
                         else:
                             out.append(_SIMPLE(_SIMPLE_MAGIC, 0, handle))
                         out.append(data)
+                        budget -= length + 2 * IOV_COST
                         continue
             elif cmd == 1:                                            # NBD_CMD_WRITE
                 partial = end - pos < length          # the payload is still arriving
@@ -363,10 +478,15 @@ class Connection:
                                P.CMD_NAMES.get(cmd, "unknown"))
                 error = P.NBD_EINVAL
             out.append(_status_reply(structured, handle, error))
+            budget -= IOV_COST
         self._pos, self._end = pos, end
+        self._budget = budget
         self.requests += served
         if served > 1:
             self._expect_large = False
+        if held:
+            self._hold()
+            return False
         if disconnect:
             logger.info("%s: client disconnected (NBD_CMD_DISC) after %d requests", self.peer, self.requests)
             self._closing = True

@@ -99,6 +99,9 @@ class Store:
     def commit(self, offset: int, length: int, token: Any, fua: bool) -> None:
         """The payload is in the write target: make it the export's (durable first when ``fua``)."""
 
+    def discard(self, token: Any) -> None:
+        """The payload for a :meth:`write_target` never arrived in full: take its buffer back unwritten."""
+
     def flush(self) -> None:
         """Make every completed write durable."""
 
@@ -126,32 +129,43 @@ def _human(n: int) -> str:
 
 
 class _BouncePool:
-    """Page-aligned buffers (anonymous mappings) kept by size for reuse."""
+    """Page-aligned buffers (anonymous mappings) kept by size for reuse, at most :data:`KEEP_BYTES` in all.
 
-    KEEP = 64
+    A reused buffer has its pages already faulted in; past the bound a
+    returned buffer is dropped, and unmapped when the last view of it (a
+    sent reply's) goes, so what a burst of large reads mapped does not stay
+    mapped.
+    """
+
+    KEEP_BYTES = 16 << 20
 
     def __init__(self) -> None:
         self._free: dict[int, list[mmap.mmap]] = {}
+        self.kept = 0           # bytes in the pool
 
     def get(self, length: int) -> mmap.mmap:
         size = max(PAGE, -(-length // PAGE) * PAGE)
         free = self._free.get(size)
-        return free.pop() if free else mmap.mmap(-1, size)
+        if free:
+            self.kept -= size
+            return free.pop()
+        return mmap.mmap(-1, size)
 
     def put(self, buf: mmap.mmap) -> None:
-        free = self._free.setdefault(len(buf), [])
-        if len(free) < self.KEEP:
-            free.append(buf)
-        # else: dropped; unmapped when the last view of it (say, in a sent reply) goes
+        size = len(buf)
+        if self.kept + size <= self.KEEP_BYTES:
+            self._free.setdefault(size, []).append(buf)
+            self.kept += size
 
     def close(self) -> None:
         for free in self._free.values():
             for buf in free:
                 try:
                     buf.close()
-                except BufferError:      # a view of it is still alive: the collector unmaps it
+                except BufferError:      # a view of it is still alive: unmapped with the last one
                     pass
         self._free.clear()
+        self.kept = 0
 
 
 def _punch(mm: mmap.mmap, offset: int, end: int) -> tuple[int, int] | None:
@@ -288,6 +302,9 @@ class FileStore(Store):
             self._bounce.put(buf)
             raise
         return memoryview(buf)[offset - start:tail - start], (buf, start, end)
+
+    def discard(self, token: Any) -> None:
+        self._bounce.put(token[0])
 
     def commit(self, offset: int, length: int, token: Any, fua: bool) -> None:
         buf, start, end = token

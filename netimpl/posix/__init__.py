@@ -8,6 +8,7 @@ wait of closed zero-copy sockets in :mod:`.orphans`.
 from __future__ import annotations
 
 import select
+import socket
 
 from ..impl import NetImpl
 from ..options import SockOpts
@@ -80,6 +81,19 @@ class PosixImpl(NetImpl):
             return self.sock_type(self, s, self._opts, opts, server=False)
         except BaseException:
             s.close()
+            raise
+
+    def listen_fd(self, fd: int, opts: SockOpts) -> PosixSock:
+        s = socket.socket(fileno=fd)
+        try:
+            if s.type != socket.SOCK_STREAM or s.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+                raise ValueError(f"fd {fd} is not a TCP or Unix-domain stream socket")
+            if not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise ValueError(f"fd {fd} is a socket that is not listening")
+            s.setblocking(False)
+            return self.sock_type(self, s, self._opts, opts, server=True, listener=True)
+        except BaseException:
+            s.detach()  # the caller's fd: not closed by a refusal
             raise
 
     def group_impl_create(self) -> PosixGroupImpl:

@@ -15,6 +15,7 @@ import pytest
 from netimpl.nbd import MemoryStore, NbdServer
 
 from tests.conftest import available_impls, need
+from tests.netns.conftest import veth  # noqa: F401 - a veth pair into a namespace, for zero-copy tests
 
 
 @pytest.fixture(params=available_impls())
@@ -25,9 +26,11 @@ def impl(request) -> str:
 class ThreadServer:
     """An :class:`NbdServer` created, polled and closed by one thread of its own."""
 
-    def __init__(self, exports, impl):
+    def __init__(self, exports, impl, host="127.0.0.1", **kw):
         self.exports = exports
         self._impl = impl
+        self._host = host
+        self._kw = kw
         self._stop = threading.Event()
         self._ready = threading.Event()
         self.error: BaseException | None = None
@@ -42,7 +45,7 @@ class ThreadServer:
 
     def _run(self):
         try:
-            self.server = NbdServer(self.exports, "127.0.0.1", 0, impl=self._impl)
+            self.server = NbdServer(self.exports, self._host, 0, impl=self._impl, **self._kw)
         except BaseException as exc:
             self.error = exc
             self._ready.set()
@@ -67,11 +70,14 @@ class ThreadServer:
 
 @pytest.fixture
 def nbd(impl):
-    """``start(exports=None)`` → a running :class:`ThreadServer` (a 16 MiB memory export by default)."""
+    """``start(exports=None, **kw)`` → a running :class:`ThreadServer` (a 16 MiB memory export by default).
+
+    ``kw`` goes to :class:`NbdServer` (``host`` too: 127.0.0.1 by default).
+    """
     running = []
 
-    def start(exports=None):
-        srv = ThreadServer(exports or {"": MemoryStore(16 << 20)}, impl)
+    def start(exports=None, **kw):
+        srv = ThreadServer(exports or {"": MemoryStore(16 << 20)}, impl, **kw)
         running.append(srv)
         return srv
 
@@ -89,13 +95,17 @@ class ProcessServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "netimpl.nbd", "--host", "127.0.0.1", "--port", "0",
                                       *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.banner = [self.proc.stdout.readline()]
-        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.banner[0])
+        m = re.search(r"listening on (?:127\.0\.0\.1:(\d+)|unix:(\S+),)", self.banner[0])
         if not m:
             self.proc.kill()
             out, err = self.proc.communicate()
             raise AssertionError(f"no startup line: {self.banner[0]!r} {out!r} {err!r}")
-        self.port = int(m.group(1))
-        self.uri = f"nbd://127.0.0.1:{self.port}"
+        if m.group(1):
+            self.port = int(m.group(1))
+            self.uri = f"nbd://127.0.0.1:{self.port}"
+        else:
+            self.port = 0
+            self.uri = f"nbd+unix:///?socket={m.group(2)}"
 
     def stop(self, sig=signal.SIGTERM) -> tuple[str, str]:
         if self.proc.poll() is None:

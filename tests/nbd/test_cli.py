@@ -35,3 +35,14 @@ def test_the_same_export_name_twice_is_refused(tmp_path):
     disk.write_bytes(bytes(4096))
     out = run("--export", f"a={disk}", "--export", f"a={disk}")
     assert out.returncode == 2 and "'a' is given twice" in out.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "inf"])
+def test_a_bad_handshake_timeout_exits_2_naming_it(value):
+    out = run("--handshake-timeout", value)
+    assert out.returncode == 2 and repr(value) in out.stderr, out.stderr
+
+
+def test_help_documents_the_handshake_timeout_and_its_default():
+    out = subprocess.run([sys.executable, "-m", "netimpl.nbd", "--help"], capture_output=True, text=True, timeout=60)
+    assert "--handshake-timeout SECONDS" in out.stdout and "default 10" in out.stdout

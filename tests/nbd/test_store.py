@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import weakref
 
 import pytest
 
@@ -149,5 +150,21 @@ def test_bounce_buffers_given_back_while_a_view_lives_are_fine(tmp_path):
         for _view, token in lent:
             store.release(token)                                  # the view (a sent reply) lives on
         assert bytes(lent[-1][0]) == path.read_bytes()[199 * 4096:200 * 4096]
+    finally:
+        store.close()
+
+
+def test_the_bounce_pool_keeps_a_bounded_number_of_bytes(tmp_path):
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(MiB))
+    store = FileStore(str(path))
+    try:
+        lent = [store.read(0, MiB) for _ in range(40)]
+        bufs = [weakref.ref(token) for _, token in lent]
+        for _view, token in lent:
+            store.release(token)
+        del lent, _view, token
+        alive = sum(r() is not None for r in bufs)
+        assert store._bounce.kept == alive * MiB <= store._bounce.KEEP_BYTES
     finally:
         store.close()
