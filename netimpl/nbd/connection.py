@@ -22,8 +22,10 @@ only while its unsent replies (``Sock.queued_bytes``, plus
 buffer and the socket's reading is paused (``SockGroup.pause_reading``),
 so the kernel's receive window pushes back on the client. The completion
 that brings them down to :data:`RESUME_UNSENT_BYTES` answers what waited
-and resumes reading. A connection's replies therefore never hold more than
-:data:`MAX_UNSENT_BYTES` plus one maximum-size reply. A reply that fails
+and resumes reading. Negotiation is held the same way, between options, so
+a client that sends options and reads none of the replies is bounded too. A
+connection's replies therefore never hold more than :data:`MAX_UNSENT_BYTES`
+plus one maximum-size reply (or one option's replies). A reply that fails
 (the client reset the connection) ends the connection: a paused socket
 would not learn of the reset from a receive.
 
@@ -150,7 +152,12 @@ class Connection:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
-        self.sock.writev_async(netimpl.Request([data]))
+        self._iovs += 1
+        self.sock.writev_async(netimpl.Request([data], cb=self._option_reply_done))
+
+    def _option_reply_done(self, req: netimpl.Request, status: int) -> None:
+        self._iovs -= 1
+        self._check_sent(status)
 
     def close(self) -> None:
         """Leave the group and close the socket; queued replies are cancelled. Idempotent.
@@ -215,28 +222,33 @@ class Connection:
         if self._closed:
             req.cb = None                 # the last reference to the connection may be this one
             return
+        if not status:
+            self._free.append(req)
+            if req is self._last:
+                self._last = None
+                if self._closing:
+                    self.close()
+                    return
+        self._check_sent(status)
+
+    def _check_sent(self, status: int) -> None:
+        """After a reply's completion: end the connection if it failed, go on if the replies have drained."""
+        if self._closed:
+            return
         if status:
             logger.info("%s: sending replies failed: %s", self.peer, errno.errorcode.get(status, status))
             self.close()
-            req.cb = None
-            return
-        self._free.append(req)
-        if req is self._last:
-            self._last = None
-            if self._closing:
-                self.close()
-                return
-        if self._held and self.sock.queued_bytes + self._iovs * IOV_COST <= RESUME_UNSENT_BYTES:
+        elif self._held and self.sock.queued_bytes + self._iovs * IOV_COST <= RESUME_UNSENT_BYTES:
             self._guarded(self._go_on)
 
     def _go_on(self) -> None:
-        """The replies have drained: answer the requests that waited, then read again."""
+        """The replies have drained: answer the requests (or options) that waited, then read again."""
         self._held = False
         out: list[Any] = []
         tokens: list[Any] = []
         sock = self.sock
         self._budget = MAX_UNSENT_BYTES - sock.queued_bytes - self._iovs * IOV_COST
-        self._serve(out, tokens)
+        self._answer(out, tokens)
         self._finish_batch(sock, out, tokens)
         if not self._held and not self._closed and sock.group is not None:
             sock.group.resume_reading(sock)
@@ -334,10 +346,14 @@ class Connection:
                 self._finish_write(payload, out)
             return True
         self._end += n
+        return self._answer(out, tokens)
+
+    def _answer(self, out: list[Any], tokens: list[Any]) -> bool:
+        """Negotiate and serve what the buffer holds; False when there is no point in receiving now."""
         if self._negotiation is not None:
             self._negotiate()
             if self._negotiation is not None or self._closed:
-                return not self._closed
+                return not (self._closed or self._held)
         return self._serve(out, tokens)
 
     def _make_room(self) -> None:
@@ -354,6 +370,9 @@ class Connection:
         gen = self._negotiation
         assert gen is not None
         while self._end - self._pos >= self._need:
+            if self.sock.queued_bytes + self._iovs * IOV_COST >= MAX_UNSENT_BYTES:
+                self._hold()             # a client that sends options and reads no replies
+                return
             pos, need = self._pos, self._need
             data = bytes(self._mv[pos:pos + need])
             self._pos = pos + need

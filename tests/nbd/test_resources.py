@@ -24,7 +24,7 @@ import pytest
 
 from netimpl.nbd import MemoryStore, open_file_store
 
-from .client import REQ_MAGIC, SIMPLE_MAGIC, Client, Closed
+from .client import IHAVEOPT, OPT, REP_ACK, REP_MAGIC, REP_SERVER, REQ_MAGIC, SIMPLE_MAGIC, Client, Closed
 
 MiB = 1 << 20
 
@@ -424,3 +424,42 @@ def test_a_bad_poll_timeout_is_refused_naming_it_while_a_client_negotiates(impl,
             assert c.greeting() == 3                        # and the server goes on
     finally:
         server.close()
+
+
+@pytest.fixture
+def small_send_buffers(impl):
+    """Accepted sockets get a 64 KiB SO_SNDBUF: what the kernel takes off the server's hands is small."""
+    import netimpl
+
+    opts = netimpl.get_impl_opts(impl)
+    netimpl.set_impl_opts(impl, send_buf_size=64 << 10)
+    yield
+    netimpl.set_impl_opts(impl, opts)
+
+
+def test_a_client_that_sends_options_and_reads_no_replies_is_bounded_too(nbd, small_send_buffers):
+    import threading
+
+    from netimpl.nbd.connection import IOV_COST, MAX_UNSENT_BYTES
+
+    srv = nbd(handshake_timeout=None)
+    count = 2 * MAX_UNSENT_BYTES // (2 * IOV_COST)             # NBD_OPT_LIST: two replies each
+    with Client(srv.port) as c:
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        c.greeting()
+        assert wait_for(lambda: len(srv.server.connections) == 1)
+        (conn,) = srv.server.connections
+        sender = threading.Thread(target=c.s.sendall, args=(struct.pack(">QII", IHAVEOPT, OPT["LIST"], 0)
+                                                            * count,), daemon=True)
+        sender.start()
+        assert wait_for(lambda: conn._held), "a flood of NBD_OPT_LIST never held the connection"
+        time.sleep(0.2)
+        assert conn.sock.queued_bytes + conn._iovs * IOV_COST <= MAX_UNSENT_BYTES + 4096
+        first = c.replies_until_final()                       # one LIST's replies; every other is the same
+        assert [r for r, _ in first] == [REP_SERVER, REP_ACK]
+        one = b"".join(struct.pack(">QIII", REP_MAGIC, OPT["LIST"], r, len(d)) + d for r, d in first)
+        assert c.recv_exact(len(one) * (count - 1)) == one * (count - 1)
+        sender.join(10)
+        assert not conn._held
+        c.go("")
+        assert c.read(0, 8) == bytes(8)
