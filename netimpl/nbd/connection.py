@@ -41,6 +41,7 @@ in part, as a torn write does on a disk; it was never acknowledged.
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -152,6 +153,8 @@ class Connection:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
+        if self._closed:                  # a send that failed inside this option's replies closed it
+            return
         self._iovs += 1
         self.sock.writev_async(netimpl.Request([data], cb=self._option_reply_done))
 
@@ -182,8 +185,10 @@ class Connection:
             self.server._forget(self)
 
     def _release(self) -> None:
+        # This may run inside the connection's own work (a send that fails at once completes the
+        # replies at once): the running negotiation step and receive loop see _closed and stop.
         gen, self._negotiation = self._negotiation, None
-        if gen is not None:
+        if gen is not None and inspect.getgeneratorstate(gen) != inspect.GEN_RUNNING:
             gen.close()
         payload, self._payload = self._payload, None
         if payload is not None and payload.target is not None:
@@ -194,8 +199,7 @@ class Connection:
             req.cb = None
         self._free.clear()
         self._last = None
-        self._mv.release()
-        self._buf = bytearray()
+        self._buf = bytearray()           # a running receive loop keeps the old one while it needs it
         self._mv = memoryview(self._buf)
 
     def timed_out(self, seconds: float) -> None:
@@ -305,6 +309,8 @@ class Connection:
             return
         if out:
             self._queue(out, tokens)
+            if self._closed:
+                return
         if self._closing:
             if self._last is None:
                 self.close()
@@ -370,6 +376,8 @@ class Connection:
         gen = self._negotiation
         assert gen is not None
         while self._end - self._pos >= self._need:
+            if self._closed:
+                return
             if self.sock.queued_bytes + self._iovs * IOV_COST >= MAX_UNSENT_BYTES:
                 self._hold()             # a client that sends options and reads no replies
                 return
@@ -382,10 +390,11 @@ class Connection:
                 self._negotiation = None
                 self.server._negotiated(self)
                 session = stop.value
-                if session is None:
-                    logger.info("%s: client ended the negotiation", self.peer)
-                    self.sock.flush()
-                    self.close()
+                if session is None or self._closed:
+                    if not self._closed:
+                        logger.info("%s: client ended the negotiation", self.peer)
+                        self.sock.flush()
+                        self.close()
                     return
                 self.session = session
                 logger.info("%s: serving export %r (%s replies)", self.peer, session.name,
@@ -419,6 +428,8 @@ class Connection:
                 self._queue(out, tokens)
                 out.clear()
                 tokens.clear()
+                if self._closed:          # the send failed at once
+                    return False
             magic, flags, cmd, handle, offset, length = unpack(buf, pos)
             pos += _REQUEST_SIZE
             served += 1

@@ -467,3 +467,52 @@ def test_a_client_that_sends_options_and_reads_no_replies_is_bounded_too(nbd, sm
         assert not conn._held
         c.go("")
         assert c.read(0, 8) == bytes(8)
+
+
+class _ResetOnSend:
+    """The posix syscall seam with every send failing as if the client had reset the connection."""
+
+    def __init__(self, real):
+        self._real = real
+        self.recv_into = real.recv_into
+        self.readv = real.readv
+        self.recv_errqueue = real.recv_errqueue
+
+    @staticmethod
+    def sendmsg(s, iovs, ancdata, flags):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+@pytest.mark.parametrize("phase", ["negotiation", "transmission"])
+def test_a_send_failing_in_the_middle_of_a_batch_drops_the_client_cleanly(caplog, phase):
+    """The failure completes the replies at once, inside the connection's own work: it must not trip on itself.
+
+    posix only: its syscall seam scripts the failure (uring sends from its ring).
+    """
+    from .conftest import ThreadServer
+
+    srv = ThreadServer({"": MemoryStore(MiB)}, "posix", handshake_timeout=None)
+    try:
+        _send_fails_in_a_batch(srv, phase)
+    finally:
+        srv.stop()
+    assert "internal error" not in caplog.text, caplog.text
+
+
+def _send_fails_in_a_batch(srv, phase):
+    with Client(srv.port) as good, Client(srv.port) as bad:
+        good.connect()
+        if phase == "negotiation":
+            bad.greeting()
+        else:
+            bad.connect()
+        assert wait_for(lambda: len(srv.server.connections) == 2)
+        conn = next(c for c in srv.server.connections if c.peer.endswith(f":{bad.s.getsockname()[1]}"))
+        conn.sock._sys = _ResetOnSend(conn.sock._sys)
+        if phase == "negotiation":
+            bad.s.sendall(struct.pack(">QII", IHAVEOPT, OPT["LIST"], 0) * 500)   # 1000 replies in one go
+        else:
+            bad.s.sendall(struct.pack(">IHHQQI", REQ_MAGIC, 0, 3, 9, 0, 0) * 2000)
+        assert wait_for(lambda: conn not in srv.server.connections), "the server kept the failed client"
+        assert good.read(0, 8) == bytes(8)
+    assert conn.sock.closed
