@@ -165,7 +165,7 @@ def test_starttls_from_inside_the_read_callback(net, certs):
 
 def test_a_tls_pair_driven_by_asyncio(tnet, certs):
     g = tnet.group()
-    tc, ts, creader, _ = tnet.tls_pair(certs, g, server_cb=Echo())
+    tc, _ts, creader, _ = tnet.tls_pair(certs, g, server_cb=Echo())
 
     async def main():
         task = asyncio.ensure_future(aio.run(g))
