@@ -387,7 +387,9 @@ class TlsSock(Sock):
             self._push()
             if not self._established:
                 return None
-        read: Callable[..., int] = self._ssl.read  # type: ignore[assignment]  # with a buffer: a count
+        sslobj = self._ssl
+        read: Callable[..., int] = sslobj.read  # type: ignore[assignment]  # with a buffer: a count
+        incoming = self._incoming
         total = 0
         dry = False  # the kernel had nothing more this call
         try:
@@ -395,11 +397,9 @@ class TlsSock(Sock):
                 size = len(view)
                 off = 0
                 while off < size:
-                    try:
-                        n = read(size - off, view[off:] if off else view)
-                    except ssl.SSLWantReadError:
-                        if dry:
-                            self._starved = True
+                    if not self._eof and not sslobj.pending() and (self._starved or not incoming.pending):
+                        # Nothing OpenSSL can return without more ciphertext (no failing read: it costs).
+                        if total or dry:
                             return total or None
                         try:
                             got = self._pull()
@@ -410,6 +410,11 @@ class TlsSock(Sock):
                             raise
                         if got is None:
                             dry = True
+                        continue
+                    try:
+                        n = read(size - off, view[off:] if off else view)
+                    except ssl.SSLWantReadError:
+                        self._starved = True  # part of a record: the rest is still on its way
                         continue
                     except ssl.SSLZeroReturnError:
                         return total  # close_notify
@@ -716,7 +721,9 @@ class TlsGroupImpl(GroupImpl):
         return 0
 
     def fileno(self) -> int:
-        return self._inner.fileno()
+        # The inner group's epoll over its backends' fds, not its fileno(): that one's own eventfd would
+        # cost a write and a read per request; before_wait tells the caller what it would have said.
+        return self._inner._waiter_get().fileno()
 
     def add_sock(self, sock: TlsSock) -> None:  # type: ignore[override]
         inner = sock._inner
@@ -773,9 +780,11 @@ class TlsGroupImpl(GroupImpl):
         if self._dirty:
             self.flush_dirty()
         inner = self._inner
-        inner.fileno()  # from here on its fd is readable exactly while it has work
-        inner._update_busy()
-        return bool(self._ready) or inner._busy
+        busy = bool(self._ready or inner._ready)
+        for gi in inner._impls.values():
+            if gi.before_wait():
+                busy = True
+        return busy
 
     def close(self) -> None:
         self._inner.close()
