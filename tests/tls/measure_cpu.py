@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,19 +59,24 @@ class Pair:
         self.lsock.close()
 
 
-def bulk(p: Pair, mib: int) -> float:
-    """CPU seconds per MiB, client to server in 1 MiB requests."""
-    buf = bytearray(1 << 20)
-    got = [0]
+def _counting(size: int, got: list[int]):
+    """A read callback that reads up to 8 times and counts the bytes."""
+    buf = bytearray(size)
 
-    def on_server(g, s):
+    def readable(g, s):
         for _ in range(8):
             n = s.recv_into(buf)
             if not n:
                 return
             got[0] += n
 
-    p.on_server = on_server
+    return readable
+
+
+def bulk(p: Pair, mib: int) -> float:
+    """CPU seconds per MiB, client to server in 1 MiB requests."""
+    got = [0]
+    p.on_server = _counting(1 << 20, got)
     chunk = bytes(1 << 20)
     sent = 0
     cpu = time.process_time()
@@ -86,18 +90,9 @@ def bulk(p: Pair, mib: int) -> float:
 
 def replies(p: Pair, count: int) -> float:
     """CPU seconds per 4 KiB reply (header + data in one request), server to client, streamed."""
-    buf = bytearray(256 * 1024)
     want = count * (16 + 4096)
     got = [0]
-
-    def on_client(g, s):
-        for _ in range(8):
-            n = s.recv_into(buf)
-            if not n:
-                return
-            got[0] += n
-
-    p.on_client = on_client
+    p.on_client = _counting(256 * 1024, got)
     header, data = bytes(16), bytes(4096)
     sent = 0
     cpu = time.process_time()
