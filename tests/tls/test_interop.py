@@ -7,6 +7,7 @@ from inside the socket's read callback with its plaintext reply still queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import ssl
@@ -18,6 +19,7 @@ import pytest
 import netimpl
 from netimpl import aio, tls
 from tests.conformance.conftest import pattern
+from tests.conftest import need
 from tests.tls.conftest import Reader, drive
 
 
@@ -218,17 +220,17 @@ def test_openssl_s_client_against_a_tls_sock_server(net, certs, openssl_cmd):
     assert b"SHOUT THIS\n" in out, err
 
 
-def test_a_tls_sock_client_against_openssl_s_server(net, certs, openssl_cmd):
+@contextlib.contextmanager
+def _tls_client_of(net, certs, argv):
+    """Run the server ``argv(port)`` and yield (group, TLS client connected to it, its reader)."""
     probe = socket.create_server(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    proc = subprocess.Popen([openssl_cmd, "s_server", "-accept", f"127.0.0.1:{port}", "-naccept", "1", "-rev",
-                             "-cert", str(certs.good / "server-cert.pem"), "-key", str(certs.good / "server-key.pem")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv(port), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         g = net.group()
         client = None
-        for _ in range(200):
+        for _ in range(250):
             try:
                 client = net.connect("127.0.0.1", port)
                 break
@@ -237,13 +239,96 @@ def test_a_tls_sock_client_against_openssl_s_server(net, certs, openssl_cmd):
                     break
                 threading.Event().wait(0.02)
         if client is None:
-            pytest.fail(f"openssl s_server did not listen: {proc.stderr.read().decode()!r}")  # type: ignore[union-attr]
+            pytest.fail(f"{argv(port)[0]} did not listen: {proc.stderr.read().decode()!r}")  # type: ignore[union-attr]
         reader = Reader()
         g.add_sock(client, reader)
         tc = tls.wrap(client, tls.client_context(certs.good), server_side=False, server_hostname="localhost")
         net.socks.append(tc)
-        tc.writev_async(netimpl.Request([b"stressed\n"]))
-        drive(g, lambda: b"desserts" in reader.data)
+        yield g, tc, reader
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_tls_sock_client_against_openssl_s_server(net, certs, openssl_cmd):
+    def argv(port):
+        return [openssl_cmd, "s_server", "-accept", f"127.0.0.1:{port}", "-naccept", "1", "-rev",
+                "-cert", str(certs.good / "server-cert.pem"), "-key", str(certs.good / "server-key.pem")]
+
+    with _tls_client_of(net, certs, argv) as (g, tc, reader):
+        tc.writev_async(netimpl.Request([b"stressed\n"]))
+        drive(g, lambda: b"desserts" in reader.data)
+
+
+@pytest.fixture
+def gnutls():
+    """GnuTLS is what NBD's clients (libnbd, qemu) speak TLS with."""
+    if shutil.which("gnutls-cli") is None or shutil.which("gnutls-serv") is None:
+        need("gnutls-cli and gnutls-serv test interop with GnuTLS (apt-get install gnutls-bin)")
+
+
+@pytest.mark.parametrize("client_cert", [False, True], ids=["anonymous-client", "client-cert"])
+def test_gnutls_cli_against_a_tls_sock_server(net, certs, gnutls, client_cert):
+    g = net.group()
+    lsock = net.listen()
+    port = lsock.getaddr()[1]
+    cmd = ["gnutls-cli", "-p", str(port), "--x509cafile", str(certs.good / "ca-cert.pem"),
+           "--verify-hostname", "localhost", "127.0.0.1"]
+    if client_cert:
+        cmd[1:1] = ["--x509certfile", str(certs.good / "client-cert.pem"),
+                    "--x509keyfile", str(certs.good / "client-key.pem")]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        server = net.accept(lsock)
+        g.add_sock(server, Echo(lambda b: bytes(b).upper()))
+        ts = tls.wrap(server, tls.server_context(certs.good, verify_peer=client_cert), server_side=True)
+        net.socks.append(ts)
+        drive(g, lambda: ts.established)
+        if client_cert:
+            assert ts.ssl_object.getpeercert()["subject"] == ((("commonName", "netimpl test client"),),)
+        proc.stdin.write(b"gnutls speaks\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        drive(g, lambda: ts.stats.bytes_sent >= 14 and ts.queued_bytes == 0)
+        g.remove_sock(ts)
+        ts.close()  # close_notify: gnutls-cli ends
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert b"GNUTLS SPEAKS" in out, err
+
+
+def test_gnutls_cli_refuses_a_server_its_ca_did_not_sign(net, certs, gnutls):
+    g = net.group()
+    lsock = net.listen()
+    port = lsock.getaddr()[1]
+    proc = subprocess.Popen(["gnutls-cli", "-p", str(port), "--x509cafile", str(certs.other / "ca-cert.pem"),
+                             "--verify-hostname", "localhost", "127.0.0.1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        server = net.accept(lsock)
+        reader = Reader()
+        g.add_sock(server, reader)
+        ts = tls.wrap(server, tls.server_context(certs.good), server_side=True)
+        net.socks.append(ts)
+        drive(g, lambda: reader.error is not None or reader.eof)
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0
+    assert b"certificate" in err.lower(), err
+    assert isinstance(reader.error, ssl.SSLError) or reader.eof  # its alert, or its hang-up
+
+
+def test_a_tls_sock_client_against_gnutls_serv(net, certs, gnutls):
+    def argv(port):
+        return ["gnutls-serv", "--echo", "-p", str(port), "--x509certfile", str(certs.good / "server-cert.pem"),
+                "--x509keyfile", str(certs.good / "server-key.pem")]
+
+    with _tls_client_of(net, certs, argv) as (g, tc, reader):
+        lines = [b"echo me\n"] + [b"line %d %s\n" % (i, b"x" * 200) for i in range(5)]
+        for line in lines:  # gnutls-serv --echo answers line by line
+            tc.writev_async(netimpl.Request([line]))
+            drive(g, lambda line=line: bytes(reader.data).endswith(line))
+        assert bytes(reader.data) == b"".join(lines)
