@@ -57,6 +57,16 @@ Some facts about TLS here, and the choices they force:
 * TLS-PSK needs PSK callbacks, which Python's ``ssl`` gained only in 3.13
   (``SSLContext.set_psk_server_callback``); :func:`psk_server_context` says
   so where they are missing.
+* Costs: one more epoll set (posix) or ring (uring) per group that holds
+  TLS sockets, the inner group's; per record an AEAD call and two copies
+  (into OpenSSL's BIO and out of it) beside the kernel's.
+
+STARTTLS, as a server does it from the connection's read callback::
+
+    sock.writev_async(netimpl.Request([ack]))            # the plaintext "go ahead", queued
+    sock = netimpl.tls.wrap(sock, ctx, server_side=True)  # same group, same read callback
+    # then return: the next call of the callback gets the TLS socket; read nothing more from
+    # the old one, and drop plaintext already read past the STARTTLS request (an injection).
 """
 
 from __future__ import annotations
