@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import ssl
 import struct
+import time
 
 import pytest
 
 import netimpl
 from netimpl import tls
-from tests.conformance.conftest import pattern
-from tests.tls.conftest import Reader, drive, wait_established
+from tests.conformance.conftest import pattern, wait_for
+from tests.conftest import need
+from tests.tls.conftest import Reader, TlsNet, drive, wait_established
 
 
 def test_round_trip_both_ways_through_a_group(tnet, certs, mixed):
@@ -406,3 +409,55 @@ def test_tls_is_a_layer_not_a_registered_backend():
     assert "tls" not in [i.name for i in netimpl.impls()]
     with pytest.raises(netimpl.NetImplError, match="wrap"):
         tls.TlsImpl().listen("127.0.0.1", 0, netimpl.SockOpts())
+
+
+def test_an_idle_group_of_tls_sockets_sleeps_in_poll(tnet, certs, mixed):
+    g = tnet.group(mixed)
+    tc, ts, _, _ = tnet.tls_pair(certs, g)
+    wait_established(g, tc, ts)
+    for _ in range(5):
+        g.poll()  # the session tickets, their reads
+    start, polls = time.monotonic(), 0
+    while time.monotonic() - start < 0.3:
+        g.poll(timeout=0.1)
+        polls += 1
+    assert polls <= 5, f"{polls} polls in 0.3 s with a 0.1 s timeout: something keeps waking the group"
+    fd = g.fileno()  # and the group's fd says so too
+    g.poll()
+    assert not select.select([fd], [], [], 0)[0]
+
+
+def test_more_ready_tls_sockets_than_max_events_are_all_served(tnet, certs):
+    g = tnet.group()
+    readers = []
+    pairs = []
+    for _ in range(6):
+        r = Reader(size=50)  # small reads: decrypted bytes stay in OpenSSL, on the pending-recv list
+        tc, ts, _, _ = tnet.tls_pair(certs, g, server_cb=r)
+        readers.append(r)
+        pairs.append((tc, ts))
+    drive(g, lambda: all(tc.established and ts.established for tc, ts in pairs))
+    for tc, _ in pairs:
+        tc.writev_async(netimpl.Request([pattern(2000)]))
+    wait_for(lambda: all(len(r.data) == 2000 for r in readers), lambda: g.poll(max_events=2, timeout=0.01))
+    assert all(bytes(r.data) == pattern(2000) for r in readers)
+
+
+def test_tls_sockets_over_different_backends_share_a_group(certs):
+    names = [i.name for i in netimpl.impls() if i.available]
+    need("" if len(names) > 1 else "needs two available backends")
+    nets = [TlsNet(name) for name in names]
+    g = netimpl.SockGroup()
+    try:
+        pairs = [n.tls_pair(certs, g) for n in nets]
+        for k, (tc, _, _, _) in enumerate(pairs):
+            tc.writev_async(netimpl.Request([pattern(100_000, k)]))
+        drive(g, lambda: all(len(sr.data) == 100_000 for _, _, _, sr in pairs), poll_timeout=0.05)
+        assert [bytes(sr.data) for _, _, _, sr in pairs] == [pattern(100_000, k) for k in range(len(pairs))]
+        assert sorted({tc.inner.impl_name for tc, _, _, _ in pairs}) == sorted(names)
+    finally:
+        for s in g.socks:
+            g.remove_sock(s)
+        for n in nets:
+            n.close()
+        g.close()
