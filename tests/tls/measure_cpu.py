@@ -42,12 +42,13 @@ class Pair:
         self.server = s
         self.group = netimpl.SockGroup()
         self.on_server = self.on_client = lambda g, s: None
-        self.group.add_sock(self.server, lambda g, s: self.on_server(g, s))
-        self.group.add_sock(self.client, lambda g, s: self.on_client(g, s))
-        if certdir is not None:
+        if certdir is not None:  # wrapped before joining: the group holds TLS sockets only, as plain holds posix only
             self.server = tls.wrap(self.server, tls.server_context(certdir), server_side=True)
             self.client = tls.wrap(self.client, tls.client_context(certdir), server_side=False,
                                    server_hostname="localhost")
+        self.group.add_sock(self.server, lambda g, s: self.on_server(g, s))
+        self.group.add_sock(self.client, lambda g, s: self.on_client(g, s))
+        if certdir is not None:
             while not (self.server.established and self.client.established):  # type: ignore[attr-defined]
                 self.group.poll(timeout=0.01)
 
