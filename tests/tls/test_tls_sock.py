@@ -7,6 +7,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 
 import pytest
@@ -461,3 +462,36 @@ def test_tls_sockets_over_different_backends_share_a_group(certs):
         for n in nets:
             n.close()
         g.close()
+
+
+@pytest.fixture
+def uring_net():
+    """A uring group belongs to the thread that polls it: the one backend with a thread rule."""
+    info = next((i for i in netimpl.impls() if i.name == "uring"), None)
+    need("" if info is not None and info.available else f"uring unavailable: {info.reason if info else 'absent'}")
+    n = TlsNet("uring")
+    yield n
+    n.close()
+
+
+def test_a_thread_that_does_not_poll_a_uring_group_is_refused_before_anything_changes(uring_net, certs):
+    tnet = uring_net
+    g = tnet.group()
+    tc, ts, _, sreader = tnet.tls_pair(certs, g)
+    wait_established(g, tc, ts)
+    errors: list[BaseException] = []
+
+    def meddle():
+        for call in (lambda: tc.writev_async(netimpl.Request([b"from elsewhere"])), tc.flush):
+            try:
+                call()
+            except OSError as exc:
+                errors.append(exc)
+
+    t = threading.Thread(target=meddle)
+    t.start()
+    t.join()
+    assert [e.errno for e in errors] == [errno.EEXIST, errno.EEXIST]
+    assert tc.queued_bytes == 0
+    tc.writev_async(netimpl.Request([b"from the owner"]))
+    drive(g, lambda: bytes(sreader.data) == b"from the owner")
