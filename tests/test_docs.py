@@ -14,6 +14,7 @@ import pytest
 import netimpl
 import netimpl.aio
 import netimpl.nbd
+import netimpl.tls
 import netimpl.workers
 from netimpl.__main__ import COMMANDS
 from netimpl.__main__ import main as cli_main
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "docs" / "api.md"
 
 #: Public submodules beside the package's own names (imported on their own: ``import netimpl.aio``).
-SUBMODULES = {"netimpl.aio": netimpl.aio, "netimpl.workers": netimpl.workers}
+SUBMODULES = {"netimpl.aio": netimpl.aio, "netimpl.workers": netimpl.workers, "netimpl.tls": netimpl.tls}
 
 
 def api_text() -> str:
@@ -111,7 +112,7 @@ def test_what_the_reference_names_exists():
     for name in re.findall(r"`netimpl\.([a-z_]+)(?![.a-z_])", text):
         if not hasattr(netimpl, name):
             stale.append(f"netimpl.{name}")
-    for module, name in re.findall(r"`(netimpl\.(?:aio|workers))\.([A-Za-z_]+)", text):
+    for module, name in re.findall(r"`(netimpl\.(?:aio|workers|tls))\.([A-Za-z_]+)", text):
         if not hasattr(SUBMODULES[module], name):
             stale.append(f"{module}.{name}")
     assert not stale, f"docs/api.md names what the code does not have: {', '.join(sorted(set(stale)))}"

@@ -8,10 +8,12 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 
 import netimpl
 
+from .handshake import TLS_MODES
 from .server import DEFAULT_HANDSHAKE_TIMEOUT, NbdServer
 from .store import MemoryStore, Store, open_file_store, parse_size
 
@@ -79,6 +81,15 @@ def parser() -> argparse.ArgumentParser:
                         "a stale socket file is replaced, the path is removed at exit")
     p.add_argument("--impl", default=None, help="netimpl backend (default: the best available: "
                    "see python -m netimpl info)")
+    p.add_argument("--tls", choices=TLS_MODES, default="off",
+                   help="NBD_OPT_STARTTLS: off (default), on (offered), require (refuse every option but "
+                        "STARTTLS and ABORT before it: NBD_REP_ERR_TLS_REQD)")
+    p.add_argument("--tls-certificates", metavar="DIR",
+                   help="X.509: DIR/server-cert.pem, DIR/server-key.pem and DIR/ca-cert.pem (nbdkit's and qemu's "
+                        "layout)")
+    p.add_argument("--tls-verify-peer", action="store_true",
+                   help="with --tls-certificates: require a client certificate signed by DIR/ca-cert.pem")
+    p.add_argument("--tls-psk", metavar="FILE", help="TLS-PSK: a GnuTLS psktool file (identity:hexkey lines)")
     p.add_argument("--zerocopy-threshold", type=_size_arg, default=DEFAULT_ZEROCOPY_THRESHOLD,
                    help="replies at least this large go zero-copy where it is in force (default 64K)")
     p.add_argument("--handshake-timeout", type=_seconds_arg, default=DEFAULT_HANDSHAKE_TIMEOUT, metavar="SECONDS",
@@ -131,13 +142,32 @@ def open_exports(args: argparse.Namespace, memory: bool = True, files: bool = Tr
     return exports
 
 
+def tls_context(args: argparse.Namespace) -> "ssl.SSLContext | None":
+    """The server context the --tls flags ask for (None: --tls off); ValueError/OSError/NetImplError naming
+    what is wrong."""
+    if args.tls == "off":
+        if args.tls_certificates or args.tls_psk or args.tls_verify_peer:
+            raise ValueError("--tls-certificates, --tls-psk and --tls-verify-peer need --tls=on or --tls=require")
+        return None
+    from netimpl import tls
+
+    if bool(args.tls_certificates) == bool(args.tls_psk):
+        raise ValueError(f"--tls={args.tls} needs one of --tls-certificates DIR or --tls-psk FILE")
+    if args.tls_psk:
+        if args.tls_verify_peer:
+            raise ValueError("--tls-verify-peer goes with --tls-certificates, not --tls-psk")
+        return tls.psk_server_context(args.tls_psk)
+    return tls.server_context(args.tls_certificates, verify_peer=args.tls_verify_peer)
+
+
 def _zerocopy_words(state: bool | None, threshold: int) -> str:
     return {True: f"on for replies >= {threshold} bytes",
             None: f"on for replies >= {threshold} bytes, except to loopback clients",
             False: "off"}[state]
 
 
-def serve_workers(args: argparse.Namespace, impl: str, memory: dict[str, Store]) -> int:
+def serve_workers(args: argparse.Namespace, impl: str, memory: dict[str, Store],
+                  context: "ssl.SSLContext | None" = None) -> int:
     """``--workers N``: the memory export made here (one shared mapping), file exports opened by each worker."""
     from netimpl.workers import WorkerPool
 
@@ -148,7 +178,7 @@ def serve_workers(args: argparse.Namespace, impl: str, memory: dict[str, Store])
         files = open_exports(args, memory=False)
         try:
             server = NbdServer({**memory, **files}, impl=impl, listener=listener,
-                               handshake_timeout=args.handshake_timeout or None)
+                               handshake_timeout=args.handshake_timeout or None, tls=args.tls, tls_context=context)
             try:
                 server.serve(lambda: bool(stop))
             finally:
@@ -168,7 +198,7 @@ def serve_workers(args: argparse.Namespace, impl: str, memory: dict[str, Store])
     policy = getattr(netimpl.get_impl_opts(impl), "enable_zerocopy_send_server", False)
     zc = NbdServer.zerocopy_policy(args.host, policy)
     print(f"netimpl.nbd: listening on {args.host}:{pool.port}, backend {impl}, {args.workers} workers, "
-          f"zero-copy {_zerocopy_words(zc, args.zerocopy_threshold)}", flush=True)
+          f"zero-copy {_zerocopy_words(zc, args.zerocopy_threshold)}, TLS {args.tls}", flush=True)
     for name, store in memory.items():
         print(f"  export {name!r}: {store.describe()}", flush=True)
     for name, path in args.export:
@@ -206,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         impl = args.impl or netimpl.default_impl()
         netimpl.set_impl_opts(impl, zerocopy_threshold=args.zerocopy_threshold)
+        context = tls_context(args)
         exports = open_exports(args, files=args.workers == 1)
     except (ValueError, TypeError, OSError, netimpl.NetImplError) as exc:
         print(f"netimpl.nbd: {exc}", file=sys.stderr)
@@ -217,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         try:
-            return serve_workers(args, impl, exports)
+            return serve_workers(args, impl, exports, context)
         finally:
             for store in exports.values():
                 store.close()
@@ -228,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             listener = (netimpl.listen_fd(activated, impl=impl) if activated is not None
                         else netimpl.listen_unix(args.unix, impl=impl) if args.unix else None)
             server = NbdServer(exports, args.host, args.port, impl=impl, listener=listener,
-                               handshake_timeout=args.handshake_timeout or None)
+                               handshake_timeout=args.handshake_timeout or None, tls=args.tls, tls_context=context)
         except (ValueError, TypeError, OSError) as exc:
             print(f"netimpl.nbd: cannot listen on {where}: {exc}", file=sys.stderr)
             return 2
@@ -240,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{host}:{port}" if server.listener.is_ipv4() or server.listener.is_ipv6() else f"unix:{host}"
         # Socket-activated, stdout is the client's (nbdinfo -- [ ... ]): say it on stderr instead.
         out = sys.stderr if activated is not None else sys.stdout
-        print(f"netimpl.nbd: listening on {where}, backend {server.impl_name}, zero-copy {zc}", file=out, flush=True)
+        print(f"netimpl.nbd: listening on {where}, backend {server.impl_name}, zero-copy {zc}, TLS {args.tls}",
+              file=out, flush=True)
         warning = exposure_warning(args.host, args.read_only) if not (args.unix or activated is not None) else ""
         if warning:
             print(warning, file=sys.stderr, flush=True)

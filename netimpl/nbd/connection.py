@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import netimpl
 
 from . import protocol as P
-from .handshake import Negotiation, ProtocolError, Session, negotiate
+from .handshake import STARTTLS, Negotiation, ProtocolError, Session, negotiate
 
 if TYPE_CHECKING:
     from .server import NbdServer
@@ -127,6 +127,7 @@ class Connection:
     def __init__(self, server: "NbdServer", sock: netimpl.Sock) -> None:
         self.server = server
         self.sock = sock
+        self.tls = False                 # the socket speaks TLS (after NBD_OPT_STARTTLS)
         _, _, host, port = sock.getaddr()
         self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.session: Session | None = None
@@ -144,7 +145,7 @@ class Connection:
         self._iovs = 0                 # iovecs of the reply requests in flight
         self._budget = 0               # unsent reply bytes still allowed, while answering requests
         self._held = False             # over MAX_UNSENT_BYTES: requests wait, reading is paused
-        self._negotiation: Negotiation | None = negotiate(server.exports, self._send)
+        self._negotiation: Negotiation | None = negotiate(server.exports, self._send, server.tls_mode)
         self._need = next(self._negotiation)
 
     def __repr__(self) -> str:
@@ -357,7 +358,8 @@ class Connection:
     def _answer(self, out: list[Any], tokens: list[Any]) -> bool:
         """Negotiate and serve what the buffer holds; False when there is no point in receiving now."""
         if self._negotiation is not None:
-            self._negotiate()
+            if not self._negotiate():
+                return False             # TLS started: the old socket is not to be read again
             if self._negotiation is not None or self._closed:
                 return not (self._closed or self._held)
         return self._serve(out, tokens)
@@ -372,20 +374,25 @@ class Connection:
 
     # -- negotiation ------------------------------------------------------------------------------
 
-    def _negotiate(self) -> None:
+    def _negotiate(self) -> bool:
+        """Feed the negotiation what the buffer holds; False when TLS has just started (stop receiving)."""
         gen = self._negotiation
         assert gen is not None
         while self._end - self._pos >= self._need:
             if self._closed:
-                return
+                return True
             if self.sock.queued_bytes + self._iovs * IOV_COST >= MAX_UNSENT_BYTES:
                 self._hold()             # a client that sends options and reads no replies
-                return
+                return True
             pos, need = self._pos, self._need
             data = bytes(self._mv[pos:pos + need])
             self._pos = pos + need
             try:
                 self._need = gen.send(data)
+                if self._need == STARTTLS:
+                    self._start_tls()
+                    self._need = gen.send(b"")
+                    return False
             except StopIteration as stop:
                 self._negotiation = None
                 self.server._negotiated(self)
@@ -395,11 +402,22 @@ class Connection:
                         logger.info("%s: client ended the negotiation", self.peer)
                         self.sock.flush()
                         self.close()
-                    return
+                    return True
                 self.session = session
-                logger.info("%s: serving export %r (%s replies)", self.peer, session.name,
-                            "structured" if session.structured else "simple")
-                return
+                logger.info("%s: serving export %r (%s replies%s)", self.peer, session.name,
+                            "structured" if session.structured else "simple", ", TLS" if self.tls else "")
+                return True
+        return True
+
+    def _start_tls(self) -> None:
+        """NBD_OPT_STARTTLS was acknowledged (the ACK is queued, in plaintext): go on over TLS."""
+        from netimpl import tls
+
+        # Whatever the client sent after STARTTLS, before our ACK, is not to be trusted (CVE-2021-3716).
+        self._pos = self._end = 0
+        self.sock = tls.wrap(self.sock, self.server.tls_context, server_side=True)
+        self.tls = True
+        logger.info("%s: TLS started", self.peer)
 
     # -- transmission -----------------------------------------------------------------------------
 

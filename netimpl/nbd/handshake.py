@@ -9,8 +9,16 @@ those bytes; replies go out through ``send``. It returns the
 
 Options served: EXPORT_NAME, ABORT, LIST, INFO, GO (with NBD_INFO_EXPORT,
 and NBD_INFO_NAME, NBD_INFO_DESCRIPTION and NBD_INFO_BLOCK_SIZE when
-asked) and STRUCTURED_REPLY. Every other option, STARTTLS and the metadata
-contexts included, gets ``NBD_REP_ERR_UNSUP``.
+asked), STRUCTURED_REPLY, and STARTTLS where TLS is ``on`` or ``require``.
+Every other option gets ``NBD_REP_ERR_UNSUP``.
+
+STARTTLS: the generator queues the ACK (in plaintext), then yields
+:data:`STARTTLS` instead of a byte count; the connection starts TLS on its
+socket, drops whatever plaintext the client sent after the option (a client
+must wait for the ACK: CVE-2021-3716), and sends ``b""`` to go on. With
+``require``, every option before TLS but STARTTLS and ABORT is answered
+``NBD_REP_ERR_TLS_REQD`` (EXPORT_NAME, which has no error reply, ends the
+session), so nothing about the exports leaks in plaintext.
 """
 
 from __future__ import annotations
@@ -22,7 +30,12 @@ from typing import Callable, Generator, Mapping
 from . import protocol as P
 from .store import Store
 
-__all__ = ["negotiate", "Session", "ProtocolError", "transmission_flags"]
+__all__ = ["negotiate", "Session", "ProtocolError", "transmission_flags", "STARTTLS", "TLS_MODES"]
+
+#: Yielded (instead of a byte count) when the connection must start TLS now.
+STARTTLS = -1
+#: --tls: no STARTTLS; STARTTLS offered; STARTTLS required before anything about the exports.
+TLS_MODES = ("off", "on", "require")
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -66,8 +79,11 @@ def _name(raw: bytes, what: str) -> str:
         raise ProtocolError(f"{what} {raw[:64]!r} is not UTF-8") from None
 
 
-def negotiate(exports: Mapping[str, Store], send: Callable[[bytes], None]) -> Negotiation:
-    """Haggle options with one client; see the module docstring."""
+def negotiate(exports: Mapping[str, Store], send: Callable[[bytes], None], tls: str = "off") -> Negotiation:
+    """Haggle options with one client; see the module docstring. ``tls`` is one of :data:`TLS_MODES`."""
+    if tls not in TLS_MODES:
+        raise ValueError(f"tls mode {tls!r} is not one of {', '.join(TLS_MODES)}")
+    encrypted = False
     send(P.GREETING.pack(P.NBDMAGIC, P.IHAVEOPT, P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES))
     (cflags,) = _U32.unpack((yield 4))
     if cflags & ~P.CLIENT_FLAGS_KNOWN:
@@ -81,6 +97,24 @@ def negotiate(exports: Mapping[str, Store], send: Callable[[bytes], None]) -> Ne
         if length > P.MAX_OPTION_LENGTH:
             raise ProtocolError(f"option {option} carries {length} bytes (at most {P.MAX_OPTION_LENGTH})")
         data = (yield length) if length else b""
+
+        if option == P.NBD_OPT_STARTTLS and tls != "off":
+            if encrypted:
+                send(_reply(option, P.NBD_REP_ERR_INVALID, b"TLS is already in use"))
+            elif data:
+                send(_reply(option, P.NBD_REP_ERR_INVALID, b"NBD_OPT_STARTTLS takes no data"))
+            else:
+                send(_reply(option, P.NBD_REP_ACK))
+                yield STARTTLS
+                encrypted = True
+                structured = False  # what was agreed in plaintext does not carry over
+            continue
+
+        if tls == "require" and not encrypted and option != P.NBD_OPT_ABORT:
+            if option == P.NBD_OPT_EXPORT_NAME:
+                raise ProtocolError("NBD_OPT_EXPORT_NAME before STARTTLS, and TLS is required")
+            send(_reply(option, P.NBD_REP_ERR_TLS_REQD, b"TLS is required: send NBD_OPT_STARTTLS first"))
+            continue
 
         if option == P.NBD_OPT_EXPORT_NAME:
             name = _name(data, "export name")

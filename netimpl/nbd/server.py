@@ -21,12 +21,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import ssl
 import time
 from typing import Callable, Mapping
 
 import netimpl
 
 from .connection import Connection
+from .handshake import TLS_MODES
 from .store import Store
 
 logger = logging.getLogger("netimpl.nbd")
@@ -49,11 +51,23 @@ class NbdServer:
     A client that has not finished negotiating (reached ``NBD_OPT_GO`` or
     ``NBD_OPT_EXPORT_NAME``) ``handshake_timeout`` seconds after it
     connected is dropped; ``None`` lets it take forever.
+    ``tls`` (``off``, ``on`` or ``require``) with ``tls_context`` (a server
+    ``ssl.SSLContext``, see :func:`netimpl.tls.server_context`) offers or
+    requires NBD_OPT_STARTTLS; the TLS layer is :mod:`netimpl.tls`'s, so
+    requests keep their life cycle and zero-copy its guarantee.
     """
 
     def __init__(self, exports: Mapping[str, Store], host: str = "127.0.0.1", port: int = 10809, *,
                  impl: str | None = None, handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-                 listener: netimpl.Sock | None = None) -> None:
+                 listener: netimpl.Sock | None = None, tls: str = "off", tls_context: "ssl.SSLContext | None" = None
+                 ) -> None:
+        if tls not in TLS_MODES:
+            raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {tls!r}")
+        if tls != "off" and not isinstance(tls_context, ssl.SSLContext):
+            raise TypeError(f"tls={tls!r} needs tls_context, a server ssl.SSLContext (netimpl.tls.server_context), "
+                            f"not {tls_context!r:.60}")
+        self.tls_mode = tls
+        self.tls_context = tls_context
         if handshake_timeout is not None:
             if isinstance(handshake_timeout, bool) or not isinstance(handshake_timeout, (int, float)):
                 raise TypeError(f"handshake_timeout must be a number of seconds or None, not {handshake_timeout!r}")
