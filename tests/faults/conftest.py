@@ -11,8 +11,8 @@ from __future__ import annotations
 import gc
 import os
 import resource
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 import pytest
 

@@ -10,8 +10,8 @@ from .conftest import backend_params, backends_of, scale
 from .peers import EchoServer, Peers, echo_client, stream
 
 IMPAIRMENTS = {
-    "lossy": dict(loss=0.02, duplicate=0.01, reorder=0.02, corrupt=0.01, delay=0.0005, jitter=0.001),
-    "corrupting": dict(corrupt=0.05, duplicate=0.03),
+    "lossy": {"loss": 0.02, "duplicate": 0.01, "reorder": 0.02, "corrupt": 0.01, "delay": 0.0005, "jitter": 0.001},
+    "corrupting": {"corrupt": 0.05, "duplicate": 0.03},
 }
 
 
