@@ -10,7 +10,6 @@ group the refusal covers the posix sockets too: one ``poll`` is one call.
 
 from __future__ import annotations
 
-import queue
 import socket
 import threading
 import time
@@ -18,34 +17,15 @@ import time
 import pytest
 
 import netimpl
+from tests.uring.test_threads import Poller
 
 from .conftest import backend_params, backends_of
 
 REFUSED = (OSError, RuntimeError)
 
 
-class Owner(threading.Thread):
-    """The thread that owns a group: it runs what it is handed, or serves until told to stop."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.jobs: queue.Queue = queue.Queue()
-        self.results: queue.Queue = queue.Queue()
-        self.start()
-
-    def run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            try:
-                self.results.put(("ok", job()))
-            except BaseException as exc:  # noqa: BLE001 - handed back to the test
-                self.results.put(("raised", exc))
-
-    def call(self, fn, timeout: float = 10.0):
-        self.jobs.put(fn)
-        kind, value = self.results.get(timeout=timeout)
-        if kind == "raised":
-            raise value
-        return value
+class Owner(Poller):
+    """The thread that owns a group: it runs what it is handed, one job at a time."""
 
     def stop(self) -> None:
         self.jobs.put(None)
