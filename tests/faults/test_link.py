@@ -12,6 +12,7 @@ from .peers import EchoServer, Peers, echo_client, stream
 IMPAIRMENTS = {
     "lossy": {"loss": 0.02, "duplicate": 0.01, "reorder": 0.02, "corrupt": 0.01, "delay": 0.0005, "jitter": 0.001},
     "corrupting": {"corrupt": 0.05, "duplicate": 0.03},
+    "blackout": {"loss": 0.01, "reorder": 0.01},   # and, a moment after the start, 1.5 s of total loss
 }
 
 
@@ -24,9 +25,16 @@ def test_every_byte_arrives_both_ways_through_an_impaired_link(link, ledger, imp
     server = EchoServer(backends, link.server_ip)
     peers = Peers(link)
     try:
-        link.impair(seed=len(kind) * 1000 + len(impl), **IMPAIRMENTS[kind])
+        seed = len(kind) * 1000 + len(impl)
+        link.impair(seed=seed, **IMPAIRMENTS[kind])
         for i in range(clients):
             peers.start(echo_client, link.server_ip, server.ports[i % len(server.ports)], nbytes, 100 + i)
+        if kind == "blackout":
+            server.poll_until(lambda: sum(server.nreceived.values()) > nbytes // 4, timeout=10)
+            link.impair(loss=1.0, seed=seed)
+            server.poll_until(lambda: False, timeout=1.5)
+            link.impair(seed=seed, **IMPAIRMENTS[kind])
+            ledger.fault(impl, "link blackout 1.5 s")
         server.poll_until(lambda: all(p.poll() for p in peers.pipes), timeout=scale(60, 300))
         # every echo request completes (zero-copy: once the kernel released its pages)
         server.poll_until(lambda: len(server.statuses) == server.queued, timeout=10)
@@ -52,5 +60,7 @@ def test_every_byte_arrives_both_ways_through_an_impaired_link(link, ledger, imp
         server.close()
         peers.close()
     assert counters.frames > 0 and counters.faults > 0, "the relay injected nothing"
+    if kind == "blackout":
+        return
     if kind == "lossy":
         assert counters.lost and counters.duplicated and counters.reordered and counters.corrupted, counters
