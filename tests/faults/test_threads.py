@@ -155,7 +155,11 @@ def test_a_refused_writev_async_that_would_flush_at_once_is_never_sent(ledger, i
 
 @pytest.mark.parametrize("impl", backend_params(only=("uring",)))
 def test_foreign_calls_while_the_owner_serves_never_corrupt_its_traffic(ledger, impl):
-    """The owner echoes; meanwhile another thread keeps calling poll and flush, each refused."""
+    """The owner echoes; meanwhile another thread keeps calling poll and flush, each refused.
+
+    (The uring sockets' flush: a posix socket has no ring to guard, and its
+    flush from another thread is not refused, even in a mixed group.)
+    """
     t = Setup(backends_of(impl))
     stop = threading.Event()
     refused = [0]
@@ -163,7 +167,7 @@ def test_foreign_calls_while_the_owner_serves_never_corrupt_its_traffic(ledger, 
 
     def meddle():
         while not stop.is_set():
-            for fn in (t.group.poll, *(s.flush for s in t.socks)):
+            for fn in (t.group.poll, *(s.flush for s in t.socks if s.impl_name == "uring")):
                 calls[0] += 1
                 try:
                     fn()
