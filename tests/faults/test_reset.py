@@ -156,3 +156,36 @@ def test_close_with_zero_copy_sends_awaiting_release_then_close_the_group(link, 
         group.close()
         peers.close()
     assert open_fds() == base, "fds leaked (a ring kept after close?)"
+
+
+def test_a_reset_while_zero_copy_sends_await_release_keeps_completion_order(ledger):
+    """posix, deterministic: the kernel answers ECONNRESET while an earlier zero-copy send awaits release.
+
+    The queued requests fail, but after the pending one, whose release is
+    read from the error queue later: requests complete in the order they
+    were queued, whatever their status (seen through the link as a rare
+    race; scripted here through the posix syscall seam).
+    """
+    from tests.posix.conftest import force_zerocopy
+    from tests.posix.scripted import Scripted, zc_cmsg
+
+    lsock = netimpl.listen("127.0.0.1", 0, impl="posix")
+    client = netimpl.connect("127.0.0.1", lsock.getaddr()[1], impl="posix")
+    server = _accept(lsock)
+    try:
+        force_zerocopy(client)
+        script = client._sys = Scripted(sends=[None, ConnectionResetError(errno.ECONNRESET, "reset")])
+        done: list[tuple[int, int]] = []
+        client.writev_async(netimpl.Request([bytes(100)], cb=lambda r, s: done.append((r.ctx, s)), ctx=0))
+        client.flush()                     # in the kernel, zero-copy: completes on its release
+        for i in (1, 2, 3):
+            client.writev_async(netimpl.Request([bytes(100)], cb=lambda r, s: done.append((r.ctx, s)), ctx=i))
+        client.flush()                     # ECONNRESET: these fail
+        ledger.fault("posix", "peer reset (scripted)")
+        script.errqueue.append([zc_cmsg(0, 0)])
+        client.flush()                     # the release of request 0 arrives
+        assert [i for i, _ in done] == [0, 1, 2, 3], f"completion order {done}"
+        assert done[0][1] == 0 and {s for _, s in done[1:]} == {errno.ECONNRESET}, done
+    finally:
+        for s in (client, server, lsock):
+            s.close()
