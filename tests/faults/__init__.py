@@ -15,7 +15,9 @@ test_link                 every byte both ways through loss, duplication, reorde
                           corruption, delay and a 1.5 s blackout, zero-copy on
 test_reset                peer reset with zero-copy requests queued, the socket        1
                           closed / removed in the failure callback; closing with
-                          zero-copy sends awaiting release, then the group
+                          zero-copy sends awaiting release, then the group; a
+                          reset while a zero-copy send awaits release keeps
+                          completion order (posix, scripted)
 test_churn                thousands of connections ended four ways: fds, live
                           sockets and RSS back to baseline
 test_flow                 an unread peer under pause_reading; a half-closed peer      issue 15
@@ -25,6 +27,7 @@ test_threads              poll / flush / writev_async from a thread that does no
 test_optmem               zero-copy sends refused for optmem (ENOBUFS) go by copy
 test_nbd                  unread replies (file and memory exports); a departed        4, 5, 6,
                           client's buffers; fuzzed input; stalled handshakes; the     7, 8
-                          fd limit; the banner's zero-copy line
+                          fd limit; pipelined I/O through the impaired link; the
+                          banner's zero-copy line
 ========================  ==========================================================  ==========
 """

@@ -87,7 +87,7 @@ class Ledger:
             total = sum(r.faults.values())
             detail = ", ".join(f"{k} {v}" for k, v in sorted(r.faults.items()))
             lines.append(f"{name:8} {r.cases:5} {r.bytes_verified / 2**20:12.1f} {r.churned:8} "
-                         f"{r.fds_before!s:>7} / {r.fds_after:<6} "
+                         f"{'-' if r.fds_before is None else r.fds_before:>7} / {r.fds_after:<6} "
                          f"{(r.rss_before or 0) / 2**20:9.1f} / {r.rss_after / 2**20:<8.1f}  {total} ({detail})")
         return lines
 
