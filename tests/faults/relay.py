@@ -5,11 +5,13 @@ corruption are made by a small Python process that bridges two veth pairs::
 
     root namespace            relay namespace               client namespace
     nif<T>a 198.18.N.1  <->  nif<T>b  [relay]  nif<T>c  <->  nif<T>d 198.18.N.2
+            fd00:198:18:N::1                                         fd00:198:18:N::2
 
 The server under test runs in the root namespace (its veth end is not
 loopback, so the zero-copy policy lets it use MSG_ZEROCOPY); clients run in
 child processes that entered the client namespace. Both ends sit in one /24:
-the relay is a layer-2 bridge, ARP goes through it untouched.
+the relay is a layer-2 bridge, ARP goes through it untouched. Both ends
+have an IPv6 address too (one /64, no duplicate address detection).
 
 Facts that shape the design:
 
@@ -35,7 +37,9 @@ Facts that shape the design:
   SG and checksum capabilities through software GSO); the kernel may report
   them copied, which is honest and counted.
 * The relay never sees its own transmissions (``PACKET_IGNORE_OUTGOING``)
-  and only IPv4 frames are impaired (ARP and IPv6 chatter pass as they are).
+  and only IP frames are impaired: IPv4 ones, and IPv6 ones that carry TCP
+  (ARP and neighbour discovery pass as they are, so the link never loses
+  its way, only its segments).
 * Bounded in time and count: the relay holds at most ``MAX_HELD`` frames
   (more are dropped and counted as overflow), exits when its parent dies or
   after ``MAX_LIFETIME`` seconds, and every impairment is driven by one
@@ -58,10 +62,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ETH_P_ALL = 0x0003
-ETH_P_IP = 0x0800
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23     # linux/if_packet.h, since 4.20
 SIOCETHTOOL = 0x8946
+IFA_F_NODAD = 0x02              # an address usable at once, without duplicate address detection
 ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO, ETHTOOL_SGRO = 0x17, 0x1F, 0x24, 0x2C
 
 MAX_HELD = 20000                # frames waiting for their delivery time
@@ -71,7 +75,7 @@ FAULT_KINDS = ("lost", "duplicated", "reordered", "corrupted", "delayed")
 
 @dataclass
 class Impairment:
-    """What the relay does to each IPv4 frame, in each direction. Probabilities are per frame."""
+    """What the relay does to each IP frame, in each direction. Probabilities are per frame."""
 
     loss: float = 0.0
     duplicate: float = 0.0
@@ -108,12 +112,21 @@ def disable_offloads(ifname: str) -> None:
             fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
 
 
+def _impaired(frame: bytes | bytearray, n: int) -> bool:
+    """An IPv4 frame, or an IPv6 frame whose next header is TCP."""
+    kind = frame[12:14]
+    return (kind == b"\x08\x00" and n >= 34) or (kind == b"\x86\xdd" and n >= 74 and frame[20] == socket.IPPROTO_TCP)
+
+
 def _corrupt(frame: bytearray, rng: random.Random) -> None:
     """Flip one byte of the TCP payload if there is one, else one byte of the IP packet."""
-    ihl = (frame[14] & 0x0F) * 4
-    start, end = 14, 14 + struct.unpack_from(">H", frame, 16)[0]
-    if frame[23] == socket.IPPROTO_TCP and len(frame) >= 14 + ihl + 20:
-        payload = 14 + ihl + (frame[14 + ihl + 12] >> 4) * 4
+    if frame[12:14] == b"\x86\xdd":
+        ip, end, proto = 40, 14 + 40 + struct.unpack_from(">H", frame, 18)[0], frame[20]
+    else:
+        ip, end, proto = (frame[14] & 0x0F) * 4, 14 + struct.unpack_from(">H", frame, 16)[0], frame[23]
+    start = 14
+    if proto == socket.IPPROTO_TCP and len(frame) >= 14 + ip + 20:
+        payload = 14 + ip + (frame[14 + ip + 12] >> 4) * 4
         if payload < end:
             start = payload
     at = rng.randrange(start, min(end, len(frame)))
@@ -172,7 +185,7 @@ def _relay_main(ns: str, ifaces: tuple[str, str], conn: Any, parent: int) -> Non
                 except BlockingIOError:
                     break
                 out = other[fd]
-                if n < 34 or buf[12:14] != b"\x08\x00":
+                if not _impaired(buf, n):
                     send(out, bytes(buf[:n]))
                     continue
                 counters.frames += 1
@@ -207,6 +220,8 @@ class Link:
     tag: int
     server_ip: str
     client_ip: str
+    server_ip6: str
+    client_ip6: str
     relay_ns: str
     client_ns: str
     host_if: str
@@ -260,8 +275,8 @@ def create_link() -> Link:
     ipr = IPRoute()
     octet = _free_octet(ipr)
     names = [f"nif{tag}{c}" for c in "abcd"]
-    link = Link(tag, f"198.18.{octet}.1", f"198.18.{octet}.2", f"netimpl-relay-{tag}", f"netimpl-client-{tag}",
-                names[0])
+    link = Link(tag, f"198.18.{octet}.1", f"198.18.{octet}.2", f"fd00:198:18:{octet:x}::1",
+                f"fd00:198:18:{octet:x}::2", f"netimpl-relay-{tag}", f"netimpl-client-{tag}", names[0])
     netns.create(link.relay_ns)
     netns.create(link.client_ns)
     try:
@@ -273,6 +288,7 @@ def create_link() -> Link:
             ipr.link("set", index=ipr.link_lookup(ifname=name)[0], net_ns_fd=ns)
         idx = ipr.link_lookup(ifname=names[0])[0]
         ipr.addr("add", index=idx, address=link.server_ip, prefixlen=24)
+        ipr.addr("add", index=idx, address=link.server_ip6, prefixlen=64, flags=IFA_F_NODAD)
         ipr.link("set", index=idx, state="up")
         with NetNS(link.relay_ns) as r:
             for name in names[1:3]:
@@ -280,6 +296,7 @@ def create_link() -> Link:
         with NetNS(link.client_ns) as c:
             cidx = c.link_lookup(ifname=names[3])[0]
             c.addr("add", index=cidx, address=link.client_ip, prefixlen=24)
+            c.addr("add", index=cidx, address=link.client_ip6, prefixlen=64, flags=IFA_F_NODAD)
             c.link("set", index=cidx, state="up")
             c.link("set", index=c.link_lookup(ifname="lo")[0], state="up")
         ctx = mp.get_context("fork")

@@ -1,4 +1,4 @@
-"""Every byte through a lossy, reordering, duplicating, corrupting link, both ways, with zero-copy on."""
+"""Every byte through a lossy, reordering, duplicating, corrupting link, both ways, with zero-copy on (IPv4 and IPv6)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ IMPAIRMENTS = {
     "corrupting": {"corrupt": 0.05, "duplicate": 0.03},
     "blackout": {"loss": 0.01, "reorder": 0.01},   # and, a moment after the start, 1.5 s of total loss
 }
+IMPAIRMENTS["lossy-ipv6"] = IMPAIRMENTS["lossy"]
 
 
 @pytest.mark.parametrize("kind", list(IMPAIRMENTS))
@@ -22,13 +23,14 @@ def test_every_byte_arrives_both_ways_through_an_impaired_link(link, ledger, imp
     backends = backends_of(impl)
     nbytes = scale(3 << 20, 48 << 20)
     clients = 2 * len(backends) if impl == "mixed" else 2
-    server = EchoServer(backends, link.server_ip)
+    host = link.server_ip6 if kind.endswith("-ipv6") else link.server_ip
+    server = EchoServer(backends, host)
     peers = Peers(link)
     try:
         seed = len(kind) * 1000 + len(impl)
         link.impair(seed=seed, **IMPAIRMENTS[kind])
         for i in range(clients):
-            peers.start(echo_client, link.server_ip, server.ports[i % len(server.ports)], nbytes, 100 + i)
+            peers.start(echo_client, host, server.ports[i % len(server.ports)], nbytes, 100 + i)
         if kind == "blackout":
             server.poll_until(lambda: sum(server.nreceived.values()) > nbytes // 4, timeout=10)
             link.impair(loss=1.0, seed=seed)
@@ -42,6 +44,7 @@ def test_every_byte_arrives_both_ways_through_an_impaired_link(link, ledger, imp
         assert len(server.conns) == clients
         assert {s.impl_name for s in server.conns} == set(backends)
         assert all(s.zerocopy for s in server.conns), "zero-copy should be in force on the veth"
+        assert all(s.is_ipv6() == kind.endswith("-ipv6") for s in server.conns)
         for i, r in enumerate(results):
             assert not r["error"], f"client {i}: {r}"
             assert r["mismatch"] == -1, f"client {i}: echo differs from what it sent at offset {r['mismatch']}"
@@ -62,5 +65,5 @@ def test_every_byte_arrives_both_ways_through_an_impaired_link(link, ledger, imp
     assert counters.frames > 0 and counters.faults > 0, "the relay injected nothing"
     if kind == "blackout":
         return
-    if kind == "lossy":
+    if kind.startswith("lossy"):
         assert counters.lost and counters.duplicated and counters.reordered and counters.corrupted, counters
