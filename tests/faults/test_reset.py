@@ -108,8 +108,9 @@ def _drain(group: netimpl.SockGroup, sock: netimpl.Sock) -> None:
 def test_close_with_zero_copy_sends_awaiting_release_then_close_the_group(link, ledger, impl):
     """A healthy peer; the server closes its sockets while zero-copy sends still await release.
 
-    Every callback runs once, what was sent arrives, and closing the group
-    then does not wait for a timeout or keep its ring.
+    Every callback runs once, what was sent arrives, ``queued_bytes`` counts
+    what still awaits release after the close, and closing the group then
+    does not wait for a timeout or keep its ring.
     """
     backends = backends_of(impl)
     base = open_fds()
@@ -132,11 +133,15 @@ def test_close_with_zero_copy_sends_awaiting_release_then_close_the_group(link, 
         for sock in socks:
             group.remove_sock(sock)
             sock.close()
+        # readable after close: what still awaits its callback (zero-copy releases) counts, and nothing else
+        for sock, s in zip(socks, statuses):
+            assert sock.queued_bytes == (16 - len(s)) * SIZE, (sock.queued_bytes, len(s))
         deadline = time.monotonic() + 10
         while any(len(s) < 16 for s in statuses) and time.monotonic() < deadline:
             group.poll(timeout=0.01)
-        for s in statuses:
+        for sock, s in zip(socks, statuses):
             assert len(s) == 16 and set(s) <= {0, errno.ECANCELED}, s
+            assert sock.queued_bytes == 0
         started = time.monotonic()
         group.close()
         took = time.monotonic() - started
