@@ -21,7 +21,8 @@ test_reset                peer reset with zero-copy requests queued, the socket 
 test_churn                thousands of connections ended four ways: fds, live
                           sockets and RSS back to baseline
 test_flow                 an unread peer under pause_reading; a half-closed peer      issue 15
-                          with a reply larger than the send buffer
+                          with a reply larger than the send buffer; a paused
+                          listener under a connection flood
 test_threads              poll / flush / writev_async from a thread that does not     2, 3
                           own the ring; a refused writev_async is never sent
 test_optmem               zero-copy sends refused for optmem (ENOBUFS) go by copy

@@ -238,3 +238,57 @@ def test_half_closed_peer_with_a_reply_larger_than_the_send_buffer_costs_no_cpu(
         for lsock in lsocks:
             lsock.close()
         group.close()
+
+
+@pytest.mark.parametrize("impl", backend_params())
+def test_a_paused_listener_under_a_connection_flood_sleeps_and_then_accepts_them_all(ledger, impl):
+    """What a server does at its fd limit: pause the listener. Connections queue in the backlog meanwhile."""
+    backends = backends_of(impl)
+    group = netimpl.SockGroup()
+    lsocks = [netimpl.listen("127.0.0.1", 0, impl=b) for b in backends]
+    accepted: list[netimpl.Sock] = []
+    calls = {"while paused": 0}
+    paused = set(lsocks)
+
+    def accept(group: netimpl.SockGroup, lsock: netimpl.Sock) -> None:
+        if lsock in paused:
+            calls["while paused"] += 1
+        while (sock := lsock.accept()) is not None:
+            accepted.append(sock)
+
+    clients: list[socket.socket] = []
+    try:
+        for lsock in lsocks:
+            group.add_sock(lsock, accept)
+            group.pause_reading(lsock)
+        for i in range(40):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", lsocks[i % len(lsocks)].getaddr()[1]))
+            clients.append(c)
+        ledger.fault(impl, "connection flood on a paused listener", len(clients))
+        started = cpu()
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            group.poll(timeout=0.05)
+        spent = cpu() - started
+        assert calls["while paused"] == 0 and not accepted, "a paused listener was called back"
+        assert spent < CPU_IDLE, f"{spent:.2f} s of CPU in 0.5 s of poll(timeout) with the listeners paused"
+        for lsock in lsocks:
+            paused.discard(lsock)
+            group.resume_reading(lsock)
+        deadline = time.monotonic() + 5
+        while len(accepted) < len(clients):
+            assert time.monotonic() < deadline, f"{len(accepted)} of {len(clients)} accepted after resuming"
+            group.poll(timeout=0.01)
+        assert sorted(s.getaddr()[3] for s in accepted) == sorted(c.getsockname()[1] for c in clients)
+    finally:
+        for sock in accepted:
+            sock.close()
+        for c in clients:
+            c.close()
+        for lsock in lsocks:
+            if lsock.group is not None:
+                group.remove_sock(lsock)
+            lsock.close()
+        group.close()
