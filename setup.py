@@ -6,7 +6,7 @@ Without a C compiler or Python headers the install still succeeds; backend
 
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
@@ -40,6 +40,9 @@ class runtime_build_py(build_py):
 
 
 setup(
+    # netimpl.uring._bridge: the uring core's C that reads Python objects (declared arguments, C API).
+    ext_modules=[Extension("netimpl.uring._bridge", ["netimpl/uring/bridge.c"], depends=["netimpl/uring/ring.h"],
+                           optional=True, extra_compile_args=["-O2", "-std=gnu11", "-Wall"])],
     cffi_modules=["netimpl/uring/build_ring.py:ffibuilder", "netimpl/bench/build_loadgen.py:ffibuilder",
                   "netimpl/bench/build_floor.py:ffibuilder"],
     cmdclass={"build_ext": optional_build_ext, "build_py": runtime_build_py},

@@ -5,16 +5,29 @@ out at first use: io_uring_setup permitted (sysctl kernel.io_uring_disabled,
 seccomp), the C core built, and the opcodes POLL_ADD, SENDMSG and
 ASYNC_CANCEL (by fd); SENDMSG_ZC is used for zero-copy where present.
 
-Receive readiness is a one-shot POLL_ADD followed by ``readv`` into the
-shared recv pipe, rather than multishot receive into a provided-buffer ring:
-the pipe already turns many small reads into one, data lands in memory the
-application reads directly (no buffer-ring copy-out and recycle step), and
-the same read path serves both backends, so the generic layer holds it
-once.
+Beyond those, each feature is probed on its own and used where present,
+falling back feature by feature (``features``, shown by ``python -m netimpl
+info``):
+
+* ``recv_multishot``: a multishot RECV into a provided-buffer ring per group
+  (IORING_REGISTER_PBUF_RING and IORING_RECV_MULTISHOT, Linux 6.0), the
+  buffers serving as the sockets' recv pipes; without it, a one-shot
+  POLL_ADD per readiness event and ``recv(2)``.
+* ``accept_multishot``: IORING_ACCEPT_MULTISHOT (5.19) for listeners;
+  without it, a POLL_ADD and ``accept(2)``.
+* ``send_zc``: SENDMSG_ZC (6.1) for zero-copy sockets; without it they send
+  by copy through the ring.
+* ``bundle``: IORING_RECVSEND_BUNDLE (6.10) is reported, not used yet.
+
+Each probe is a real round trip on a loopback socket pair, not a version
+check: a kernel can have the opcode and still refuse the flag.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 from dataclasses import dataclass
 
 from .. import features
@@ -39,7 +52,21 @@ class UringOpts(ImplOpts):
     cq_entries: int = documented("CQ entries: room for a poll, a send and its notification per socket, with "
                                  "NODROP as the backstop.", default=8192)
 
-    _ranges = {**ImplOpts._ranges, "ring_entries": (1, 32768), "cq_entries": (2, 65536)}
+    multishot: bool = documented("Multishot receive and accept where the kernel has them (False: a poll per "
+                                 "readiness event and recv(2)/accept(2)).", default=True)
+    pbuf_entries: int = documented("Buffers in each group's provided-buffer ring (a power of two), shared by its "
+                                   "sockets' multishot receives.", default=512)
+    pbuf_size: int = documented("Bytes per provided buffer: one multishot receive CQE carries at most this many.",
+                                default=16384)
+
+    _ranges = {**ImplOpts._ranges, "ring_entries": (1, 32768), "cq_entries": (2, 65536),
+               "pbuf_entries": (1, 32768), "pbuf_size": (64, 1 << 24)}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = self.pbuf_entries
+        if n & (n - 1):
+            raise ValueError(f"UringOpts.pbuf_entries must be a power of two, not {n!r}")
 
 
 _REQUIRED = ("NOP", "POLL_ADD", "SENDMSG", "ASYNC_CANCEL")
@@ -55,6 +82,8 @@ class UringImpl(PosixImpl):
     def __init__(self) -> None:
         super().__init__()
         self.zerocopy_opcode = False
+        #: feature -> '' when in use, else why not (filled by the probe)
+        self.features: dict[str, str] = {}
 
     def probe(self) -> str:
         reason = features.io_uring_reason()
@@ -82,9 +111,105 @@ class UringImpl(PosixImpl):
             if not res or res[0] < 0:
                 return "the kernel's io_uring cannot cancel by fd (IORING_ASYNC_CANCEL_FD needs Linux 6.0)"
             self.zerocopy_opcode = r.probe_opcode(lib.IORING_OP_SENDMSG_ZC)
+            bundle = bool(r.features & lib.IORING_FEAT_RECVSEND_BUNDLE)
+        self.features = {
+            "recv_multishot": probe_recv_multishot(),
+            "accept_multishot": probe_accept_multishot(),
+            "send_zc": "" if self.zerocopy_opcode else "the kernel's io_uring lacks IORING_OP_SENDMSG_ZC (Linux 6.1)",
+            "bundle": ("available, not used yet" if bundle
+                       else "the kernel lacks IORING_FEAT_RECVSEND_BUNDLE (Linux 6.10)"),
+        }
         return ""
 
     def group_impl_create(self):
         from .group import UringGroupImpl
 
         return UringGroupImpl(self)
+
+
+def _round_trip(arm, act) -> tuple[int, int, int] | str:
+    """Arm an operation on a fresh ring, let the peer act, and return the first CQE (or why none)."""
+    try:
+        r = _ring.Ring(8, 64)
+    except OSError as exc:
+        return f"io_uring_setup failed: {exc}"
+    with r:
+        try:
+            arm(r)
+            r.submit(0)
+            act()
+            r.submit(1, 1.0)
+            cqes = r.reap()
+        except OSError as exc:
+            return str(exc)
+        return cqes[0] if cqes else "no completion within 1 s"
+
+
+def probe_recv_multishot() -> str:
+    """'' if a multishot RECV into a provided-buffer ring works here, else why not."""
+    lib = _ring.lib
+    a, b = socket.socketpair()
+    state: dict = {}
+
+    def arm(r):
+        try:
+            br = state["br"] = _ring.BufRing(r, 0, 4, 256)
+        except OSError as exc:
+            raise OSError(exc.errno, "IORING_REGISTER_PBUF_RING refused (needs Linux 5.19)") from None
+        q = state["q"] = br.rxq(b.fileno(), 1)
+        r.prep_recv_multishot(q)
+
+    try:
+        got = _round_trip(arm, lambda: a.send(b"probe"))
+        if isinstance(got, str):
+            return got
+        q = state["q"]
+        # The bridge files the data on the queue and reports the socket once, armed on (F_MORE).
+        if got[0] != 1 or q.bytes != 5 or not got[2] & lib.IORING_CQE_F_MORE:
+            if q.end == -errno.EINVAL:
+                return "the kernel refuses IORING_RECV_MULTISHOT (needs Linux 6.0)"
+            return f"multishot receive answered {got!r} (end {q.end})"
+        return ""
+    finally:
+        if "q" in state:
+            lib.ni_rxq_destroy(state["q"])
+        if "br" in state:
+            state["br"].close()
+        a.close()
+        b.close()
+
+
+def probe_accept_multishot() -> str:
+    """'' if IORING_ACCEPT_MULTISHOT works here, else why not."""
+    lib = _ring.lib
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    clients: list[socket.socket] = []
+    try:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(4)
+
+        def arm(r):
+            r.prep_accept_multishot(lsock.fileno(), socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 1)
+
+        def connect():
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            clients.append(c)
+            c.connect(lsock.getsockname())
+
+        got = _round_trip(arm, connect)
+        if isinstance(got, str):
+            return got
+        _ud, res, flags = got
+        if res >= 0:
+            os.close(res)
+        if res == -errno.EINVAL:
+            return "the kernel refuses IORING_ACCEPT_MULTISHOT (needs Linux 5.19)"
+        if res < 0 or not flags & lib.IORING_CQE_F_MORE:
+            return f"multishot accept answered {got!r}"
+        return ""
+    except OSError as exc:
+        return f"cannot probe multishot accept: {exc}"
+    finally:
+        for c in clients:
+            c.close()
+        lsock.close()

@@ -13,9 +13,10 @@ ffibuilder.cdef((_here / "ring.cdef").read_text())
 ffibuilder.set_source(
     "netimpl.uring._ring",
     (_here / "ring.c").read_text(),
+    include_dirs=[str(_here)],  # ring.h, shared with bridge.c
+    depends=[str(_here / "ring.h")],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
-    # ring.c reads Python buffers (Py_buffer, list macros): the full C API, built for this interpreter.
-    py_limited_api=False,
+    py_limited_api=False,  # the module's file name as before, so a rebuild replaces it
 )
 
 if __name__ == "__main__":

@@ -4,9 +4,24 @@ Facts that shape it:
 
 * One ``io_uring_enter`` per poll submits every prepared SQE (the sends of
   all dirty sockets, the polls to re-arm) and, with a timeout, waits.
+* Receiving is a multishot RECV per socket into the group's provided-buffer
+  ring (:class:`~netimpl.uring.ring.BufRing`, facts in ring.h): one SQE
+  for as long as data comes, its CQEs consumed in C (``_bridge.reap``),
+  which files each buffer on the socket's ``struct ni_rxq`` and hands
+  Python one entry per socket per reap. The held buffers are the socket's
+  recv pipe: ``recv_into`` copies out of them in C and recycles each one
+  read to its end. A multishot that ends for want of buffers (-ENOBUFS)
+  is armed again once buffers are back in the ring; one that ends at EOF
+  or an error is not (the held bytes, then 0 or the error, are delivered in
+  that order). Where the kernel lacks it (probed, see :class:`UringImpl`)
+  or it is switched off, a socket falls back to the one-shot POLL_ADD
+  below and ``recv(2)``.
 * POLL_ADD is one-shot: a socket is re-armed at the start of the next poll,
   after its read callback ran, so unread data is reported again, as a
   level-triggered epoll would.
+* A listener takes a multishot ACCEPT where the kernel has it: accepted fds
+  queue on the listener until ``accept()`` hands them out, set up as a
+  plain accept's (netimpl.tcp.configure_accepted).
 * SENDMSG_ZC posts two CQEs: the send's result, with IORING_CQE_F_MORE, and
   later a notification (IORING_CQE_F_NOTIF) when the kernel releases the
   pages; with IORING_SEND_ZC_REPORT_USAGE its res says whether it copied.
@@ -31,7 +46,16 @@ Facts that shape it:
   completion that comes later signals it again and no wake-up is lost.
 * A socket paused for reading keeps no readiness poll armed: a poll already
   in flight is let complete and not re-armed; resume re-arms it, and a
-  POLL_ADD on a readable socket completes at once.
+  POLL_ADD on a readable socket completes at once. A paused socket's
+  multishot receive (or accept) is cancelled, so what arrives stays in the
+  kernel's socket buffer and no provided buffer is spent on it; what it
+  already holds it keeps, and reports (``_has_buffered``) once resumed.
+  Should the buffer ring run dry with sockets waiting for buffers, paused
+  sockets' held buffers are copied into their own recv pipes and recycled.
+* A socket leaving the group (remove, close) has its operations cancelled
+  and waited for; then what its buffers still hold is copied into its own
+  recv pipe, and an error not yet delivered is kept for its next read, so
+  nothing is lost or reordered when it reads outside the group.
 * Completions are reaped into a backlog before any is dispatched. Removing a
   socket from inside a callback cancels its operations and dispatches the
   backlog entries that are its own while waiting, leaving the others for the
@@ -44,28 +68,33 @@ from __future__ import annotations
 import errno
 import os
 import select
+import socket
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import logger, wrong_thread
 from ..impl import GroupImpl
 from ..posix.sock import _SEND_FLAGS, _gather
 from ..sock import Sock
-from .ring import Ring, ffi, lib
+from ..pipe import Pipe
+from .ring import BufRing, Ring, _bridge, address, ffi, lib
 
 if TYPE_CHECKING:
     from . import UringImpl
     from .sock import UringSock
 
-POLL, SEND, CANCEL, ORPHANS, WRITABLE = range(5)
+POLL, SEND, CANCEL, ORPHANS, WRITABLE, RECV, ACCEPT = range(7)
 
 POLL_MASK = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLRDHUP
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLRDHUP
 F_MORE = lib.IORING_CQE_F_MORE if lib is not None else 0
 F_NOTIF = lib.IORING_CQE_F_NOTIF if lib is not None else 0
 ZC_COPIED = lib.IORING_NOTIF_USAGE_ZC_COPIED if lib is not None else 0
+_ACCEPT_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+#: The provided-buffer ring's group id (one ring per group's io_uring).
+BGID = 0
 
 #: CQ room the ring is created with per socket already in the group.
 CQES_PER_SOCK = 4
@@ -97,6 +126,12 @@ class UringGroupImpl(GroupImpl):
         self._out_waiting: dict[int, "UringSock"] = {}    # fd -> socket, while it waits
         self._out_ud = self._ud(WRITABLE, None)            # the POLL_ADD on _out_ep's fd
         self._out_armed = False
+        feats = impl.features
+        opts = impl._opts
+        self._recv_ms = not feats.get("recv_multishot", "-") and opts.multishot  # type: ignore[attr-defined]
+        self._accept_ms = not feats.get("accept_multishot", "-") and opts.multishot  # type: ignore[attr-defined]
+        self._bufring: BufRing | None = None
+        self._starved: dict["UringSock", None] = {}        # multishot receives ended by ENOBUFS
 
     @property
     def ring(self) -> Ring:
@@ -135,14 +170,23 @@ class UringGroupImpl(GroupImpl):
     def add_sock(self, sock: "UringSock") -> None:  # type: ignore[override]
         self._check_thread(sock, "add_sock")
         # One user_data serves every re-arm of each of the socket's polls: no op entry made and dropped per event.
-        sock._poll_ud = self._ud(POLL, sock)
+        if sock._listener:
+            kind = ACCEPT if self._accept_ms else POLL
+        elif self._recv_ms and not (sock._zc is not None and sock._zc.inflight):
+            kind = RECV  # (error-queue zero-copy completions still owed: POLLERR readiness needed, so POLL)
+        else:
+            kind = POLL
+        sock._rx_kind = kind
+        sock._poll_ud = self._ud(kind, sock)
         sock._poll_armed = sock._out_armed = sock._out_registered = False
-        self._unarmed[sock] = None
+        if not sock._read_paused:
+            self._unarmed[sock] = None
         self._inflight[sock] = 0
 
     def remove_sock(self, sock: "UringSock") -> None:  # type: ignore[override]
         self._check_thread(sock, "remove_sock")  # before anything changes: the socket stays whole, in its group
         self._unarmed.pop(sock, None)
+        self._starved.pop(sock, None)
         if self._inflight.get(sock, 0) and self._ring is not None:
             self._removing.add(sock)
             try:
@@ -153,6 +197,8 @@ class UringGroupImpl(GroupImpl):
         self._ops.pop(sock._poll_ud, None)
         sock._poll_ud = 0
         sock._poll_armed = False
+        if sock._rxq is not None:
+            self._drop_rxq(sock)
         if sock._out_registered:
             self._out_waiting.pop(sock._fd, None)
             try:
@@ -163,10 +209,44 @@ class UringGroupImpl(GroupImpl):
 
     def pause(self, sock: "UringSock") -> None:  # type: ignore[override]
         self._unarmed.pop(sock, None)  # a poll in flight completes, and is not re-armed
+        self._starved.pop(sock, None)
+        if sock._poll_armed and sock._rx_kind != POLL and self._ring is not None:
+            # A multishot would go on taking data (and buffers): cancel it; what it holds stays.
+            target = sock._rx_kud if sock._rx_kind == RECV else sock._poll_ud
+            self._ring.prep_cancel(target, self._ud(CANCEL, sock))
 
     def resume(self, sock: "UringSock") -> None:  # type: ignore[override]
         if not sock._poll_armed:
             self._unarmed[sock] = None
+        # else: a multishot being cancelled; its last CQE re-arms it, the socket no longer paused
+
+    def _drop_rxq(self, sock: "UringSock") -> None:
+        """Free a departing socket's receive queue, its bytes kept in its own recv pipe first."""
+        q = sock._rxq
+        self._spill(sock)
+        if q.end < 0:
+            sock._rx_error = -q.end  # raised by its next read, after the bytes
+        lib.ni_rxq_destroy(q)
+        sock._rxq = None
+        sock._rxq_addr = 0
+
+    def _spill(self, sock: "UringSock") -> None:
+        """Copy what the socket's provided buffers hold into its own recv pipe, and recycle them."""
+        if not sock._rxq.bytes:
+            return
+        data = _bridge.rx_drain(sock._rxq_addr)
+        pipe = sock._pipe
+        have = pipe.bytes_available() if pipe is not None else 0
+        if pipe is None or pipe.free_space() < len(data):
+            cap = max(have + len(data), pipe.capacity if pipe is not None else 0)
+            pipe = pipe.resized(cap) if pipe is not None else Pipe(cap)
+            sock._pipe = pipe
+        off = 0
+        for view in pipe.writer_get_buffer(len(data)):
+            view[:] = data[off:off + len(view)]
+            off += len(view)
+        pipe.writer_advance(off)
+        sock._rx_pipe_first = True  # older than anything received from here on
 
     def _cancel_and_wait(self, sock: "UringSock") -> None:
         ring = self.ring
@@ -220,10 +300,11 @@ class UringGroupImpl(GroupImpl):
             send = sock._send = ffi.new("struct ni_send *")
             send.fd = sock._fd
             send.msg_flags = _SEND_FLAGS
+            sock._send_addr = address(send)
         zc = sock._zc is not None and self._zc_op and total >= sock._impl_opts.zerocopy_threshold
         send.zerocopy = zc
         ud = send.user_data = self._ud(SEND, sock, zc)
-        self.ring.prep_send_bufs(send, iovs)
+        self.ring.prep_send_bufs(sock._send_addr, iovs)
         sock._send_iovs = iovs  # the kernel reads these (slices included) until the CQE
         sock._send_total = total
         sock._send_ud = ud
@@ -274,8 +355,29 @@ class UringGroupImpl(GroupImpl):
         """Prepare the readiness polls of sockets not armed yet (and the orphanage's)."""
         ring = self.ring
         inflight = self._inflight
+        if self._starved:
+            self._feed_starved()
         for sock in self._unarmed:
-            ring.prep_poll_add(sock._fd, POLL_MASK, sock._poll_ud)
+            kind = sock._rx_kind
+            if kind == RECV:
+                q = sock._rxq
+                if q is None:
+                    q = self._new_rxq(sock)
+                    if q is None:  # no buffer ring after all: this socket polls
+                        ring.prep_poll_add(sock._fd, POLL_MASK, sock._poll_ud)
+                        sock._poll_armed = True
+                        inflight[sock] += 1
+                        continue
+                if q.end:
+                    continue  # EOF or an error ends its stream: nothing more to receive
+                if not self._bufring.avail():  # type: ignore[union-attr]
+                    self._starved[sock] = None
+                    continue
+                ring.prep_recv_multishot(q)
+            elif kind == ACCEPT:
+                ring.prep_accept_multishot(sock._fd, _ACCEPT_FLAGS, sock._poll_ud)
+            else:
+                ring.prep_poll_add(sock._fd, POLL_MASK, sock._poll_ud)
             sock._poll_armed = True
             inflight[sock] += 1
         self._unarmed.clear()
@@ -283,6 +385,42 @@ class UringGroupImpl(GroupImpl):
         if len(orphanage) and not self._orphans_armed:
             ring.prep_poll_add(orphanage.fileno(), select.POLLIN, self._ud(ORPHANS, None))
             self._orphans_armed = True
+
+    def _new_rxq(self, sock: "UringSock"):
+        """The socket's receive queue, made with the group's buffer ring (made on first use)."""
+        br = self._bufring
+        if br is None:
+            opts = self.impl._opts
+            try:
+                br = self._bufring = BufRing(self.ring, BGID, opts.pbuf_entries, opts.pbuf_size)  # type: ignore[attr-defined]
+            except OSError as exc:
+                logger.warning("uring: no provided-buffer ring (%s); receiving by poll and recv(2)", exc)
+                self._recv_ms = False
+                for s in self.socks:
+                    if getattr(s, "_rx_kind", POLL) == RECV:
+                        s._rx_kind = POLL  # type: ignore[attr-defined]
+                        self._ops[s._poll_ud] = (POLL, s, None)  # type: ignore[attr-defined]
+                return None
+        q = sock._rxq = br.rxq(sock._fd, sock._poll_ud)
+        sock._rxq_addr = address(q)
+        sock._rx_kud = lib.ni_rxq_user_data(q)
+        return q
+
+    def _feed_starved(self) -> None:
+        """Re-arm the receives that ran out of buffers, once there are buffers again."""
+        br = self._bufring
+        if br is None:
+            return
+        if not br.avail():
+            # Buffers held by paused sockets would stay held until they resume: move their bytes
+            # into their own pipes, so the sockets that are read can go on receiving.
+            for sock in self.socks:
+                if sock._read_paused and getattr(sock, "_rxq", None) is not None and sock._rxq.bytes:  # type: ignore[attr-defined]
+                    self._spill(sock)  # type: ignore[arg-type]
+            if not br.avail():
+                return
+        self._unarmed.update(self._starved)
+        self._starved.clear()
 
     def before_wait(self) -> bool:
         ring = self._ring
@@ -325,6 +463,22 @@ class UringGroupImpl(GroupImpl):
                 return
             if ready is not None and (res & _READABLE or (res & select.POLLERR and sock._zc is None)):
                 ready.append(sock)
+        elif kind == RECV:
+            if not flags & F_MORE:  # the multishot ended (EOF, error, ENOBUFS, cancelled...)
+                self._inflight[sock] = self._inflight.get(sock, 1) - 1
+                sock._poll_armed = False
+            if sock._group_impl is not self or sock in self._removing or sock._closed or sock._read_paused:
+                return
+            q: Any = sock._rxq
+            if not flags & F_MORE and not q.end:
+                if q.nobufs:
+                    self._starved[sock] = None
+                else:
+                    self._unarmed[sock] = None
+            if ready is not None and (q.bytes or q.end):
+                ready.append(sock)
+        elif kind == ACCEPT:
+            self._on_accept(sock, res, flags, ready)
         elif kind == WRITABLE:
             self._out_armed = False
             self._writable()
@@ -334,6 +488,27 @@ class UringGroupImpl(GroupImpl):
             del self._ops[ud]
             self._orphans_armed = False
             self.impl.orphanage.reap()  # type: ignore[attr-defined]
+
+    def _on_accept(self, sock: "UringSock", res: int, flags: int, ready: list | None) -> None:
+        if not flags & F_MORE:
+            self._inflight[sock] = self._inflight.get(sock, 1) - 1
+            sock._poll_armed = False
+        if res >= 0:
+            if sock._closed:
+                os.close(res)
+            else:
+                sock._accepted.append(res)  # accept() hands it out, in or out of the group
+        if sock._group_impl is not self or sock in self._removing or sock._closed or sock._read_paused:
+            return
+        if not flags & F_MORE:
+            if res < 0 and res not in (-errno.ECANCELED, -errno.EINTR):
+                # Not a per-connection failure the kernel would hide: poll for readiness from now on.
+                logger.debug("%r: multishot accept ended: %s; polling instead", sock, errno.errorcode.get(-res, res))
+                sock._rx_kind = POLL
+                self._ops[sock._poll_ud] = (POLL, sock, None)
+            self._unarmed[sock] = None
+        if ready is not None and sock._accepted:
+            ready.append(sock)
 
     def _on_send(self, ud: int, sock: "UringSock", zc: bool, res: int, flags: int) -> None:
         sock._send_ud = 0
@@ -421,6 +596,9 @@ class UringGroupImpl(GroupImpl):
             logger.warning("uring group closed with zero-copy notifications still owed; keeping its ring")
             _abandoned.append(ring)
         else:
+            if self._bufring is not None:
+                self._bufring.close()
+                self._bufring = None
             ring.close()
         self._ring = None
         if self._out_ep is not None:

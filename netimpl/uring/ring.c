@@ -15,87 +15,22 @@
  *    the CQEs, sets IORING_SQ_CQ_OVERFLOW and flushes them on the next
  *    GETEVENTS enter (or answers EBUSY until the application reaps).
  *  - Python never fills an SQE: each prep call fills one whole.
- *  - ni_prep_send_bufs reads the iovecs straight from a Python list of
- *    bytes-like objects (the buffer protocol, as socket.sendmsg does):
- *    filling them field by field through cffi cost ~5x more. cffi drops the
- *    GIL around calls, so it takes it back while it touches the objects.
- *    The objects must stay alive until the CQE (their requests hold them).
- *  - ni_reap_list hands CQEs to Python as (user_data, res, flags) tuples
- *    appended to a list: one call per reap, where reading a struct array
- *    through cffi cost three attribute lookups per CQE.
+ *  - Nothing here touches a Python object: what does (filling iovecs from
+ *    a list of buffers, reaping CQEs into a list, copying received bytes
+ *    into a caller's buffer) is bridge.c, a CPython extension whose
+ *    arguments are declared Python objects. cffi cannot declare a
+ *    PyObject * parameter, and ffi.from_buffer per iovec cost ~5x more.
+ *  - Layouts both see, and the facts about provided buffers, are in ring.h.
  */
-#include <Python.h>   /* cffi compiles this file into a CPython extension: the C API is there */
-#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/uio.h>
 #include <unistd.h>
 #include <signal.h>
 #include <time.h>
-#include <linux/io_uring.h>
-
-/* What the 6.1 uapi headers on the build machine may lack. */
-#ifndef IORING_SETUP_SINGLE_ISSUER
-#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
-#endif
-#ifndef IORING_SETUP_DEFER_TASKRUN
-#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
-#endif
-#ifndef IORING_SEND_ZC_REPORT_USAGE
-#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)
-#endif
-#ifndef IORING_NOTIF_USAGE_ZC_COPIED
-#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
-#endif
-#ifndef IORING_CQE_F_NOTIF
-#define IORING_CQE_F_NOTIF (1U << 3)
-#endif
-#ifndef IORING_ASYNC_CANCEL_FD
-#define IORING_ASYNC_CANCEL_ALL (1U << 0)
-#define IORING_ASYNC_CANCEL_FD (1U << 1)
-#endif
-#ifndef __NR_io_uring_setup
-#define __NR_io_uring_setup 425
-#define __NR_io_uring_enter 426
-#define __NR_io_uring_register 427
-#endif
-
-#define NI_IOV_MAX 64
-
-struct ni_send {
-    struct iovec iov[NI_IOV_MAX];
-    unsigned iovcnt;
-    int fd;
-    unsigned msg_flags;
-    int zerocopy;
-    uint64_t user_data;
-    struct msghdr msg;
-};
-
-struct ni_ring {
-    int fd;
-    unsigned setup_flags;
-    unsigned features;
-    /* SQ */
-    unsigned *sq_khead, *sq_ktail, *sq_kflags, *sq_array;
-    unsigned sq_mask, sq_entries;
-    unsigned sqe_tail;              /* next SQE to fill; published at submit */
-    struct io_uring_sqe *sqes;
-    /* CQ */
-    unsigned *cq_khead, *cq_ktail;
-    unsigned cq_mask, cq_entries;
-    struct io_uring_cqe *cqes;
-    /* mappings */
-    void *sq_ptr, *cq_ptr;
-    size_t sq_len, cq_len, sqes_len;
-};
-
-#define load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#include "ring.h"
 
 static int sys_setup(unsigned entries, struct io_uring_params *p)
 {
@@ -228,21 +163,9 @@ int ni_cq_ready(struct ni_ring *r)
     return (int)(load_acquire(r->cq_ktail) - *r->cq_khead);
 }
 
-static struct io_uring_sqe *get_sqe(struct ni_ring *r)
-{
-    struct io_uring_sqe *sqe;
-
-    if (r->sqe_tail - load_acquire(r->sq_khead) >= r->sq_entries)
-        return NULL;
-    sqe = &r->sqes[r->sqe_tail & r->sq_mask];
-    r->sqe_tail++;
-    memset(sqe, 0, sizeof(*sqe));
-    return sqe;
-}
-
 int ni_prep_nop(struct ni_ring *r, uint64_t user_data)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
+    struct io_uring_sqe *sqe = ni_get_sqe(r);
 
     if (!sqe)
         return -EBUSY;
@@ -253,7 +176,7 @@ int ni_prep_nop(struct ni_ring *r, uint64_t user_data)
 
 int ni_prep_poll_add(struct ni_ring *r, int fd, unsigned mask, uint64_t user_data)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
+    struct io_uring_sqe *sqe = ni_get_sqe(r);
 
     if (!sqe)
         return -EBUSY;
@@ -266,7 +189,7 @@ int ni_prep_poll_add(struct ni_ring *r, int fd, unsigned mask, uint64_t user_dat
 
 int ni_prep_cancel_fd(struct ni_ring *r, int fd, uint64_t user_data)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
+    struct io_uring_sqe *sqe = ni_get_sqe(r);
 
     if (!sqe)
         return -EBUSY;
@@ -279,7 +202,7 @@ int ni_prep_cancel_fd(struct ni_ring *r, int fd, uint64_t user_data)
 
 int ni_prep_cancel(struct ni_ring *r, uint64_t target, uint64_t user_data)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
+    struct io_uring_sqe *sqe = ni_get_sqe(r);
 
     if (!sqe)
         return -EBUSY;
@@ -290,71 +213,7 @@ int ni_prep_cancel(struct ni_ring *r, uint64_t target, uint64_t user_data)
     return 0;
 }
 
-int ni_prep_send(struct ni_ring *r, struct ni_send *s)
-{
-    struct io_uring_sqe *sqe;
-
-    if (s->iovcnt == 0 || s->iovcnt > NI_IOV_MAX)
-        return -EINVAL;
-    sqe = get_sqe(r);
-    if (!sqe)
-        return -EBUSY;
-    memset(&s->msg, 0, sizeof(s->msg));
-    s->msg.msg_iov = s->iov;
-    s->msg.msg_iovlen = s->iovcnt;
-    sqe->opcode = s->zerocopy ? IORING_OP_SENDMSG_ZC : IORING_OP_SENDMSG;
-    sqe->fd = s->fd;
-    sqe->addr = (uint64_t)(uintptr_t)&s->msg;
-    sqe->len = 1;
-    sqe->msg_flags = s->msg_flags;
-    if (s->zerocopy)
-        sqe->ioprio = IORING_SEND_ZC_REPORT_USAGE;
-    sqe->user_data = s->user_data;
-    return 0;
-}
-
-int ni_prep_send_bufs(struct ni_ring *r, struct ni_send *s, uintptr_t buf_list)
-{
-    PyGILState_STATE gil;
-    PyObject *list = (PyObject *)buf_list;
-    Py_ssize_t n, i;
-    int rc = 0;
-
-    if (ni_sq_space(r) == 0)
-        return -EBUSY;
-    gil = PyGILState_Ensure();
-    if (!PyList_CheckExact(list)) {
-        rc = -EINVAL;
-        goto out;
-    }
-    n = PyList_GET_SIZE(list);
-    if (n == 0 || n > NI_IOV_MAX) {
-        rc = -EINVAL;
-        goto out;
-    }
-    for (i = 0; i < n; i++) {
-        PyObject *o = PyList_GET_ITEM(list, i);
-        Py_buffer view;
-
-        if (PyBytes_CheckExact(o)) {
-            s->iov[i].iov_base = PyBytes_AS_STRING(o);
-            s->iov[i].iov_len = (size_t)PyBytes_GET_SIZE(o);
-            continue;
-        }
-        if (PyObject_GetBuffer(o, &view, PyBUF_SIMPLE) < 0) {
-            PyErr_Clear();
-            rc = -EINVAL;
-            goto out;
-        }
-        s->iov[i].iov_base = view.buf;
-        s->iov[i].iov_len = (size_t)view.len;
-        PyBuffer_Release(&view);
-    }
-    s->iovcnt = (unsigned)n;
-out:
-    PyGILState_Release(gil);
-    return rc ? rc : ni_prep_send(r, s);
-}
+int ni_prep_send(struct ni_ring *r, struct ni_send *s) { return ni_prep_send_inline(r, s); }
 
 int ni_submit(struct ni_ring *r, unsigned wait_nr, int64_t timeout_ns)
 {
@@ -367,6 +226,7 @@ int ni_submit(struct ni_ring *r, unsigned wait_nr, int64_t timeout_ns)
 
     to_submit = r->sqe_tail - load_acquire(r->sq_khead);
     store_release(r->sq_ktail, r->sqe_tail);
+    r->n_enter++;
     if (wait_nr && timeout_ns >= 0) {
         memset(&arg, 0, sizeof(arg));
         ts.tv_sec = timeout_ns / 1000000000;
@@ -378,42 +238,10 @@ int ni_submit(struct ni_ring *r, unsigned wait_nr, int64_t timeout_ns)
         flags |= IORING_ENTER_EXT_ARG;
     }
     ret = sys_enter(r->fd, to_submit, wait_nr, flags, argp, argsz);
-    return ret < 0 ? -errno : ret;
-}
-
-int ni_reap_list(struct ni_ring *r, uintptr_t list_id, unsigned max)
-{
-    PyObject *list = (PyObject *)list_id;
-    PyGILState_STATE gil = PyGILState_Ensure();
-    unsigned head = *r->cq_khead, tail = load_acquire(r->cq_ktail), n = 0;
-    int rc = 0;
-
-    if (!PyList_CheckExact(list)) {
-        rc = -EINVAL;
-        goto out;
-    }
-    while (head != tail && n < max) {
-        struct io_uring_cqe *cqe = &r->cqes[head & r->cq_mask];
-        PyObject *t = Py_BuildValue("(KiI)", (unsigned long long)cqe->user_data, (int)cqe->res,
-                                    (unsigned)cqe->flags);
-
-        if (t == NULL || PyList_Append(list, t) < 0) {
-            /* Out of memory: this CQE stays in the ring for the next reap, and
-             * the ones already appended are reported, not lost with an error. */
-            Py_XDECREF(t);
-            PyErr_Clear();
-            if (n == 0)
-                rc = -ENOMEM;
-            break;
-        }
-        Py_DECREF(t);
-        head++;
-        n++;
-    }
-    store_release(r->cq_khead, head);
-out:
-    PyGILState_Release(gil);
-    return rc ? rc : (int)n;
+    if (ret < 0)
+        return -errno;
+    r->n_sqe += (unsigned)ret;
+    return ret;
 }
 
 int ni_register_eventfd(struct ni_ring *r, int efd)
@@ -439,4 +267,157 @@ int ni_probe_opcode(struct ni_ring *r, unsigned opcode)
     }
     free(probe);
     return ret;
+}
+
+void ni_ring_counters(struct ni_ring *r, uint64_t out[3])
+{
+    out[0] = r->n_enter;
+    out[1] = r->n_sqe;
+    out[2] = r->n_cqe;
+}
+
+/* -- provided buffers and multishot operations -------------------------- */
+
+int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsigned buf_size,
+                      struct ni_bufring **out)
+{
+    struct io_uring_buf_reg reg;
+    struct ni_bufring *br;
+    long page = sysconf(_SC_PAGESIZE);
+    int err;
+
+    *out = NULL;
+    if (entries == 0 || entries > 32768 || (entries & (entries - 1)) || buf_size == 0)
+        return -EINVAL;
+    br = calloc(1, sizeof(*br));
+    if (!br)
+        return -ENOMEM;
+    br->ring_len = ((entries * sizeof(struct io_uring_buf)) + page - 1) & ~(size_t)(page - 1);
+    br->ring = mmap(NULL, br->ring_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (br->ring == MAP_FAILED) {
+        err = -errno;
+        free(br);
+        return err;
+    }
+    /* The buffers: touched only as data lands, so an idle group costs address space only. */
+    br->bufs_len = (size_t)entries * buf_size;
+    br->bufs = mmap(NULL, br->bufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (br->bufs == MAP_FAILED) {
+        err = -errno;
+        munmap(br->ring, br->ring_len);
+        free(br);
+        return err;
+    }
+    br->entries = entries;
+    br->mask = entries - 1;
+    br->buf_size = buf_size;
+    br->bgid = bgid;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)br->ring;
+    reg.ring_entries = entries;
+    reg.bgid = (uint16_t)bgid;
+    if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
+        err = -errno;
+        munmap(br->bufs, br->bufs_len);
+        munmap(br->ring, br->ring_len);
+        free(br);
+        return err;
+    }
+    for (unsigned i = 0; i < entries; i++)
+        ni_bufring_put(br, (uint16_t)i);
+    *out = br;
+    return 0;
+}
+
+/* Unregister (when the ring is still open) and free. No receive may be armed on it. */
+void ni_bufring_destroy(struct ni_ring *r, struct ni_bufring *br)
+{
+    struct io_uring_buf_reg reg;
+
+    if (!br)
+        return;
+    if (r) {
+        memset(&reg, 0, sizeof(reg));
+        reg.bgid = (uint16_t)br->bgid;
+        sys_register(r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
+    }
+    munmap(br->bufs, br->bufs_len);
+    munmap(br->ring, br->ring_len);
+    free(br);
+}
+
+unsigned ni_bufring_avail(struct ni_bufring *br) { return br->avail; }
+
+int ni_rxq_create(struct ni_bufring *br, int fd, uint64_t py_ud, struct ni_rxq **out)
+{
+    struct ni_rxq *q = calloc(1, sizeof(*q));
+
+    *out = NULL;
+    if (!q)
+        return -ENOMEM;
+    q->bid = calloc(br->entries, sizeof(*q->bid));
+    q->len = calloc(br->entries, sizeof(*q->len));
+    if (!q->bid || !q->len) {
+        free(q->bid);
+        free(q->len);
+        free(q);
+        return -ENOMEM;
+    }
+    q->br = br;
+    q->fd = fd;
+    q->py_ud = py_ud;
+    q->cap = br->entries;
+    *out = q;
+    return 0;
+}
+
+/* Free q, its held buffers back to the ring. Its receive must have ended. */
+void ni_rxq_destroy(struct ni_rxq *q)
+{
+    if (!q)
+        return;
+    while (q->count) {
+        ni_bufring_put(q->br, q->bid[q->head]);
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+    }
+    free(q->bid);
+    free(q->len);
+    free(q);
+}
+
+uint64_t ni_rxq_user_data(struct ni_rxq *q) { return (uint64_t)(uintptr_t)q | NI_UD_RECV; }
+
+/* Copy and consume up to n held bytes (bridge.c does this for Python buffers). */
+size_t ni_rxq_take(struct ni_rxq *q, char *dst, size_t n) { return ni_rxq_copy(q, dst, n); }
+
+int ni_prep_recv_multishot(struct ni_ring *r, struct ni_rxq *q)
+{
+    struct io_uring_sqe *sqe = ni_get_sqe(r);
+
+    if (!sqe)
+        return -EBUSY;
+    sqe->opcode = IORING_OP_RECV;
+    sqe->fd = q->fd;
+    sqe->ioprio = IORING_RECV_MULTISHOT;
+    sqe->flags = IOSQE_BUFFER_SELECT;
+    sqe->buf_group = (uint16_t)q->br->bgid;
+    sqe->user_data = ni_rxq_user_data(q);
+    q->armed = 1;
+    q->nobufs = 0;
+    return 0;
+}
+
+int ni_prep_accept_multishot(struct ni_ring *r, int fd, unsigned accept_flags, uint64_t user_data)
+{
+    struct io_uring_sqe *sqe = ni_get_sqe(r);
+
+    if (!sqe)
+        return -EBUSY;
+    sqe->opcode = IORING_OP_ACCEPT;
+    sqe->fd = fd;
+    sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+    sqe->accept_flags = accept_flags;
+    sqe->user_data = user_data;
+    return 0;
 }

@@ -1,6 +1,9 @@
-"""A typed wrapper over the cffi-built io_uring core (``ring.c``).
+"""A typed wrapper over the io_uring core: ``ring.c`` (cffi) and ``bridge.c`` (C API).
 
-The compiled module ``_ring`` is private; everything else uses :class:`Ring`.
+The compiled modules ``_ring`` and ``_bridge`` are private; everything else
+uses :class:`Ring` and :class:`BufRing`. C structures cross to ``_bridge`` as
+their addresses, taken from cffi once per structure (:func:`address`);
+Python objects reach C only as ``_bridge``'s declared arguments.
 Errors cross the boundary in one place, :func:`check`, which turns the C
 core's ``-errno`` into ``OSError`` with a note on when the kernel says it.
 """
@@ -9,15 +12,18 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
+
 try:
+    from . import _bridge  # type: ignore[attr-defined]
     from ._ring import ffi, lib
 except ImportError as exc:  # not built: the backend's probe reports this
-    ffi = lib = None
+    ffi = lib = _bridge = None
     IMPORT_ERROR: str = str(exc)
 else:
     IMPORT_ERROR = ""
 
-__all__ = ["Ring", "check", "ERRNO_NOTES", "IMPORT_ERROR", "ffi", "lib", "REAP_BATCH"]
+__all__ = ["ERRNO_NOTES", "IMPORT_ERROR", "REAP_BATCH", "UD_MAX", "BufRing", "Ring", "address", "check", "ffi", "lib"]
 
 #: When io_uring_setup / io_uring_enter / IORING_REGISTER_PROBE return each errno.
 ERRNO_NOTES: dict[int, str] = {
@@ -28,6 +34,7 @@ ERRNO_NOTES: dict[int, str] = {
     errno.EFAULT: "a buffer or ring address is not mapped",
     errno.EINTR: "a signal interrupted the wait",
     errno.EINVAL: "a flag or size this kernel does not accept",
+    errno.ENOBUFS: "a multishot receive found its provided-buffer ring empty",
     errno.ENOMEM: "the kernel could not allocate ring memory (RLIMIT_MEMLOCK on old kernels)",
     errno.ENOSYS: "the kernel has no io_uring",
     errno.EOPNOTSUPP: "the operation is not supported on this fd or by this kernel",
@@ -35,8 +42,17 @@ ERRNO_NOTES: dict[int, str] = {
     errno.ETIME: "the wait timed out",
 }
 
+#: The largest user_data an operation may carry: CQEs with bit 63 set belong to multishot
+#: receives (their ``struct ni_rxq``'s address), which ``_bridge.reap`` files in C.
+UD_MAX = (1 << 63) - 1
+
 #: CQEs copied out of the ring per reap call.
 REAP_BATCH = 256
+
+
+def address(cdata: Any) -> int:
+    """The address of a C structure, as ``_bridge`` takes it."""
+    return int(ffi.cast("uintptr_t", cdata))
 
 
 def check(rc: int, what: str) -> int:
@@ -67,6 +83,7 @@ class Ring:
             rc = lib.ni_ring_create(out, entries, cq_entries, flags)
         check(rc, "io_uring_setup")
         self._r = out[0]
+        self.addr = address(self._r)
         self.fd: int = lib.ni_ring_fd(self._r)
         self.setup_flags: int = lib.ni_ring_setup_flags(self._r)
         self.features: int = lib.ni_ring_features(self._r)
@@ -89,6 +106,7 @@ class Ring:
         if self._r is not None:
             lib.ni_ring_destroy(self._r)
             self._r = None
+            self.addr = 0
 
     @property
     def closed(self) -> bool:
@@ -103,6 +121,8 @@ class Ring:
         return lib.ni_sq_pending(self._r)
 
     def _prep(self, fn, *args) -> None:
+        if type(args[-1]) is int and args[-1] > UD_MAX:  # the user_data, for all but sends and receives
+            raise ValueError(f"user_data {args[-1]:#x} is above {UD_MAX:#x}: bit 63 marks multishot receives")
         rc = fn(self._r, *args)
         if rc == -errno.EBUSY:
             # SQ full: hand what is there to the kernel, then there is room.
@@ -127,12 +147,26 @@ class Ring:
         """SENDMSG or SENDMSG_ZC from a ``struct ni_send`` the caller keeps alive until its CQE."""
         self._prep(lib.ni_prep_send, send)
 
-    def prep_send_bufs(self, send, bufs: list) -> None:
-        """SENDMSG(_ZC) of the bytes-like objects in ``bufs`` (1..64, a list), iovecs filled in C.
+    def prep_send_bufs(self, send: Any, bufs: list) -> None:
+        """SENDMSG(_ZC) from ``send`` (a ``struct ni_send *``, or its :func:`address`, which the
+        hot path keeps) of the bytes-like objects in ``bufs`` (1..64, a list), iovecs filled in C.
 
         The objects must stay alive, unchanged, until the send's CQE.
         """
-        self._prep(lib.ni_prep_send_bufs, send, id(bufs))
+        send_addr = send if type(send) is int else address(send)
+        rc = _bridge.prep_send(self.addr, send_addr, bufs)
+        if rc == -errno.EBUSY:
+            self.submit()
+            rc = _bridge.prep_send(self.addr, send_addr, bufs)
+        check(rc, "prep_send")
+
+    def prep_recv_multishot(self, rxq) -> None:
+        """A multishot RECV on ``rxq``'s socket into its buffer ring (``rxq.armed`` is set)."""
+        self._prep(lib.ni_prep_recv_multishot, rxq)
+
+    def prep_accept_multishot(self, fd: int, flags: int, user_data: int) -> None:
+        """A multishot ACCEPT on listener ``fd``; accepted sockets get ``flags`` (SOCK_NONBLOCK...)."""
+        self._prep(lib.ni_prep_accept_multishot, fd, flags, user_data)
 
     def submit(self, wait_nr: int = 0, timeout: float | None = None) -> int:
         """Submit what is prepared and, with ``wait_nr``, wait up to ``timeout`` seconds for completions.
@@ -159,7 +193,7 @@ class Ring:
         """Every completion available now as ``(user_data, res, flags)``, including overflowed ones."""
         out: list[tuple[int, int, int]] = []
         while True:
-            n = check(lib.ni_reap_list(self._r, id(out), REAP_BATCH), "reaping the CQ")
+            n = _bridge.reap(self.addr, out, REAP_BATCH)
             if n == REAP_BATCH:
                 continue
             if lib.ni_cq_overflowed(self._r):
@@ -169,9 +203,50 @@ class Ring:
                 continue
             return out
 
+    def counters(self) -> dict[str, int]:
+        """``enters``, ``sqes`` (taken by the kernel) and ``cqes`` (reaped) since creation."""
+        out = ffi.new("uint64_t[3]")
+        lib.ni_ring_counters(self._r, out)
+        return {"enters": out[0], "sqes": out[1], "cqes": out[2]}
+
     def register_eventfd(self, efd: int) -> None:
         """Have the kernel signal eventfd ``efd`` whenever this ring has completions to post."""
         check(lib.ni_register_eventfd(self._r, efd), "IORING_REGISTER_EVENTFD")
 
     def probe_opcode(self, opcode: int) -> bool:
         return bool(check(lib.ni_probe_opcode(self._r, opcode), "IORING_REGISTER_PROBE"))
+
+
+class BufRing:
+    """A provided-buffer ring registered with ``ring``: ``entries`` buffers of ``buf_size`` bytes.
+
+    Multishot receives on ``bgid`` fill them; each socket's ``struct ni_rxq``
+    holds the ones filled for it until they are read (``_bridge.rx_copy``).
+    """
+
+    def __init__(self, ring: Ring, bgid: int, entries: int, buf_size: int) -> None:
+        out = ffi.new("struct ni_bufring **")
+        check(lib.ni_bufring_create(ring._r, bgid, entries, buf_size, out), "IORING_REGISTER_PBUF_RING")
+        self._br = out[0]
+        self.ring = ring
+        self.entries = entries
+        self.buf_size = buf_size
+
+    def __repr__(self) -> str:
+        return f"<BufRing {self.entries}x{self.buf_size} avail={self.avail() if self._br is not None else '-'}>"
+
+    def avail(self) -> int:
+        """Buffers in the ring, waiting for the kernel to fill them."""
+        return lib.ni_bufring_avail(self._br)
+
+    def rxq(self, fd: int, py_ud: int):
+        """A receive queue for socket ``fd``, reported to Python's op table as ``py_ud``."""
+        out = ffi.new("struct ni_rxq **")
+        check(lib.ni_rxq_create(self._br, fd, py_ud, out), "allocating a receive queue")
+        return out[0]
+
+    def close(self) -> None:
+        """Unregister and free; every receive on it has ended and every rxq is destroyed."""
+        if self._br is not None:
+            lib.ni_bufring_destroy(ffi.NULL if self.ring.closed else self.ring._r, self._br)
+            self._br = None

@@ -4,18 +4,40 @@ Outside a group it is a :class:`~netimpl.posix.sock.PosixSock`: flushes are
 synchronous ``sendmsg`` calls with MSG_ZEROCOPY completions on the error
 queue (SPDK's flush_client path), so nothing of that is written twice. In a
 group it has, as in SPDK's uring module, at most one write task in flight
-(SENDMSG or SENDMSG_ZC over up to 64 gathered iovecs) and one poll for
-readiness; reads then use the shared recv pipe.
+(SENDMSG or SENDMSG_ZC over up to 64 gathered iovecs), and a multishot
+receive into the group's provided buffers (or, where the kernel lacks
+that, one poll for readiness and ``recv(2)``; a listener: a multishot
+accept, or a poll).
+
+Reads: while the socket has a receive queue (``_rxq``, in a group with
+multishot receive), ``recv_into`` and ``readv`` copy out of the buffers it
+holds, in C (``_bridge.rx_copy``), then deliver EOF or the socket's error;
+they call ``recv(2)`` only when no multishot is armed and nothing is held.
+Bytes in the socket's own recv pipe (there from before it joined, or
+copied there when it was paused or left a group) are older, and are read
+first. ``_has_buffered`` counts held buffers, queued accepted connections
+and an EOF or error not yet delivered, so the group's pending-recv list
+serves them without a new kernel event.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..posix.sock import PosixSock
+from ..tcp import configure_accepted
+from .group import ACCEPT
+from .ring import _bridge
 
 if TYPE_CHECKING:
     from .group import UringGroupImpl
+
+_rx_copy = _bridge.rx_copy if _bridge is not None else None
+_rx_copyv = _bridge.rx_copyv if _bridge is not None else None
 
 
 class UringSock(PosixSock):
@@ -24,13 +46,100 @@ class UringSock(PosixSock):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._send = None          # struct ni_send, allocated on the first ring send
+        self._send_addr = 0        # its address, as _bridge takes it
         self._send_ud = 0          # user_data of the write task in flight, 0 when none
         self._send_iovs: list | None = None  # what that task's iovecs point into
         self._send_total = 0       # bytes that task asked the kernel to take
-        self._poll_ud = 0          # user_data of the socket's readiness poll while in a group
-        self._poll_armed = False   # that poll is in the kernel
+        self._poll_ud = 0          # user_data of the socket's readiness poll / multishot while in a group
+        self._poll_armed = False   # that operation is in the kernel
+        self._rx_kind = 0          # group.POLL, RECV or ACCEPT: how the group watches it
+        self._rxq: Any = None      # struct ni_rxq: its multishot receive and the buffers it holds
+        self._rxq_addr = 0         # its address, as _bridge takes it; 0 when none
+        self._rx_kud = 0           # the multishot receive's user_data in the kernel (to cancel it)
+        self._rx_pipe_first = False  # the recv pipe holds bytes older than the held buffers
+        self._rx_error = 0         # an error received in a group, not yet delivered (the socket left it)
+        self._accepted: deque[int] = deque()  # fds a multishot accept took, not yet handed out
         self._out_armed = False    # waiting in the group's write-space set: no send until it has room
         self._out_registered = False  # its fd is in that set (armed or not)
+
+    # -- receive ------------------------------------------------------------
+
+    def recv_into(self, buf: Any) -> int | None:
+        addr = self._rxq_addr
+        if addr and not self._rx_pipe_first:
+            n = _rx_copy(addr, buf)  # type: ignore[misc]
+            if n:
+                self.stats.bytes_received += n
+            return n
+        return self._recv_other(buf, False)
+
+    def readv(self, bufs: Any) -> int | None:
+        addr = self._rxq_addr
+        if addr and not self._rx_pipe_first:
+            n = _rx_copyv(addr, bufs if isinstance(bufs, (list, tuple)) else list(bufs))  # type: ignore[misc]
+            if n:
+                self.stats.bytes_received += n
+            return n
+        return self._recv_other(bufs, True)
+
+    def _recv_other(self, buf: Any, vector: bool) -> int | None:
+        """Reads while the recv pipe holds older bytes, or with no receive queue."""
+        if self._rx_pipe_first and not self._has_pipe_bytes():
+            self._rx_pipe_first = False
+            if self._rxq_addr:
+                return self.readv(buf) if vector else self.recv_into(buf)
+        if self._rx_error and not self._closed and not self._has_pipe_bytes():
+            self._raise_rx_error()
+        return PosixSock.readv(self, buf) if vector else PosixSock.recv_into(self, buf)
+
+    def _has_pipe_bytes(self) -> bool:
+        pipe = self._pipe
+        return pipe is not None and pipe.bytes_available() > 0
+
+    def _raise_rx_error(self) -> None:
+        code, self._rx_error = self._rx_error, 0
+        raise OSError(code, os.strerror(code))
+
+    def _readv(self, bufs: list[memoryview]) -> int | None:
+        # The generic path (recv pipe empty) comes here: same order as recv_into.
+        if self._rxq_addr:
+            return _rx_copyv(self._rxq_addr, bufs)  # type: ignore[misc]
+        if self._rx_error:
+            self._raise_rx_error()
+        return PosixSock._readv(self, bufs)
+
+    def _read_into(self, buf: bytearray) -> int | None:
+        if self._rxq_addr:
+            return _rx_copy(self._rxq_addr, buf)  # type: ignore[misc]
+        if self._rx_error:
+            self._raise_rx_error()
+        return PosixSock._read_into(self, buf)
+
+    def _has_buffered(self) -> bool:
+        q = self._rxq
+        if q is not None and (q.bytes or q.end):
+            return True
+        return bool(self._accepted) or PosixSock._has_buffered(self)
+
+    # -- accept -------------------------------------------------------------
+
+    def _accept(self) -> "UringSock | None":
+        acc = self._accepted
+        if not acc:
+            if self._poll_armed and self._rx_kind == ACCEPT:  # the multishot accept takes what comes
+                return None
+            return PosixSock._accept(self)  # type: ignore[return-value]
+        fd = acc.popleft()
+        s = self._s
+        ns = socket.socket(s.family, s.type, s.proto, fileno=fd)
+        try:
+            configure_accepted(ns, self._impl_opts, self._sock_opts)
+            return type(self)(self._impl, ns, self._impl_opts, self._sock_opts, server=True)  # type: ignore[arg-type]
+        except BaseException:
+            ns.close()
+            raise
+
+    # -- send and close -------------------------------------------------------
 
     def _flush(self) -> None:
         gi: "UringGroupImpl | None" = self._group_impl  # type: ignore[assignment]
@@ -40,6 +149,12 @@ class UringSock(PosixSock):
             gi.flush_sock(self, submit=True)
 
     def _close(self) -> None:
+        while self._accepted:
+            try:
+                os.close(self._accepted.popleft())
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise
         # Ring zero-copy notifications need no fd; only error-queue ones do.
         if (self._zc is not None and self._zc.inflight) or self._unix_path is not None:
             PosixSock._close(self)

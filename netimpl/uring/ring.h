@@ -1,0 +1,239 @@
+/*
+ * netimpl's io_uring core, the part both compiled modules see: the ring
+ * (ring.c, built by cffi) and the bridge to Python objects (bridge.c, a
+ * CPython extension). Layouts and the few inline helpers they share.
+ *
+ * Facts about provided-buffer rings (io_uring_register_buf_ring(3),
+ * io_uring_setup_buf_ring(3), io_uring_prep_recv_multishot(3)):
+ *  - A buffer ring is an array of (addr, len, bid) entries in memory we map
+ *    and register (IORING_REGISTER_PBUF_RING, Linux 5.19). The kernel takes
+ *    entries from its head; we add at the tail, publishing the tail with a
+ *    store-release (the tail overlays the first entry's resv field).
+ *  - A multishot receive (IORING_OP_RECV, IORING_RECV_MULTISHOT, 6.0) with
+ *    IOSQE_BUFFER_SELECT posts one CQE per chunk received, each naming the
+ *    buffer it filled (IORING_CQE_F_BUFFER, bid in the upper 16 bits), with
+ *    IORING_CQE_F_MORE while it stays armed. It ends (no F_MORE) at EOF
+ *    (res 0), on an error (res < 0: -ENOBUFS when the ring ran dry,
+ *    -ECANCELED when cancelled) and sometimes for the kernel's own reasons
+ *    with res > 0: then it must be armed again.
+ *  - A buffer the kernel filled is ours until we put it back in the ring.
+ *    So the buffers a socket holds are its recv pipe: reads copy out of
+ *    them, and each goes back to the ring once read to its end.
+ */
+#ifndef NETIMPL_RING_H
+#define NETIMPL_RING_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <linux/io_uring.h>
+
+/* What the 6.1 uapi headers on the build machine may lack. */
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)
+#endif
+#ifndef IORING_NOTIF_USAGE_ZC_COPIED
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
+#endif
+#ifndef IORING_CQE_F_NOTIF
+#define IORING_CQE_F_NOTIF (1U << 3)
+#endif
+#ifndef IORING_ASYNC_CANCEL_FD
+#define IORING_ASYNC_CANCEL_ALL (1U << 0)
+#define IORING_ASYNC_CANCEL_FD (1U << 1)
+#endif
+#ifndef IORING_RECVSEND_BUNDLE
+#define IORING_RECVSEND_BUNDLE (1U << 4)
+#endif
+#ifndef IORING_FEAT_RECVSEND_BUNDLE
+#define IORING_FEAT_RECVSEND_BUNDLE (1U << 14)
+#endif
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#define __NR_io_uring_enter 426
+#define __NR_io_uring_register 427
+#endif
+
+#define NI_IOV_MAX 64
+
+/* user_data of a multishot receive: its ni_rxq's address with this bit set. Every other
+ * user_data is a small number of Python's op table, so the two never meet. */
+#define NI_UD_RECV (1ULL << 63)
+
+/* ni_rxq.end */
+#define NI_RX_EOF 1
+
+struct ni_send {
+    struct iovec iov[NI_IOV_MAX];
+    unsigned iovcnt;
+    int fd;
+    unsigned msg_flags;
+    int zerocopy;
+    uint64_t user_data;
+    struct msghdr msg;
+};
+
+struct ni_ring {
+    int fd;
+    unsigned setup_flags;
+    unsigned features;
+    /* SQ */
+    unsigned *sq_khead, *sq_ktail, *sq_kflags, *sq_array;
+    unsigned sq_mask, sq_entries;
+    unsigned sqe_tail;              /* next SQE to fill; published at submit */
+    struct io_uring_sqe *sqes;
+    /* CQ */
+    unsigned *cq_khead, *cq_ktail;
+    unsigned cq_mask, cq_entries;
+    struct io_uring_cqe *cqes;
+    /* mappings */
+    void *sq_ptr, *cq_ptr;
+    size_t sq_len, cq_len, sqes_len;
+    /* counters, for tests and for measuring */
+    uint64_t n_enter, n_sqe, n_cqe;
+};
+
+/* A provided-buffer ring: `entries` buffers of `buf_size` bytes, group id `bgid`. */
+struct ni_bufring {
+    struct io_uring_buf_ring *ring;
+    size_t ring_len;
+    char *bufs;
+    size_t bufs_len;
+    unsigned entries, mask, buf_size, bgid;
+    uint16_t tail;                  /* ours; published to ring->tail */
+    unsigned avail;                 /* buffers in the ring, not yet filled by the kernel */
+};
+
+/* One socket's receive: the buffers it holds, oldest first, and how its stream ended. */
+struct ni_rxq {
+    struct ni_bufring *br;
+    int fd;
+    uint64_t py_ud;                 /* the user_data Python's op table knows this receive by */
+    uint64_t bytes;                 /* unread bytes held */
+    int armed;                      /* a multishot receive is in the kernel */
+    int end;                        /* 0, NI_RX_EOF, or -errno: delivered after the held bytes */
+    int nobufs;                     /* the last multishot ended for want of buffers */
+    unsigned gen;                   /* the reap that last reported it */
+    unsigned head, count, cap;      /* the held buffers: a ring of cap (bid, len) */
+    uint32_t off;                   /* bytes of the head buffer already read */
+    uint16_t *bid;
+    uint32_t *len;
+};
+
+#define load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+static inline struct io_uring_sqe *ni_get_sqe(struct ni_ring *r)
+{
+    struct io_uring_sqe *sqe;
+
+    if (r->sqe_tail - load_acquire(r->sq_khead) >= r->sq_entries)
+        return NULL;
+    sqe = &r->sqes[r->sqe_tail & r->sq_mask];
+    r->sqe_tail++;
+    memset(sqe, 0, sizeof(*sqe));
+    return sqe;
+}
+
+/* SENDMSG or SENDMSG_ZC of s's iovecs. */
+static inline int ni_prep_send_inline(struct ni_ring *r, struct ni_send *s)
+{
+    struct io_uring_sqe *sqe;
+
+    if (s->iovcnt == 0 || s->iovcnt > NI_IOV_MAX)
+        return -EINVAL;
+    sqe = ni_get_sqe(r);
+    if (!sqe)
+        return -EBUSY;
+    memset(&s->msg, 0, sizeof(s->msg));
+    s->msg.msg_iov = s->iov;
+    s->msg.msg_iovlen = s->iovcnt;
+    sqe->opcode = s->zerocopy ? IORING_OP_SENDMSG_ZC : IORING_OP_SENDMSG;
+    sqe->fd = s->fd;
+    sqe->addr = (uint64_t)(uintptr_t)&s->msg;
+    sqe->len = 1;
+    sqe->msg_flags = s->msg_flags;
+    if (s->zerocopy)
+        sqe->ioprio = IORING_SEND_ZC_REPORT_USAGE;
+    sqe->user_data = s->user_data;
+    return 0;
+}
+
+static inline void ni_bufring_put(struct ni_bufring *br, uint16_t bid)
+{
+    struct io_uring_buf *b = &br->ring->bufs[br->tail & br->mask];
+
+    b->addr = (uint64_t)(uintptr_t)(br->bufs + (size_t)bid * br->buf_size);
+    b->len = br->buf_size;
+    b->bid = bid;
+    br->tail++;
+    br->avail++;
+    store_release(&br->ring->tail, br->tail);
+}
+
+/* A CQE of q's multishot receive: keep its buffer, note how it ended. */
+static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
+{
+    if (flags & IORING_CQE_F_BUFFER) {
+        uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+
+        q->br->avail--;
+        if (res > 0 && q->count < q->cap) {
+            unsigned i = (q->head + q->count) % q->cap;
+
+            q->bid[i] = bid;
+            q->len[i] = (uint32_t)res;
+            q->count++;
+            q->bytes += (uint64_t)res;
+        } else {
+            ni_bufring_put(q->br, bid);
+        }
+    }
+    if (!(flags & IORING_CQE_F_MORE)) {
+        q->armed = 0;
+        if (res == 0) {
+            if (!q->end)
+                q->end = NI_RX_EOF;
+        } else if (res == -ENOBUFS) {
+            q->nobufs = 1;
+        } else if (res < 0 && res != -ECANCELED && res != -EINTR && !q->end) {
+            q->end = res;
+        }
+    }
+}
+
+/* Copy up to n held bytes to dst, handing each buffer read to its end back to the ring. */
+static inline size_t ni_rxq_copy(struct ni_rxq *q, char *dst, size_t n)
+{
+    size_t got = 0;
+
+    while (got < n && q->count) {
+        unsigned h = q->head;
+        uint32_t left = q->len[h] - q->off;
+        size_t k = n - got < left ? n - got : left;
+
+        memcpy(dst + got, q->br->bufs + (size_t)q->bid[h] * q->br->buf_size + q->off, k);
+        got += k;
+        if (k == left) {
+            ni_bufring_put(q->br, q->bid[h]);
+            q->head = (h + 1) % q->cap;
+            q->count--;
+            q->off = 0;
+        } else {
+            q->off += (uint32_t)k;
+        }
+    }
+    q->bytes -= got;
+    return got;
+}
+
+#endif
