@@ -37,6 +37,16 @@ def info() -> int:
                          ("io_uring", features.io_uring_reason()),
                          ("netns", features.netns_reason())):
         print(f"  {name:12s} {'yes' if not reason else 'no: ' + reason}")
+    try:
+        uring = netimpl.registry.get("uring")
+    except (netimpl.NetImplError, ValueError):
+        uring = None
+    feats = getattr(uring, "features", None)
+    if feats:
+        print()
+        print("uring features (each falls back on its own):")
+        for name, reason in feats.items():
+            print(f"  {name:16s} {'in use' if not reason else 'no: ' + reason}")
     return 0
 
 
