@@ -304,7 +304,8 @@ class UringGroupImpl(GroupImpl):
         zc = sock._zc is not None and self._zc_op and total >= sock._impl_opts.zerocopy_threshold
         send.zerocopy = zc
         ud = send.user_data = self._ud(SEND, sock, zc)
-        self.ring.prep_send_bufs(sock._send_addr, iovs)
+        ring = self._ring or self.ring
+        ring.prep_send_bufs(sock._send_addr, iovs)
         sock._send_iovs = iovs  # the kernel reads these (slices included) until the CQE
         sock._send_total = total
         sock._send_ud = ud
@@ -312,14 +313,14 @@ class UringGroupImpl(GroupImpl):
         self._inflight[sock] = self._inflight.get(sock, 0) + 1
         if submit:
             sock.stats.syscalls += 1
-            self.ring.submit()
+            ring.submit()
 
     # -- the poll --------------------------------------------------------------
 
     def poll(self, max_events: int, timeout: float) -> list["UringSock"]:  # type: ignore[override]
         if self._owner and self._owner != threading.get_ident():
             raise wrong_thread(self, "poll")
-        ring = self.ring
+        ring = self._ring or self.ring
         if self._efd >= 0:
             try:
                 os.eventfd_read(self._efd)  # reset; what completes from here on signals it again
@@ -353,7 +354,10 @@ class UringGroupImpl(GroupImpl):
 
     def _arm_polls(self) -> None:
         """Prepare the readiness polls of sockets not armed yet (and the orphanage's)."""
-        ring = self.ring
+        orphanage = self.impl.orphanage  # type: ignore[attr-defined]
+        if not (self._unarmed or self._starved or (len(orphanage) and not self._orphans_armed)):
+            return  # the common case once every socket's multishot is armed
+        ring = self._ring or self.ring
         inflight = self._inflight
         if self._starved:
             self._feed_starved()
@@ -381,7 +385,6 @@ class UringGroupImpl(GroupImpl):
             sock._poll_armed = True
             inflight[sock] += 1
         self._unarmed.clear()
-        orphanage = self.impl.orphanage  # type: ignore[attr-defined]
         if len(orphanage) and not self._orphans_armed:
             ring.prep_poll_add(orphanage.fileno(), select.POLLIN, self._ud(ORPHANS, None))
             self._orphans_armed = True
