@@ -3,7 +3,16 @@
 Facts that shape it:
 
 * One ``io_uring_enter`` per poll submits every prepared SQE (the sends of
-  all dirty sockets, the polls to re-arm) and, with a timeout, waits.
+  all dirty sockets, the polls to re-arm) and, with a timeout, waits. The
+  replies the read callbacks queue are submitted by one more enter when
+  the group calls :meth:`flush_dirty` after them: a send on a socket with
+  room completes during that enter, so its request callback runs there, as
+  posix's does, and the next poll may sleep at once instead of returning
+  for that completion (at QD1: one poll per request, not two).
+* With DEFER_TASKRUN the eventfd is reset before an enter, never after: a
+  reset after it could swallow the signal for task work that no CQE shows
+  yet. :meth:`before_wait` resets it and enters when it was signalled, so
+  a fully served group's fd stops being readable.
 * Receiving is a multishot RECV per socket into the group's provided-buffer
   ring (:class:`~netimpl.uring.ring.BufRing`, facts in ring.h): one SQE
   for as long as data comes, its CQEs consumed in C (``_bridge.reap``),
@@ -132,6 +141,7 @@ class UringGroupImpl(GroupImpl):
         self._accept_ms = not feats.get("accept_multishot", "-") and opts.multishot  # type: ignore[attr-defined]
         self._bufring: BufRing | None = None
         self._starved: dict["UringSock", None] = {}        # multishot receives ended by ENOBUFS
+        self._carry: list["UringSock"] = []                # readable sockets found outside poll, for the next
 
     @property
     def ring(self) -> Ring:
@@ -187,6 +197,8 @@ class UringGroupImpl(GroupImpl):
         self._check_thread(sock, "remove_sock")  # before anything changes: the socket stays whole, in its group
         self._unarmed.pop(sock, None)
         self._starved.pop(sock, None)
+        if self._carry:
+            self._carry = [s for s in self._carry if s is not sock]
         if self._inflight.get(sock, 0) and self._ring is not None:
             self._removing.add(sock)
             try:
@@ -274,7 +286,37 @@ class UringGroupImpl(GroupImpl):
     # -- sending -------------------------------------------------------------
 
     def flush_dirty(self) -> None:
-        """Start a write task for every dirty socket that has none in flight.
+        """Start a write task for every dirty socket that has none in flight, and submit them now.
+
+        Called outside :meth:`poll` (the group serves this after the read
+        callbacks): the replies leave at once, in one ``io_uring_enter``
+        for all sockets, and what completed inline (a send on a socket with
+        room completes during the enter) is dispatched at once, so the
+        request callbacks run here as posix's do, not in one more poll.
+        Readiness found on the way is kept for the next poll.
+        """
+        self._prep_dirty()
+        ring = self._ring
+        if ring is not None and ring.sq_pending():
+            if self._efd >= 0:
+                try:
+                    # Before the enter, as in poll: task work queued after this signals it again (after
+                    # the enter it could swallow the signal of work that no CQE shows yet).
+                    os.eventfd_read(self._efd)
+                except BlockingIOError:
+                    pass
+            ring.submit(0)
+            backlog = self._backlog
+            backlog.extend(ring.reap())
+            carry = self._carry
+            while backlog:
+                ud, res, flags = backlog.popleft()
+                self._dispatch(ud, res, flags, carry)
+            if self._dirty:
+                self._prep_dirty()  # callbacks queued more: with the next enter
+
+    def _prep_dirty(self) -> None:
+        """Prepare a write task for every dirty socket that has none in flight.
 
         A socket leaves ``_dirty`` when its write task starts; the task's
         completion puts it back if requests are still queued.
@@ -327,14 +369,15 @@ class UringGroupImpl(GroupImpl):
             except BlockingIOError:
                 pass
         if self._dirty:
-            self.flush_dirty()
-        ready: list["UringSock"] = []
+            self._prep_dirty()
+        ready = self._carry  # what flush_dirty found readable since the last poll
+        self._carry = []
         backlog = self._backlog
         before = Sock.completions
         deadline = 0.0
         while True:
             self._arm_polls()
-            wait = timeout > 0 and not backlog and not ring.cq_ready()
+            wait = timeout > 0 and not ready and not backlog and not ring.cq_ready()
             if wait and not deadline:
                 deadline = time.monotonic() + timeout
             ring.submit(1 if wait else 0, timeout if wait else None)
@@ -343,7 +386,7 @@ class UringGroupImpl(GroupImpl):
                 ud, res, flags = backlog.popleft()
                 self._dispatch(ud, res, flags, ready)
             if self._dirty:
-                self.flush_dirty()  # callbacks queued more, or write space came: sent with the next enter
+                self._prep_dirty()  # callbacks queued more, or write space came: sent with the next enter
             if ready or not wait or Sock.completions != before:
                 return ready
             # Only completions the caller cannot see (a paused socket's poll, a write-space poll
@@ -431,11 +474,23 @@ class UringGroupImpl(GroupImpl):
             return False
         self._check_thread(self, "poll")
         if self._dirty:
-            self.flush_dirty()
+            self._prep_dirty()
         self._arm_polls()
-        if ring.sq_pending():
+        signalled = False
+        if self._efd >= 0:
+            try:
+                os.eventfd_read(self._efd)
+                signalled = True  # since the last reset: completions, or task work for an enter to run
+            except BlockingIOError:
+                pass
+        if signalled or ring.sq_pending():
             ring.submit(0)  # completions from here on signal the eventfd
-        return bool(self._backlog) or ring.cq_ready() > 0
+            if signalled:
+                self._backlog.extend(ring.reap())  # what it was signalled for, if anything, is poll's
+        busy = bool(self._backlog) or bool(self._carry) or ring.cq_ready() > 0
+        if busy and signalled:
+            os.eventfd_write(self._efd, 1)  # a caller that waits on fileno() must not sleep through it
+        return busy
 
     def _dispatch(self, ud: int, res: int, flags: int, ready: list | None) -> None:
         op = self._ops.get(ud)

@@ -393,3 +393,32 @@ def test_the_ring_options_are_checked():
         netimpl.set_impl_opts("uring", pbuf_entries=100)
     with pytest.raises(ValueError):
         netimpl.set_impl_opts("uring", pbuf_size=1)
+
+
+def test_a_reply_queued_by_a_read_callback_completes_before_poll_returns(request):
+    """The group's flush after the read callbacks submits at once: the request callback runs in that
+    poll (as with posix), so a QD1 server makes one poll per request."""
+    group = netimpl.SockGroup()
+    done: list = []
+
+    def on_read(g, s):
+        n = s.recv_into(bytearray(64))
+        if n:
+            s.writev_async(netimpl.Request([b"reply"], cb=lambda r, st: done.append(st)))
+
+    server, client = pair(request, group, on_read)
+    poll_until(group, lambda: server._poll_armed)
+    client.writev([b"ask"])
+    while not done:
+        assert group.poll(timeout=2.0) in (0, 1)
+        if group.stats.callbacks:
+            break
+    assert done == [0]  # in the same poll as the read callback
+    got = None
+    deadline = time.monotonic() + 5
+    while not got:
+        got = client.recv_into(buf := bytearray(16))
+        assert time.monotonic() < deadline
+    assert bytes(buf[:got]) == b"reply"
+    group.remove_sock(server)
+    group.close()
