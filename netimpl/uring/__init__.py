@@ -31,6 +31,7 @@ import socket
 from dataclasses import dataclass
 
 from .. import features
+from ..errors import logger
 from ..options import ImplOpts, describe_fields, documented
 from ..posix import PosixImpl
 from . import ring as _ring
@@ -112,19 +113,37 @@ class UringImpl(PosixImpl):
                 return "the kernel's io_uring cannot cancel by fd (IORING_ASYNC_CANCEL_FD needs Linux 6.0)"
             self.zerocopy_opcode = r.probe_opcode(lib.IORING_OP_SENDMSG_ZC)
             bundle = bool(r.features & lib.IORING_FEAT_RECVSEND_BUNDLE)
-        self.features = {
+        feats = {
             "recv_multishot": probe_recv_multishot(),
             "accept_multishot": probe_accept_multishot(),
             "send_zc": "" if self.zerocopy_opcode else "the kernel's io_uring lacks IORING_OP_SENDMSG_ZC (Linux 6.1)",
             "bundle": ("available, not used yet" if bundle
                        else "the kernel lacks IORING_FEAT_RECVSEND_BUNDLE (Linux 6.10)"),
         }
+        for name in _switched_off(feats):
+            feats[name] = f"switched off ({DISABLE_ENV}={os.environ[DISABLE_ENV]})"
+        self.zerocopy_opcode = not feats["send_zc"]
+        self.features = feats
         return ""
 
     def group_impl_create(self):
         from .group import UringGroupImpl
 
         return UringGroupImpl(self)
+
+
+#: Comma-separated uring features to leave unused even where the kernel has them
+#: (``recv_multishot,accept_multishot``: the fallback paths, as on an older kernel).
+DISABLE_ENV = "NETIMPL_URING_DISABLE"
+
+
+def _switched_off(feats: dict[str, str]) -> list[str]:
+    names = [n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in feats]
+    if unknown:
+        logger.warning("%s names no uring feature: %s (features: %s)", DISABLE_ENV, ", ".join(unknown),
+                       ", ".join(feats))
+    return [n for n in names if n in feats]
 
 
 def _round_trip(arm, act) -> tuple[int, int, int] | str:
