@@ -17,7 +17,8 @@ info``):
   without it, a POLL_ADD and ``accept(2)``.
 * ``send_zc``: SENDMSG_ZC (6.1) for zero-copy sockets; without it they send
   by copy through the ring.
-* ``bundle``: IORING_RECVSEND_BUNDLE (6.10) is reported, not used yet.
+* ``bundle``: IORING_RECVSEND_BUNDLE (6.10) on those receives, one CQE
+  for as many buffers as the data fills; without it, one CQE per buffer.
 
 Each probe is a real round trip on a loopback socket pair, not a version
 check: a kernel can have the opcode and still refuse the flag.
@@ -117,7 +118,7 @@ class UringImpl(PosixImpl):
             "recv_multishot": probe_recv_multishot(),
             "accept_multishot": probe_accept_multishot(),
             "send_zc": "" if self.zerocopy_opcode else "the kernel's io_uring lacks IORING_OP_SENDMSG_ZC (Linux 6.1)",
-            "bundle": ("available, not used yet" if bundle
+            "bundle": (probe_recv_multishot(bundle=True) if bundle
                        else "the kernel lacks IORING_FEAT_RECVSEND_BUNDLE (Linux 6.10)"),
         }
         for name in _switched_off(feats):
@@ -164,8 +165,9 @@ def _round_trip(arm, act) -> tuple[int, int, int] | str:
         return cqes[0] if cqes else "no completion within 1 s"
 
 
-def probe_recv_multishot() -> str:
-    """'' if a multishot RECV into a provided-buffer ring works here, else why not."""
+def probe_recv_multishot(bundle: bool = False) -> str:
+    """'' if a multishot RECV into a provided-buffer ring works here (with ``bundle``: one CQE
+    filling several buffers), else why not."""
     lib = _ring.lib
     a, b = socket.socketpair()
     state: dict = {}
@@ -175,18 +177,23 @@ def probe_recv_multishot() -> str:
             br = state["br"] = _ring.BufRing(r, 0, 4, 256)
         except OSError as exc:
             raise OSError(exc.errno, "IORING_REGISTER_PBUF_RING refused (needs Linux 5.19)") from None
+        br.set_bundle(bundle)
         q = state["q"] = br.rxq(b.fileno(), 1)
         r.prep_recv_multishot(q)
 
+    sent = b"p" * 700 if bundle else b"probe"
     try:
-        got = _round_trip(arm, lambda: a.send(b"probe"))
+        got = _round_trip(arm, lambda: a.send(sent))
         if isinstance(got, str):
             return got
         q = state["q"]
         # The bridge files the data on the queue and reports the socket once, armed on (F_MORE).
-        if got[0] != 1 or q.bytes != 5 or not got[2] & lib.IORING_CQE_F_MORE:
+        if bundle and q.bytes and q.bytes < len(sent):
+            return "the kernel fills one buffer per CQE (no bundles)"
+        if got[0] != 1 or q.bytes != len(sent) or not got[2] & lib.IORING_CQE_F_MORE:
             if q.end == -errno.EINVAL:
-                return "the kernel refuses IORING_RECV_MULTISHOT (needs Linux 6.0)"
+                return ("the kernel refuses IORING_RECVSEND_BUNDLE (needs Linux 6.10)" if bundle
+                        else "the kernel refuses IORING_RECV_MULTISHOT (needs Linux 6.0)")
             return f"multishot receive answered {got!r} (end {q.end})"
         return ""
     finally:

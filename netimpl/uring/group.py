@@ -24,7 +24,8 @@ Facts that shape it:
   or an error is not (the held bytes, then 0 or the error, are delivered in
   that order). Where the kernel lacks it (probed, see :class:`UringImpl`)
   or it is switched off, a socket falls back to the one-shot POLL_ADD
-  below and ``recv(2)``.
+  below and ``recv(2)``. With bundles (IORING_RECVSEND_BUNDLE, 6.10) one
+  CQE covers as many buffers as the data filled (decoded in ring.h).
 * POLL_ADD is one-shot: a socket is re-armed at the start of the next poll,
   after its read callback ran, so unread data is reported again, as a
   level-triggered epoll would.
@@ -439,6 +440,7 @@ class UringGroupImpl(GroupImpl):
             opts = self.impl._opts
             try:
                 br = self._bufring = BufRing(self.ring, BGID, opts.pbuf_entries, opts.pbuf_size)  # type: ignore[attr-defined]
+                br.set_bundle(not self.impl.features.get("bundle", "-"))  # type: ignore[attr-defined]
             except OSError as exc:
                 logger.warning("uring: no provided-buffer ring (%s); receiving by poll and recv(2)", exc)
                 self._recv_ms = False

@@ -308,6 +308,13 @@ int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsign
         free(br);
         return err;
     }
+    br->pos = calloc(entries, sizeof(*br->pos));
+    if (!br->pos) {
+        munmap(br->bufs, br->bufs_len);
+        munmap(br->ring, br->ring_len);
+        free(br);
+        return -ENOMEM;
+    }
     br->entries = entries;
     br->mask = entries - 1;
     br->buf_size = buf_size;
@@ -318,6 +325,7 @@ int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsign
     reg.bgid = (uint16_t)bgid;
     if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
         err = -errno;
+        free(br->pos);
         munmap(br->bufs, br->bufs_len);
         munmap(br->ring, br->ring_len);
         free(br);
@@ -343,8 +351,11 @@ void ni_bufring_destroy(struct ni_ring *r, struct ni_bufring *br)
     }
     munmap(br->bufs, br->bufs_len);
     munmap(br->ring, br->ring_len);
+    free(br->pos);
     free(br);
 }
+
+void ni_bufring_set_bundle(struct ni_bufring *br, int on) { br->bundle = on; }
 
 unsigned ni_bufring_avail(struct ni_bufring *br) { return br->avail; }
 
@@ -399,7 +410,7 @@ int ni_prep_recv_multishot(struct ni_ring *r, struct ni_rxq *q)
         return -EBUSY;
     sqe->opcode = IORING_OP_RECV;
     sqe->fd = q->fd;
-    sqe->ioprio = IORING_RECV_MULTISHOT;
+    sqe->ioprio = IORING_RECV_MULTISHOT | (q->br->bundle ? IORING_RECVSEND_BUNDLE : 0);
     sqe->flags = IOSQE_BUFFER_SELECT;
     sqe->buf_group = (uint16_t)q->br->bgid;
     sqe->user_data = ni_rxq_user_data(q);

@@ -111,6 +111,8 @@ struct ni_bufring {
     unsigned entries, mask, buf_size, bgid;
     uint16_t tail;                  /* ours; published to ring->tail */
     unsigned avail;                 /* buffers in the ring, not yet filled by the kernel */
+    int bundle;                     /* receives ask for IORING_RECVSEND_BUNDLE */
+    uint16_t *pos;                  /* per bid: the ring slot it was last put in */
 };
 
 /* One socket's receive: the buffers it holds, oldest first, and how its stream ended. */
@@ -175,27 +177,50 @@ static inline void ni_bufring_put(struct ni_bufring *br, uint16_t bid)
     b->addr = (uint64_t)(uintptr_t)(br->bufs + (size_t)bid * br->buf_size);
     b->len = br->buf_size;
     b->bid = bid;
+    br->pos[bid] = br->tail;
     br->tail++;
     br->avail++;
     store_release(&br->ring->tail, br->tail);
 }
 
-/* A CQE of q's multishot receive: keep its buffer, note how it ended. */
+static inline void ni_rxq_hold(struct ni_rxq *q, uint16_t bid, uint32_t len)
+{
+    unsigned i = (q->head + q->count) % q->cap;
+
+    q->bid[i] = bid;
+    q->len[i] = len;
+    q->count++;
+    q->bytes += len;
+}
+
+/* A CQE of q's multishot receive: keep its buffers, note how it ended.
+ * A bundle (IORING_RECVSEND_BUNDLE) names only its first buffer: the kernel took
+ * consecutive ring slots from there, each filled whole but the last, so the slots
+ * from that bid's position give the others (the ring entries keep their bids). */
 static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
 {
     if (flags & IORING_CQE_F_BUFFER) {
+        struct ni_bufring *br = q->br;
         uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
 
-        q->br->avail--;
-        if (res > 0 && q->count < q->cap) {
-            unsigned i = (q->head + q->count) % q->cap;
-
-            q->bid[i] = bid;
-            q->len[i] = (uint32_t)res;
-            q->count++;
-            q->bytes += (uint64_t)res;
+        if (res <= 0) {
+            br->avail--;
+            ni_bufring_put(br, bid);
+        } else if (res <= (int)br->buf_size) {
+            br->avail--;
+            ni_rxq_hold(q, bid, (uint32_t)res);
         } else {
-            ni_bufring_put(q->br, bid);
+            uint16_t slot = br->pos[bid];
+            uint32_t left = (uint32_t)res;
+
+            while (left) {
+                uint32_t k = left < br->buf_size ? left : br->buf_size;
+
+                br->avail--;
+                ni_rxq_hold(q, br->ring->bufs[slot & br->mask].bid, k);
+                slot++;
+                left -= k;
+            }
         }
     }
     if (!(flags & IORING_CQE_F_MORE)) {

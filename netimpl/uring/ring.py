@@ -235,6 +235,10 @@ class BufRing:
     def __repr__(self) -> str:
         return f"<BufRing {self.entries}x{self.buf_size} avail={self.avail() if self._br is not None else '-'}>"
 
+    def set_bundle(self, on: bool) -> None:
+        """Receives armed from now on ask for IORING_RECVSEND_BUNDLE: one CQE may fill several buffers."""
+        lib.ni_bufring_set_bundle(self._br, int(on))
+
     def avail(self) -> int:
         """Buffers in the ring, waiting for the kernel to fill them."""
         return lib.ni_bufring_avail(self._br)

@@ -34,3 +34,11 @@ def test_the_switch_is_what_the_probe_reports():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=60, check=False)
     assert out.stdout.startswith("switched off"), out.stdout + out.stderr
+
+
+def test_multishot_receive_without_bundles_passes_its_round_trips():
+    env = {**os.environ, DISABLE_ENV: "bundle"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          "tests/uring/test_multishot.py"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
