@@ -8,6 +8,7 @@
  * structures cross as their addresses, ints that ring.py takes from cffi
  * (ffi.cast("uintptr_t", p)) once per structure.
  *
+ *  enter       submit, wait (the GIL released) and reap, in one call per poll pass.
  *  reap        CQEs into a list of (user_data, res, flags) tuples; the CQEs of
  *              multishot receives never reach Python one by one: their
  *              buffers go onto the socket's ni_rxq here, and the list gets one
@@ -57,26 +58,15 @@ static int get_dest(PyObject *o, Py_buffer *view)
     return -1;
 }
 
-/* reap(ring, out, max) -> int: CQEs reaped (multishot-receive ones included) */
-static PyObject *b_reap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* Up to max CQEs into out (multishot-receive ones onto their rxq): the count, or -1 with an exception. */
+static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max)
 {
-    struct ni_ring *r;
-    PyObject *out;
-    unsigned long max;
     unsigned head, tail, n = 0, nq = 0;
     struct ni_rxq *touched[256];
     PyObject *t;
 
-    if (nargs != 3 || !PyList_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "reap(ring_address, list, max)");
-        return NULL;
-    }
-    if (!(r = addr_arg(args[0], "reap")))
-        return NULL;
-    out = args[1];
-    max = PyLong_AsUnsignedLong(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
+    if (max > 256)
+        max = 256;
     reap_gen++;
     head = *r->cq_khead;
     tail = load_acquire(r->cq_ktail);
@@ -87,8 +77,6 @@ static PyObject *b_reap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             struct ni_rxq *q = (struct ni_rxq *)(uintptr_t)(cqe->user_data & ~NI_UD_RECV);
 
             if (q->gen != reap_gen) {
-                if (nq == sizeof(touched) / sizeof(touched[0]))
-                    break;          /* reported next time: this CQE stays in the ring */
                 q->gen = reap_gen;
                 touched[nq++] = q;
             }
@@ -100,9 +88,8 @@ static PyObject *b_reap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 /* Out of memory: this CQE stays for the next reap; the earlier ones are reported. */
                 Py_XDECREF(t);
                 if (n)
-                    PyErr_Clear();  /* report what was reaped; the rest waits */
-                store_release(r->cq_khead, head);
-                goto touched;
+                    PyErr_Clear();
+                break;
             }
             Py_DECREF(t);
         }
@@ -110,7 +97,6 @@ static PyObject *b_reap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         n++;
     }
     store_release(r->cq_khead, head);
-touched:
     r->n_cqe += n;
     for (unsigned i = 0; i < nq; i++) {
         struct ni_rxq *q = touched[i];
@@ -119,13 +105,86 @@ touched:
                           q->armed ? (unsigned)IORING_CQE_F_MORE : 0U);
         if (t == NULL || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);
-            return NULL;
+            return -1;
         }
         Py_DECREF(t);
     }
+    return PyErr_Occurred() ? -1 : (long)n;
+}
+
+/* Everything the CQ holds, overflowed CQEs included (a GETEVENTS enter moves them in). */
+static long reap_all(struct ni_ring *r, PyObject *out)
+{
+    long n, total = 0;
+
+    for (;;) {
+        n = reap_into(r, out, 256);
+        if (n < 0)
+            return -1;
+        total += n;
+        if (n == 256)
+            continue;
+        if (load_acquire(r->sq_kflags) & IORING_SQ_CQ_OVERFLOW) {
+            ni_submit_inline(r, 0, -1);
+            continue;
+        }
+        return total;
+    }
+}
+
+/* reap(ring, out, max) -> int: CQEs reaped (multishot-receive ones included) */
+static PyObject *b_reap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    struct ni_ring *r;
+    unsigned long max;
+    long n;
+
+    if (nargs != 3 || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "reap(ring_address, list, max)");
+        return NULL;
+    }
+    if (!(r = addr_arg(args[0], "reap")))
+        return NULL;
+    max = PyLong_AsUnsignedLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
-    return PyLong_FromUnsignedLong(n);
+    n = reap_into(r, args[1], max);
+    return n < 0 ? NULL : PyLong_FromLong(n);
+}
+
+/* enter(ring, wait, timeout_ns, out) -> int: submit what is prepared, wait (when asked and the CQ is
+ * empty) up to timeout_ns for a completion, then reap everything into out. The SQEs taken, or -errno
+ * for a failure other than a timeout, a signal or a CQ overflow. The GIL is released while waiting. */
+static PyObject *b_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    struct ni_ring *r;
+    int wait, rc;
+    long long ns;
+
+    if (nargs != 4 || !PyList_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "enter(ring_address, wait, timeout_ns, list)");
+        return NULL;
+    }
+    if (!(r = addr_arg(args[0], "enter")))
+        return NULL;
+    wait = PyObject_IsTrue(args[1]);
+    ns = PyLong_AsLongLong(args[2]);
+    if (wait < 0 || (ns == -1 && PyErr_Occurred()))
+        return NULL;
+    if (wait && load_acquire(r->cq_ktail) != *r->cq_khead)
+        wait = 0;  /* completions are there already */
+    if (wait) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = ni_submit_inline(r, 1, ns);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = ni_submit_inline(r, 0, -1);
+    }
+    if (rc == -ETIME || rc == -EINTR || rc == -EBUSY)
+        rc = 0;
+    if (reap_all(r, args[3]) < 0)
+        return NULL;
+    return PyLong_FromLong(rc);
 }
 
 /* prep_send(ring, send, bufs) -> int: 0, or -errno (-EBUSY: the SQ is full) */
@@ -308,6 +367,8 @@ static PyObject *b_rx_drain(PyObject *self, PyObject *const *args, Py_ssize_t na
 static PyMethodDef bridge_methods[] = {
     {"reap", (PyCFunction)(void (*)(void))b_reap, METH_FASTCALL,
      "reap(ring, out, max) -> n: up to max CQEs; multishot receives go to their rxq, one entry per socket."},
+    {"enter", (PyCFunction)(void (*)(void))b_enter, METH_FASTCALL,
+     "enter(ring, wait, timeout_ns, out) -> SQEs taken or -errno: submit, wait if asked, reap all into out."},
     {"prep_send", (PyCFunction)(void (*)(void))b_prep_send, METH_FASTCALL,
      "prep_send(ring, send, bufs) -> 0 or -errno: SENDMSG(_ZC) of a list of 1..64 bytes-like objects."},
     {"rx_copy", (PyCFunction)(void (*)(void))b_rx_copy, METH_FASTCALL,

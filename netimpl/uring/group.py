@@ -306,9 +306,10 @@ class UringGroupImpl(GroupImpl):
                     os.eventfd_read(self._efd)
                 except BlockingIOError:
                     pass
-            ring.submit(0)
+            entries: list[tuple[int, int, int]] = []
+            ring.enter(False, 0.0, entries)
             backlog = self._backlog
-            backlog.extend(ring.reap())
+            backlog.extend(entries)
             carry = self._carry
             while backlog:
                 ud, res, flags = backlog.popleft()
@@ -378,11 +379,12 @@ class UringGroupImpl(GroupImpl):
         deadline = 0.0
         while True:
             self._arm_polls()
-            wait = timeout > 0 and not ready and not backlog and not ring.cq_ready()
+            wait = timeout > 0 and not ready and not backlog
             if wait and not deadline:
                 deadline = time.monotonic() + timeout
-            ring.submit(1 if wait else 0, timeout if wait else None)
-            backlog.extend(ring.reap())
+            entries: list[tuple[int, int, int]] = []
+            ring.enter(wait, timeout, entries)  # waits only while the CQ is empty
+            backlog.extend(entries)
             while backlog:
                 ud, res, flags = backlog.popleft()
                 self._dispatch(ud, res, flags, ready)

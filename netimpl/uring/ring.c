@@ -37,11 +37,6 @@ static int sys_setup(unsigned entries, struct io_uring_params *p)
     return (int)syscall(__NR_io_uring_setup, entries, p);
 }
 
-static int sys_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags, void *arg, size_t argsz)
-{
-    return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz);
-}
-
 static int sys_register(int fd, unsigned opcode, void *arg, unsigned nr_args)
 {
     return (int)syscall(__NR_io_uring_register, fd, opcode, arg, nr_args);
@@ -215,34 +210,7 @@ int ni_prep_cancel(struct ni_ring *r, uint64_t target, uint64_t user_data)
 
 int ni_prep_send(struct ni_ring *r, struct ni_send *s) { return ni_prep_send_inline(r, s); }
 
-int ni_submit(struct ni_ring *r, unsigned wait_nr, int64_t timeout_ns)
-{
-    struct io_uring_getevents_arg arg;
-    struct __kernel_timespec ts;
-    unsigned to_submit, flags = IORING_ENTER_GETEVENTS;
-    void *argp = NULL;
-    size_t argsz = 0;
-    int ret;
-
-    to_submit = r->sqe_tail - load_acquire(r->sq_khead);
-    store_release(r->sq_ktail, r->sqe_tail);
-    r->n_enter++;
-    if (wait_nr && timeout_ns >= 0) {
-        memset(&arg, 0, sizeof(arg));
-        ts.tv_sec = timeout_ns / 1000000000;
-        ts.tv_nsec = timeout_ns % 1000000000;
-        arg.ts = (uint64_t)(uintptr_t)&ts;
-        arg.sigmask_sz = _NSIG / 8;
-        argp = &arg;
-        argsz = sizeof(arg);
-        flags |= IORING_ENTER_EXT_ARG;
-    }
-    ret = sys_enter(r->fd, to_submit, wait_nr, flags, argp, argsz);
-    if (ret < 0)
-        return -errno;
-    r->n_sqe += (unsigned)ret;
-    return ret;
-}
+int ni_submit(struct ni_ring *r, unsigned wait_nr, int64_t timeout_ns) { return ni_submit_inline(r, wait_nr, timeout_ns); }
 
 int ni_register_eventfd(struct ni_ring *r, int efd)
 {

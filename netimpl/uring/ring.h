@@ -29,6 +29,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/syscall.h>
+#include <signal.h>
+#include <unistd.h>
 #include <linux/io_uring.h>
 
 /* What the 6.1 uapi headers on the build machine may lack. */
@@ -168,6 +171,37 @@ static inline int ni_prep_send_inline(struct ni_ring *r, struct ni_send *s)
         sqe->ioprio = IORING_SEND_ZC_REPORT_USAGE;
     sqe->user_data = s->user_data;
     return 0;
+}
+
+/* Publish the prepared SQEs and enter (GETEVENTS always: DEFER_TASKRUN posts completions only then);
+ * with wait_nr, wait up to timeout_ns for that many CQEs. The SQEs taken, or -errno. */
+static inline int ni_submit_inline(struct ni_ring *r, unsigned wait_nr, int64_t timeout_ns)
+{
+    struct io_uring_getevents_arg arg;
+    struct __kernel_timespec ts;
+    unsigned to_submit, flags = IORING_ENTER_GETEVENTS;
+    void *argp = NULL;
+    size_t argsz = 0;
+    int ret;
+
+    to_submit = r->sqe_tail - load_acquire(r->sq_khead);
+    store_release(r->sq_ktail, r->sqe_tail);
+    r->n_enter++;
+    if (wait_nr && timeout_ns >= 0) {
+        memset(&arg, 0, sizeof(arg));
+        ts.tv_sec = timeout_ns / 1000000000;
+        ts.tv_nsec = timeout_ns % 1000000000;
+        arg.ts = (uint64_t)(uintptr_t)&ts;
+        arg.sigmask_sz = _NSIG / 8;
+        argp = &arg;
+        argsz = sizeof(arg);
+        flags |= IORING_ENTER_EXT_ARG;
+    }
+    ret = (int)syscall(__NR_io_uring_enter, r->fd, to_submit, wait_nr, flags, argp, argsz);
+    if (ret < 0)
+        return -errno;
+    r->n_sqe += (unsigned)ret;
+    return ret;
 }
 
 static inline void ni_bufring_put(struct ni_bufring *br, uint16_t bid)

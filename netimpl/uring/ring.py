@@ -89,7 +89,6 @@ class Ring:
         self.features: int = lib.ni_ring_features(self._r)
         self.sq_entries: int = lib.ni_ring_sq_entries(self._r)
         self.cq_entries: int = lib.ni_ring_cq_entries(self._r)
-        self.enters = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._r is None else f"fd={self.fd}"
@@ -174,7 +173,6 @@ class Ring:
         Returns how many SQEs the kernel took. A timeout or a signal is not an error.
         """
         ns = -1 if timeout is None else int(timeout * 1e9)
-        self.enters += 1
         rc = lib.ni_submit(self._r, wait_nr, ns)
         if rc < 0:
             if rc in (-errno.ETIME, -errno.EINTR):
@@ -183,6 +181,18 @@ class Ring:
                 return 0  # CQ overflow: the caller reaps, then submits again
             check(rc, "io_uring_enter")
         return rc
+
+    def enter(self, wait: bool, timeout: float, out: list) -> int:
+        """Submit what is prepared; with ``wait`` and nothing in the CQ, wait up to ``timeout`` seconds
+        for a completion (the GIL released); then append every completion to ``out`` as :meth:`reap`
+        does. One C call: a poll's pass through the ring. Returns the SQEs the kernel took."""
+        rc = _bridge.enter(self.addr, wait, int(timeout * 1e9) if wait else -1, out)
+        return rc if rc >= 0 else check(rc, "io_uring_enter")
+
+    @property
+    def enters(self) -> int:
+        """``io_uring_enter`` calls made on this ring."""
+        return self.counters()["enters"]
 
     # -- completion ----------------------------------------------------------
 
@@ -198,7 +208,6 @@ class Ring:
                 continue
             if lib.ni_cq_overflowed(self._r):
                 # The kernel held CQEs back; a GETEVENTS enter moves them into the CQ.
-                self.enters += 1
                 lib.ni_submit(self._r, 0, -1)
                 continue
             return out
