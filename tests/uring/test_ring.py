@@ -228,3 +228,31 @@ def test_send_from_a_buffer_list_and_its_refusals():
         assert r.sq_pending() == 0  # nothing half-prepared
     a.close()
     b.close()
+
+
+def test_a_waiting_enter_lets_other_threads_run_and_reaps_what_came():
+    """_bridge.enter releases the GIL while it waits, and only waits while the CQ is empty."""
+    with Ring(4, 8) as r:
+        ticks = [0]
+        stop = threading.Event()
+
+        def spin():
+            while not stop.is_set():
+                ticks[0] += 1
+
+        t = threading.Thread(target=spin)
+        t.start()
+        try:
+            out: list = []
+            before = ticks[0]
+            r.enter(True, 0.3, out)  # nothing in flight: waits the whole timeout
+            during = ticks[0] - before  # read at once: the spinner ran only if the wait let go of the GIL
+            assert out == [] and during > 1000
+        finally:
+            stop.set()
+            t.join()
+        r.prep_nop(SENTINEL)
+        r.submit()
+        out = []
+        r.enter(True, 5.0, out)  # a CQE is there already: no wait
+        assert out == [(SENTINEL, 0, 0)]
