@@ -30,6 +30,20 @@
 #include "ring.h"
 
 static unsigned reap_gen;
+static PyObject *s_append;
+
+/* out.append(t): a list, or a collections.deque (the group's backlog, so that an exception raised
+ * between two calls, KeyboardInterrupt say, finds every reaped CQE already there). */
+static int append(PyObject *out, PyObject *t)
+{
+    PyObject *r;
+
+    if (PyList_CheckExact(out))
+        return PyList_Append(out, t);
+    r = PyObject_CallMethodOneArg(out, s_append, t);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
 
 static void *addr_arg(PyObject *o, const char *what)
 {
@@ -84,7 +98,7 @@ static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max)
         } else {
             t = Py_BuildValue("(KiI)", (unsigned long long)cqe->user_data, (int)cqe->res,
                               (unsigned)cqe->flags);
-            if (t == NULL || PyList_Append(out, t) < 0) {
+            if (t == NULL || append(out, t) < 0) {
                 /* Out of memory: this CQE stays for the next reap; the earlier ones are reported. */
                 Py_XDECREF(t);
                 if (n)
@@ -103,7 +117,7 @@ static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max)
 
         t = Py_BuildValue("(KiI)", (unsigned long long)q->py_ud, q->end,
                           q->armed ? (unsigned)IORING_CQE_F_MORE : 0U);
-        if (t == NULL || PyList_Append(out, t) < 0) {
+        if (t == NULL || append(out, t) < 0) {
             Py_XDECREF(t);
             return -1;
         }
@@ -161,8 +175,8 @@ static PyObject *b_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     int wait, rc;
     long long ns;
 
-    if (nargs != 4 || !PyList_CheckExact(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "enter(ring_address, wait, timeout_ns, list)");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "enter(ring_address, wait, timeout_ns, list or deque)");
         return NULL;
     }
     if (!(r = addr_arg(args[0], "enter")))
@@ -387,7 +401,12 @@ static struct PyModuleDef bridge_module = {
 
 PyMODINIT_FUNC PyInit__bridge(void)
 {
-    PyObject *m = PyModule_Create(&bridge_module);
+    PyObject *m;
+
+    s_append = PyUnicode_InternFromString("append");
+    if (s_append == NULL)
+        return NULL;
+    m = PyModule_Create(&bridge_module);
 
     if (m && (PyModule_AddIntConstant(m, "UD_RECV_BIT", 63) < 0 || PyModule_AddIntConstant(m, "RX_EOF", NI_RX_EOF) < 0)) {
         Py_DECREF(m);

@@ -306,10 +306,8 @@ class UringGroupImpl(GroupImpl):
                     os.eventfd_read(self._efd)
                 except BlockingIOError:
                     pass
-            entries: list[tuple[int, int, int]] = []
-            ring.enter(False, 0.0, entries)
             backlog = self._backlog
-            backlog.extend(entries)
+            ring.enter(False, 0.0, backlog)  # straight into the backlog: nothing reaped is ever held elsewhere
             carry = self._carry
             while backlog:
                 ud, res, flags = backlog.popleft()
@@ -382,9 +380,7 @@ class UringGroupImpl(GroupImpl):
             wait = timeout > 0 and not ready and not backlog
             if wait and not deadline:
                 deadline = time.monotonic() + timeout
-            entries: list[tuple[int, int, int]] = []
-            ring.enter(wait, timeout, entries)  # waits only while the CQ is empty
-            backlog.extend(entries)
+            ring.enter(wait, timeout, backlog)  # waits only while the CQ is empty; reaps into the backlog
             while backlog:
                 ud, res, flags = backlog.popleft()
                 self._dispatch(ud, res, flags, ready)

@@ -182,10 +182,10 @@ class Ring:
             check(rc, "io_uring_enter")
         return rc
 
-    def enter(self, wait: bool, timeout: float, out: list) -> int:
+    def enter(self, wait: bool, timeout: float, out: Any) -> int:
         """Submit what is prepared; with ``wait`` and nothing in the CQ, wait up to ``timeout`` seconds
-        for a completion (the GIL released); then append every completion to ``out`` as :meth:`reap`
-        does. One C call: a poll's pass through the ring. Returns the SQEs the kernel took."""
+        for a completion (the GIL released); then append every completion to ``out`` (a list or a
+        deque) as :meth:`reap` does. One C call: a poll's pass through the ring. Returns the SQEs the kernel took."""
         rc = _bridge.enter(self.addr, wait, int(timeout * 1e9) if wait else -1, out)
         return rc if rc >= 0 else check(rc, "io_uring_enter")
 
