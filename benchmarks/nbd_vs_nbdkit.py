@@ -1,6 +1,8 @@
 """fio's nbd engine against ``python -m netimpl.nbd`` (each backend) and ``nbdkit memory``, in one run.
 
     python benchmarks/nbd_vs_nbdkit.py [--rounds 3] [--seconds 5] [--quick] [--only JOB] [--impl NAME] [--json FILE]
+    python benchmarks/nbd_vs_nbdkit.py --scaling [...]        # 1 and 2 workers beside nbdkit's threads
+    python benchmarks/nbd_vs_nbdkit.py --tls DIR [...]        # each server over TLS too (DIR: nbdkit's layout)
 
 Every server runs pinned to CPU 1 and fio to CPU 0. Each server gets the
 same 1 GiB memory export, prefilled over the 256 MiB that the jobs touch.
@@ -12,6 +14,16 @@ table gives medians over the rounds of:
   (``/proc/PID/stat``, every thread, exited ones included) over the run,
   divided by the I/Os fio completed. It does not depend on fio, which
   itself takes a whole core at 4k QD32.
+
+``--scaling`` measures across cores instead: 4k randread QD32 with 4 fio
+jobs (4 connections) against ``--workers 1`` and ``--workers 2`` of the
+default backend and ``nbdkit memory`` with its default threads, nothing
+pinned (the servers may use both cores; fio shares them, so on a 2-core
+machine the load generator is a limit, and the table says how much CPU it
+took). Server CPU then counts every worker process.
+
+``--tls DIR`` adds each server once more with ``--tls=require
+--tls-certificates DIR`` (fio connects with ``nbds://...?tls-certificates=DIR``).
 
 Needs fio and nbdkit (Debian: fio, nbdkit). Not a test: it asserts nothing.
 """
@@ -63,18 +75,29 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 10) -> No
     raise SystemExit(f"nothing listens on port {port} after {timeout} s")
 
 
+def _cpu_of(pid: int) -> float:
+    """utime + stime of ``pid`` (every thread) and of its children still running, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK + sum(_cpu_of(c) for c in children)
+
+
 class Server:
-    def __init__(self, name: str, argv: list[str], port: int) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, pin: bool = True, tls_dir: str | None = None) -> None:
         self.name, self.port = name, port
-        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *argv], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen((["taskset", "-c", SERVER_CPU] if pin else []) + argv,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_listening(port, self.proc)
-        self.uri = f"nbd://127.0.0.1:{port}"
+        self.uri = (f"nbds://localhost:{port}/?tls-certificates={tls_dir}" if tls_dir
+                    else f"nbd://127.0.0.1:{port}")
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK      # utime, stime (fields 14, 15)
+        return _cpu_of(self.proc.pid)                              # the workers of --workers too
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -85,21 +108,42 @@ class Server:
             self.proc.wait()
 
 
-def start_servers(impls: list[str]) -> list[Server]:
-    servers = []
-    for impl in impls:
-        port = free_port()
-        servers.append(Server(f"netimpl {impl}", [sys.executable, "-m", "netimpl.nbd", "--size", "1G", "--host",
-                                                  "127.0.0.1", "--port", str(port), "--impl", impl], port))
+def _netimpl(name: str, impl: str, *extra: str, pin: bool = True, tls_dir: str | None = None) -> Server:
     port = free_port()
-    servers.append(Server("nbdkit memory", ["nbdkit", "--foreground", "--exit-with-parent", "-i", "127.0.0.1",
-                                            "-p", str(port), "memory", "1G"], port))
+    tls = ["--tls=require", "--tls-certificates", tls_dir] if tls_dir else []
+    return Server(name, [sys.executable, "-m", "netimpl.nbd", "--size", "1G", "--host", "127.0.0.1", "--port",
+                         str(port), "--impl", impl, *tls, *extra], port, pin=pin, tls_dir=tls_dir)
+
+
+def _nbdkit(name: str, pin: bool = True, tls_dir: str | None = None) -> Server:
+    port = free_port()
+    tls = ["--tls=require", f"--tls-certificates={tls_dir}"] if tls_dir else []
+    return Server(name, ["nbdkit", "--foreground", "--exit-with-parent", "-i", "127.0.0.1", "-p", str(port), *tls,
+                         "memory", "1G"], port, pin=pin, tls_dir=tls_dir)
+
+
+def start_servers(impls: list[str], tls_dir: str | None = None) -> list[Server]:
+    servers = [_netimpl(f"netimpl {impl}", impl) for impl in impls]
+    servers.append(_nbdkit(BASE))
+    if tls_dir:
+        servers += [_netimpl(f"netimpl {impl} TLS", impl, tls_dir=tls_dir) for impl in impls]
+        servers.append(_nbdkit("nbdkit TLS", tls_dir=tls_dir))
     return servers
 
 
-def fio(uri: str, rw: str, bs: str, qd: int, seconds: float | None) -> dict:
-    argv = ["taskset", "-c", CLIENT_CPU, "fio", "--output-format=json", "--name=job", "--ioengine=nbd",
-            f"--uri={uri}", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", f"--size={AREA}"]
+def start_scaling(impl: str) -> list[Server]:
+    return [_netimpl(f"netimpl {impl} x1", impl, "--workers", "1", pin=False),
+            _netimpl(f"netimpl {impl} x2", impl, "--workers", "2", pin=False),
+            _nbdkit(BASE, pin=False)]
+
+
+BASE = "nbdkit memory"
+
+
+def fio(uri: str, rw: str, bs: str, qd: int, seconds: float | None, jobs: int = 1, pin: bool = True) -> dict:
+    argv = (["taskset", "-c", CLIENT_CPU] if pin else []) + [
+        "fio", "--output-format=json", "--name=job", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
+        f"--iodepth={qd}", f"--size={AREA}", f"--numjobs={jobs}", "--group_reporting"]
     if seconds:
         argv += ["--time_based", f"--runtime={seconds}"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
@@ -111,13 +155,14 @@ def fio(uri: str, rw: str, bs: str, qd: int, seconds: float | None) -> dict:
     return job["read" if "read" in rw else "write"]
 
 
-def measure(server: Server, rw: str, bs: str, qd: int, seconds: float) -> dict:
+def measure(server: Server, rw: str, bs: str, qd: int, seconds: float, jobs: int = 1, pin: bool = True) -> dict:
     before = server.cpu_seconds()
-    r = fio(server.uri, rw, bs, qd, seconds)
+    r = fio(server.uri, rw, bs, qd, seconds, jobs, pin)
     cpu = server.cpu_seconds() - before
     pct = r["clat_ns"]["percentile"]
     return {"iops": r["iops"], "mib_s": r["bw_bytes"] / (1 << 20), "p50_us": pct["50.000000"] / 1e3,
-            "p99_us": pct["99.000000"] / 1e3, "cpu_us_per_io": cpu * 1e6 / max(r["total_ios"], 1)}
+            "p99_us": pct["99.000000"] / 1e3, "cpu_us_per_io": cpu * 1e6 / max(r["total_ios"], 1),
+            "server_cpu_pct": cpu / seconds * 100}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impl", action="append", help="netimpl backends (default: every available one)")
     p.add_argument("--only", metavar="TEXT", help="run only the jobs whose name contains TEXT")
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--scaling", action="store_true",
+                   help="4k randread QD32 x 4 fio jobs against --workers 1 and 2 and nbdkit, nothing pinned")
+    p.add_argument("--tls", metavar="DIR", help="each server over TLS too (certificates in nbdkit's layout)")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 2.0
@@ -138,18 +186,24 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{tool} is not installed (Debian: apt-get install fio nbdkit util-linux)")
     impls = args.impl or [i.name for i in netimpl.impls() if i.available]
 
-    servers = start_servers(impls)
+    if args.scaling:
+        servers = start_scaling(netimpl.default_impl() if not args.impl else impls[0])
+        jobs = [("4k randread QD32 x4 jobs", "randread", "4k", 32)]
+        fio_jobs, pin = 4, False
+    else:
+        servers = start_servers(impls, args.tls)
+        jobs, fio_jobs, pin = JOBS, 1, True
     results: dict[str, dict[str, list[dict]]] = {}
     try:
         for s in servers:                                     # same data behind every server
             fio(s.uri, "write", "128k", 8, None)
-        for name, rw, bs, qd in JOBS:
+        for name, rw, bs, qd in jobs:
             if args.only and args.only not in name:
                 continue
             for rnd in range(args.rounds):
                 order = servers if rnd % 2 == 0 else servers[::-1]
                 for s in order:
-                    m = measure(s, rw, bs, qd, args.seconds)
+                    m = measure(s, rw, bs, qd, args.seconds, fio_jobs, pin)
                     results.setdefault(name, {}).setdefault(s.name, []).append(m)
                     print(f"  {name:20s} {s.name:16s} round {rnd + 1}: {m['iops']:9.0f} IOPS "
                           f"{m['cpu_us_per_io']:6.2f} µs CPU/IO", file=sys.stderr, flush=True)
@@ -161,15 +215,17 @@ def main(argv: list[str] | None = None) -> int:
                      for srv, runs in by_server.items()} for job, by_server in results.items()}
     print(f"\nmedians of {args.rounds} x {args.seconds:g} s; server on CPU {SERVER_CPU}, fio on CPU {CLIENT_CPU}; "
           "ratios against nbdkit in brackets")
-    print(f"{'job':20s} {'server':16s} {'IOPS':>16s} {'MiB/s':>8s} {'p50/p99 µs':>14s} {'CPU µs/IO':>16s}")
+    print(f"{'job':24s} {'server':20s} {'IOPS':>16s} {'MiB/s':>8s} {'p50/p99 µs':>14s} {'CPU µs/IO':>16s} "
+          f"{'server CPU %':>12s}")
     for job, by_server in medians.items():
-        base = by_server["nbdkit memory"]
         for srv, m in by_server.items():
-            iops = f"{m['iops']:.0f}" + (f" ({m['iops'] / base['iops']:.2f}x)" if srv != "nbdkit memory" else "")
+            base = by_server["nbdkit TLS" if srv.endswith("TLS") and "nbdkit TLS" in by_server else BASE]
+            mine = srv not in (BASE, "nbdkit TLS")
+            iops = f"{m['iops']:.0f}" + (f" ({m['iops'] / base['iops']:.2f}x)" if mine else "")
             cpu = f"{m['cpu_us_per_io']:.2f}" + (f" ({m['cpu_us_per_io'] / base['cpu_us_per_io']:.2f}x)"
-                                                 if srv != "nbdkit memory" else "")
-            print(f"{job:20s} {srv:16s} {iops:>16s} {m['mib_s']:8.0f} "
-                  f"{m['p50_us']:6.0f}/{m['p99_us']:<7.0f} {cpu:>16s}")
+                                                 if mine else "")
+            print(f"{job:24s} {srv:20s} {iops:>16s} {m['mib_s']:8.0f} "
+                  f"{m['p50_us']:6.0f}/{m['p99_us']:<7.0f} {cpu:>16s} {m['server_cpu_pct']:11.0f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"schema": 1, "rounds": args.rounds, "seconds": args.seconds, "medians": medians,
