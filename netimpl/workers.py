@@ -23,6 +23,10 @@ Facts that shape it:
   the traffic arrives on the client's CPU, so a client pinned to one CPU
   sends every connection to one worker: placement is for multi-queue NICs
   with IRQs spread over the cores, and is off by default.
+* A worker never outlives the pool: it asks the kernel for SIGTERM when its
+  parent dies (``PR_SET_PDEATHSIG``), so a parent killed with SIGKILL (which
+  it cannot catch) takes its workers with it instead of leaving them serving
+  the port forever.
 * A worker that dies is reported and replaced (at most ``MAX_RESTARTS`` in
   ``RESTART_WINDOW`` seconds, then the pool stops: a worker that dies at once
   would otherwise fork forever). SIGTERM or SIGINT to the parent stops every
@@ -84,6 +88,7 @@ class WorkerPool:
         self.opts.reuseport = True
         self.placement = placement
         self.pids: dict[int, int] = {}      # pid -> worker index
+        self._parent = os.getpid()
         self.restarts: list[float] = []
         self._stopping = False
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -227,6 +232,7 @@ class WorkerPool:
         self._hold.close()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a terminal's ^C reaches it too
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        _die_with_parent(self._parent)
         listener = netimpl.listen(self.host, self.port, impl=self.impl, opts=self.opts)
         if self.placement:
             self._place(index, listener)
@@ -249,6 +255,21 @@ class WorkerPool:
             logger.warning("worker %d: SO_INCOMING_CPU refused (%s): no placement", index, exc)
         finally:
             s.close()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """SIGTERM this worker when the pool's process dies, however it dies (prctl(2) PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        logger.warning("PR_SET_PDEATHSIG failed (%s): this worker would outlive a killed pool",
+                       os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:  # the parent died before the request took effect
+        raise SystemExit(0)
 
 
 def _child_exit(code: int) -> None:  # pragma: no cover - runs in the child

@@ -129,3 +129,26 @@ def test_a_worker_that_dies_at_once_stops_the_pool_instead_of_forking_forever():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "stopping the pool" in out.stderr, out.stderr[-2000:]
     assert netimpl  # the pool is part of the library's import
+
+
+def test_workers_die_with_a_pool_killed_by_sigkill():
+    proc = subprocess.Popen([sys.executable, "-c", POOL, "posix"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        port = int(proc.stdout.readline())
+        pids = set()
+        deadline = time.monotonic() + 10
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(ask(port)[1])
+        assert len(pids) == 2
+        proc.kill()                          # SIGKILL: the pool cannot stop its workers itself
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in pids), "workers outlived a pool killed with SIGKILL"
+    finally:
+        proc.kill()
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
