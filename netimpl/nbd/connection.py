@@ -416,7 +416,10 @@ class Connection:
                     error = self._range_error(cmd, offset, length, size)
                 elif length:
                     if rview is not None:
-                        data = rview[offset:offset + length]
+                        # a large read of pages never written goes out from shared zeroes, not faulting
+                        # them in (a 4 KiB read does not pay for asking)
+                        zeroes = store.zero_view(offset, length) if length >= _SMALL_PAYLOAD else None
+                        data = rview[offset:offset + length] if zeroes is None else zeroes
                     else:
                         try:
                             data, token = store.read(offset, length)

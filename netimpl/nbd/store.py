@@ -32,6 +32,9 @@ of the export's size at most (256 KiB per GiB), its pages allocated as they
 are touched. A write marks its pages (a partly written page is data); a
 query walks the map's runs in C (``re`` over the mapping), so it costs one
 Python step per extent and a scan of a byte per page of the range asked.
+A read of 64 KiB or more that holds no data page is sent from a read-only
+mapping of zeroes, so reading a sparse export whole (a copy without block
+status) does not allocate its holes.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ import os
 import re
 import stat
 from typing import Any
+
+from .protocol import MAX_BLOCK_SIZE
 
 logger = logging.getLogger("netimpl.nbd")
 
@@ -127,6 +132,11 @@ class Store:
         ``limit``, none empty, together never past ``offset + length``; ``flags`` are
         :data:`STATE_HOLE` and :data:`STATE_ZERO`. This default knows nothing: all data."""
         return [(length, 0)]
+
+    def zero_view(self, offset: int, length: int) -> memoryview | None:
+        """A read-only view of ``length`` zeroes to send instead of ``read_view``'s bytes when the store
+        knows the range reads as zeroes without looking at it; None otherwise (this default)."""
+        return None
 
     def trim(self, offset: int, length: int) -> None:
         """The client no longer needs these bytes; they read back as zeroes here."""
@@ -213,9 +223,22 @@ def _punch(mm: mmap.mmap, offset: int, end: int) -> tuple[int, int] | None:
 
 # the memory store's page states, and the runs of them a query walks
 _HOLE, _DATA, _ZEROED = 0, 1, 2
-_DATA_RUN = bytes([_DATA]) * ((32 << 20) // PAGE + 1)     # a write's pages, the largest write's too
+_DATA_RUN = bytes([_DATA]) * (MAX_BLOCK_SIZE // PAGE + 1)     # a write's pages, the largest write's too
 _RUNS = re.compile(rb"(\x00+)|(\x01+)|(\x02+)")
 _RUN_FLAGS = (0, STATE_HOLE | STATE_ZERO, 0, STATE_ZERO)      # by the run's group: hole, data, zeroes
+
+
+_DATA_BYTE = bytes([_DATA])
+_ZEROES: list[memoryview] = []
+
+
+def _zeroes() -> memoryview:
+    """The largest read's worth of zeroes: a private anonymous mapping never written, so its pages
+    are all the kernel's one zero page, and read-only, so nothing can write them."""
+    if not _ZEROES:
+        _ZEROES.append(memoryview(mmap.mmap(-1, MAX_BLOCK_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                                            prot=mmap.PROT_READ)))
+    return _ZEROES[0]
 
 
 def _fill(st: mmap.mmap, first: int, last: int, state: int) -> None:
@@ -254,6 +277,11 @@ class MemoryStore(Store):
             self._state[first:last] = _DATA_RUN[:last - first]
         else:
             _fill(self._state, first, last, _DATA)
+
+    def zero_view(self, offset: int, length: int) -> memoryview | None:
+        if self._state.find(_DATA_BYTE, offset // PAGE, -(-(offset + length) // PAGE)) >= 0:
+            return None
+        return _zeroes()[:length]
 
     def extents(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
         end = offset + length

@@ -232,3 +232,17 @@ def test_file_extents_and_their_fallback(tmp_path):
         assert store.extents(0, 4 * MiB, 10) == [(4 * MiB, 0)]
     finally:
         store.close()
+
+
+def test_a_large_read_of_holes_is_sent_from_read_only_zeroes():
+    store = MemoryStore(64 * MiB)
+    try:
+        store.write(MiB + 5, memoryview(b"x"), fua=False)
+        assert store.zero_view(0, MiB) is not None and bytes(store.zero_view(0, MiB)) == bytes(MiB)
+        assert store.zero_view(MiB, 64 << 10) is None            # a data page in it
+        store.zero(2 * MiB, MiB, may_trim=False)                 # zeroes written: still zeroes to send
+        assert len(store.zero_view(2 * MiB, 32 * MiB)) == 32 * MiB
+        with pytest.raises(TypeError):
+            store.zero_view(0, 4096)[0] = 1                      # read-only
+    finally:
+        store.close()
