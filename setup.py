@@ -8,6 +8,7 @@ import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 
 class optional_build_ext(build_ext):
@@ -28,8 +29,18 @@ class optional_build_ext(build_ext):
               file=sys.stderr)
 
 
+class runtime_build_py(build_py):
+    """The wheel holds what runs: the cffi build scripts stay in the sdist (MANIFEST.in)."""
+
+    BUILD_ONLY = frozenset({("netimpl.uring", "build_ring"), ("netimpl.bench", "build_loadgen"),
+                            ("netimpl.bench", "build_floor")})
+
+    def find_package_modules(self, package, package_dir):
+        return [m for m in super().find_package_modules(package, package_dir) if m[:2] not in self.BUILD_ONLY]
+
+
 setup(
     cffi_modules=["netimpl/uring/build_ring.py:ffibuilder", "netimpl/bench/build_loadgen.py:ffibuilder",
                   "netimpl/bench/build_floor.py:ffibuilder"],
-    cmdclass={"build_ext": optional_build_ext},
+    cmdclass={"build_ext": optional_build_ext, "build_py": runtime_build_py},
 )

@@ -2,7 +2,9 @@
 
 One socket and sock-group interface, several backends chosen by priority:
 ``posix`` (epoll, recv pipes, batched ``sendmsg``, MSG_ZEROCOPY) everywhere,
-faster ones where the kernel allows. The contract is ``spec/API.md``.
+faster ones where the kernel allows. The API reference, with what every
+call raises, the thread rules and the zero-copy and close guarantees, is
+``docs/api.md`` in the source tree and the source distribution.
 
     >>> import netimpl
     >>> lsock = netimpl.listen("127.0.0.1", 0)
@@ -11,6 +13,7 @@ faster ones where the kernel allows. The contract is ``spec/API.md``.
 
 from __future__ import annotations
 
+import os
 from .addr import check_host_port
 from .errors import NetImplError
 from .group import SockGroup, optimal_group
@@ -25,7 +28,8 @@ from .sock import Sock
 from .stats import GroupStats, SockStats
 
 __all__ = [
-    "listen", "connect", "impls", "default_impl", "set_default_impl", "get_impl_opts", "set_impl_opts",
+    "listen", "connect", "listen_unix", "connect_unix", "listen_fd",
+    "impls", "default_impl", "set_default_impl", "get_impl_opts", "set_impl_opts",
     "register", "Sock", "Request", "Pipe", "ImplOpts", "SockOpts", "ImplInfo", "NetImplError",
     "SockGroup", "optimal_group", "NetImpl", "GroupImpl", "SockStats", "GroupStats",
 ]
@@ -54,6 +58,39 @@ def connect(host: str, port: int, *, impl: str | None = None, opts: SockOpts | N
     host, port = check_host_port(host, port)
     sock_opts = _sock_opts(opts)
     return _get_impl(impl).connect(host, port, sock_opts)
+
+
+def listen_unix(path: "str | bytes | os.PathLike", *, impl: str | None = None, opts: SockOpts | None = None) -> Sock:
+    """A listening, non-blocking Unix-domain stream socket at ``path``.
+
+    A stale socket file left by a server that is gone is replaced; a live
+    listener's path, or a file that is not a socket, raises ``OSError``. A
+    name starting with a NUL byte is in Linux's abstract namespace. The path
+    is removed when the listener is closed. No zero-copy on these sockets.
+    """
+    from .unix import check_path
+
+    return _get_impl(impl).listen_unix(check_path(path), _sock_opts(opts))
+
+
+def connect_unix(path: "str | bytes | os.PathLike", *, impl: str | None = None,
+                 opts: SockOpts | None = None) -> Sock:
+    """A non-blocking Unix-domain stream socket connected to ``path``."""
+    from .unix import check_path
+
+    return _get_impl(impl).connect_unix(check_path(path), _sock_opts(opts))
+
+
+def listen_fd(fd: int, *, impl: str | None = None, opts: SockOpts | None = None) -> Sock:
+    """A Sock over ``fd``, a TCP or Unix-domain socket that is already listening.
+
+    For socket activation (systemd's ``LISTEN_FDS``, libnbd's captive mode):
+    the Sock owns the fd from then on and closes it. ``ValueError`` if ``fd``
+    is not a listening stream socket (the fd is then left as it was).
+    """
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise TypeError(f"fd must be a non-negative int, not {fd!r}")
+    return _get_impl(impl).listen_fd(fd, _sock_opts(opts))
 
 
 def _register_builtin() -> None:

@@ -1,23 +1,30 @@
-"""Command line: ``python -m netimpl {info,demo,bench}``."""
+"""Command line: ``netimpl {info,demo,bench}``, also run as ``python -m netimpl``.
+
+``netimpl COMMAND --help`` shows a command's options. Exit status: 0 done;
+1 the command cannot run here (a backend unavailable, a compiled part not
+built); 2 a bad command line (an unknown backend included); 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import netimpl
 
-from . import features
+from . import _cli, features
+
+COMMANDS = {
+    "info": "the backends (priority, availability, why not) and what the kernel offers",
+    "demo": "an echo round trip and a 1 GiB transfer beside plain sockets",
+    "bench": "every backend beside asyncio, uvloop and plain sockets, every workload (about 7 minutes)",
+}
 
 
 def info() -> int:
+    """Print the backend table and the kernel's features; fails on a bad ``NETIMPL_IMPL``."""
+    default = _cli.backend(None)
     rows = [("backend", "priority", "available", "default", "reason")]
-    try:
-        default = netimpl.default_impl()
-    except netimpl.NetImplError as exc:
-        default = ""
-        print(f"no default backend: {exc}")
     for i in netimpl.impls():
         rows.append((i.name, str(i.priority), "yes" if i.available else "no",
                      "*" if i.name == default else "", i.reason or "-"))
@@ -33,31 +40,54 @@ def info() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m netimpl", description="netimpl: an SPDK-style socket layer")
-    p.add_argument("command", choices=["info", "demo", "bench"], help="info: backends and kernel features; "
-                   "demo: an echo round trip and a 1 GiB transfer beside plain sockets; "
-                   "bench: every backend beside asyncio, uvloop and plain sockets (--help for options)")
-    args, rest = p.parse_known_args(argv)
-    if args.command == "info":
-        if rest:
-            p.error(f"info takes no arguments: {' '.join(rest)}")
-        return info()
-    if args.command == "bench":
+def _info_main(argv: list[str], prog: str) -> int:
+    argparse.ArgumentParser(prog=prog, description=_cli.sentence(COMMANDS["info"] + ".")).parse_args(argv)
+    return info()
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    commands = "\n".join(f"  {name:6s} {text}" for name, text in COMMANDS.items())
+    p = argparse.ArgumentParser(
+        prog=prog, description="netimpl: an SPDK-style pluggable socket layer for storage targets.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"commands:\n{commands}\n\n'{prog} COMMAND --help' shows a command's options.\n"
+               "Exit status: 0 done; 1 cannot run here (a backend unavailable, a compiled part not built);\n"
+               "2 bad command line; 130 interrupted.")
+    p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help=", ".join(COMMANDS))
+    return p
+
+
+def _dispatch(argv: list[str], prog: str) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        _parser(prog).parse_args(argv[:1])  # --help, or a usage error naming the bad command
+        return 2  # not reached: parse_args exits
+    command, rest = argv[0], argv[1:]
+    sub = f"{prog} {command}"
+    return _cli.run(lambda: _command(command, rest, sub), sub)
+
+
+def _command(command: str, rest: list[str], prog: str) -> int:
+    if command == "info":
+        return _info_main(rest, prog)
+    if command == "bench":
         from . import bench
 
-        return bench.main(rest)
+        return bench.main(rest, prog=prog)
     from . import demo
 
-    info()
-    print()
-    return demo.main(rest)
+    def preamble() -> None:
+        info()
+        print()
+
+    return demo.main(rest, prog=prog, preamble=preamble)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The console script ``netimpl`` and ``python -m netimpl``: the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or _cli.prog_name("netimpl")
+    return _cli.run(lambda: _dispatch(argv, prog), prog)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BrokenPipeError:  # e.g. `python -m netimpl info | head`: the reader left
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    sys.exit(main(prog="python -m netimpl"))

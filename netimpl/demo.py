@@ -16,8 +16,11 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import netimpl
+
+from . import _cli
 
 MiB = 1 << 20
 
@@ -88,7 +91,7 @@ def bulk_transfer(size: int = 1 << 30, runs: int = 3, impl: str | None = None) -
     results: dict[str, list[float]] = {"netimpl": [], "sendall": []}
     try:
         for _ in range(runs):
-            for name in results:
+            for name, figures in results.items():
                 parent.send("go")
                 if name == "netimpl":
                     _send_netimpl(port, size, impl)
@@ -97,7 +100,7 @@ def bulk_transfer(size: int = 1 << 30, runs: int = 3, impl: str | None = None) -
                 total, secs = parent.recv()
                 if total != size:
                     raise RuntimeError(f"{name}: receiver got {total} of {size} bytes")
-                results[name].append(total / secs / 1e9)
+                figures.append(total / secs / 1e9)
     finally:
         parent.send("stop")
         proc.join(5)
@@ -144,15 +147,19 @@ def echo_round_trip(impl: str | None, count: int = 1000) -> float:
     return elapsed / count * 1e6
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m netimpl demo", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m netimpl demo",
+         preamble: Callable[[], object] | None = None) -> int:
+    """Parse ``argv``, check the backend, run ``preamble`` (the CLI prints ``info``), then the demo."""
+    p = argparse.ArgumentParser(prog=prog, description=_cli.sentence(__doc__))
     p.add_argument("--size", type=int, default=1024, help="MiB per bulk transfer (default 1024)")
     p.add_argument("--runs", type=int, default=3, help="runs of each contender (default 3)")
-    p.add_argument("--impl", default=None, help="backend (default: the best available)")
+    p.add_argument("--impl", default=None, help="backend (default: NETIMPL_IMPL, else the best available)")
     args = p.parse_args(argv)
     if args.size <= 0 or args.runs <= 0:
         p.error("--size and --runs must be positive")
-    impl = args.impl or netimpl.default_impl()
+    impl = _cli.backend(args.impl)
+    if preamble is not None:
+        preamble()
     print(f"echo: 64-byte round trip over loopback, backend {impl}: {echo_round_trip(impl):.1f} µs")
     print(f"bulk: {args.size} MiB over loopback, {args.runs} runs each, alternating ...", flush=True)
     res = bulk_transfer(args.size * MiB, args.runs, impl)
@@ -164,4 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli.run(main, "python -m netimpl.demo"))

@@ -14,7 +14,16 @@ from functools import lru_cache
 
 from ._kernel import SO_ZEROCOPY
 
-__all__ = ["zerocopy_reason", "io_uring_reason", "netns_reason"]
+__all__ = ["io_uring_reason", "netns_reason", "not_built", "zerocopy_reason"]
+
+#: What to install when a compiled part is missing: the one sentence every command shows.
+INSTALL_HINT = "reinstall netimpl where a C compiler and the Python headers are present (Debian: gcc python3-dev)"
+
+
+def not_built(part: str, import_error: str) -> str:
+    """Why ``part`` (a cffi-built module) cannot be used, and what to install."""
+    return f"{part} is not built ({import_error}); {INSTALL_HINT}"
+
 
 #: __NR_io_uring_setup on every architecture since 5.1 (asm-generic numbering).
 NR_IO_URING_SETUP = 425

@@ -20,7 +20,7 @@ import abc
 import threading
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import wrong_thread
+from .errors import NetImplError, wrong_thread
 from .options import ImplOpts, SockOpts
 
 if TYPE_CHECKING:
@@ -65,6 +65,19 @@ class NetImpl(abc.ABC):
     @abc.abstractmethod
     def connect(self, host: str, port: int, opts: SockOpts) -> "Sock":
         """A connected, non-blocking socket. Raises ``OSError`` (``ConnectionRefusedError``, ...)."""
+
+    def listen_unix(self, path: str | bytes, opts: SockOpts) -> "Sock":
+        """A listening, non-blocking Unix-domain socket at ``path``; a backend without them refuses."""
+        raise NetImplError(f"backend {self.name!r} has no Unix-domain sockets")
+
+    def connect_unix(self, path: str | bytes, opts: SockOpts) -> "Sock":
+        """A Unix-domain socket connected to ``path``; a backend without them refuses."""
+        raise NetImplError(f"backend {self.name!r} has no Unix-domain sockets")
+
+    def listen_fd(self, fd: int, opts: SockOpts) -> "Sock":
+        """A Sock over ``fd``, a socket already listening (socket activation); a backend without
+        kernel sockets refuses."""
+        raise NetImplError(f"backend {self.name!r} cannot take a listening fd")
 
     @abc.abstractmethod
     def group_impl_create(self) -> "GroupImpl":

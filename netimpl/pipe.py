@@ -46,6 +46,7 @@ class Pipe:
 
     @property
     def capacity(self) -> int:
+        """The pipe's size in bytes."""
         return self._size
 
     # -- writer side -------------------------------------------------------

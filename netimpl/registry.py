@@ -8,20 +8,22 @@ from dataclasses import dataclass
 
 from .errors import NetImplError, logger
 from .impl import NetImpl
+from .options import ImplOpts, describe_fields, documented
 
 __all__ = ["ImplInfo", "register", "impls", "get", "default_impl", "set_default_impl"]
 
 ENV_VAR = "NETIMPL_IMPL"
 
 
+@describe_fields
 @dataclass(frozen=True)
 class ImplInfo:
     """What :func:`netimpl.impls` says of one backend."""
 
-    name: str
-    priority: int
-    available: bool
-    reason: str
+    name: str = documented("The backend's name, as given to impl= and NETIMPL_IMPL.")
+    priority: int = documented("Its rank: the available backend of highest priority is the default.")
+    available: bool = documented("Whether its probe found what it needs here (run once, at first use).")
+    reason: str = documented("Why it is unavailable, in words a user can act on; '' if available.")
 
 
 class _Entry:
@@ -101,7 +103,10 @@ def default_impl() -> str:
     """``NETIMPL_IMPL`` if set, else :func:`set_default_impl`'s choice, else the best available."""
     env = os.environ.get(ENV_VAR)
     if env:
-        entry = _lookup(env)
+        try:
+            entry = _lookup(env)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_VAR}={env}: {exc}") from None
         reason = _reason(entry)
         if reason:
             raise NetImplError(f"{ENV_VAR}={env}: backend {env!r} is unavailable: {reason}")
@@ -128,12 +133,12 @@ def set_default_impl(name: str | None) -> None:
     _default = name
 
 
-def get_impl_opts(name: str) -> "object":
+def get_impl_opts(name: str) -> ImplOpts:
     """A copy of backend ``name``'s options."""
     return _lookup(name).impl.get_opts()
 
 
-def set_impl_opts(name: str, opts: object = None, **fields: object) -> None:
+def set_impl_opts(name: str, opts: ImplOpts | None = None, **fields: object) -> None:
     """Replace backend ``name``'s options with ``opts``, then change ``fields``."""
     impl = _lookup(name).impl
     if opts is None:

@@ -56,7 +56,7 @@ def _byte_view(buf: Any) -> memoryview:
 
 
 class Sock:
-    """A non-blocking TCP socket of some backend; see :mod:`netimpl` for the contract."""
+    """A non-blocking TCP socket of some backend; the contract is docs/api.md ("Sock")."""
 
     impl_name: str = "?"
 
@@ -139,9 +139,11 @@ class Sock:
         raise NotImplementedError
 
     def is_ipv4(self) -> bool:
+        """True for an IPv4 socket."""
         raise NotImplementedError
 
     def is_ipv6(self) -> bool:
+        """True for an IPv6 socket."""
         raise NotImplementedError
 
     def is_connected(self) -> bool:
@@ -163,14 +165,17 @@ class Sock:
     # ------------------------------------------------------------------
 
     def fileno(self) -> int:
+        """The kernel fd; -1 once closed."""
         return -1 if self._closed else self._fd
 
     @property
     def group(self) -> "SockGroup | None":
+        """The group the socket is in, or None."""
         return self._group
 
     @property
     def closed(self) -> bool:
+        """True once close() has been called."""
         return self._closed
 
     def __enter__(self) -> "Sock":

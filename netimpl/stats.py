@@ -1,33 +1,41 @@
-"""Counters of sockets and groups; each names its backend."""
+"""Counters of sockets and groups; each names its backend.
+
+``help(netimpl.SockStats)`` lists every counter with what it counts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from .options import describe_fields, documented
 
 
+@describe_fields
 @dataclass(slots=True)
 class SockStats:
-    """Per-socket counters."""
+    """Per-socket counters (``Sock.stats``), from the socket's creation on."""
 
-    impl: str
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    requests_completed: int = 0
-    requests_aborted: int = 0
-    zerocopy_sends: int = 0
-    """Send calls made with zero-copy (MSG_ZEROCOPY / SEND_ZC)."""
-    zerocopy_copied: int = 0
-    """Zero-copy sends the kernel reported it had to copy after all."""
-    zerocopy_fallbacks: int = 0
-    """Batches sent by copy because the kernel refused zero-copy (ENOBUFS)."""
-    syscalls: int = 0
+    impl: str = documented("The backend's name.")
+    bytes_sent: int = documented("Bytes the kernel accepted from send calls.", default=0)
+    bytes_received: int = documented("Bytes read from the kernel (into the recv pipe or the caller's buffers).",
+                                     default=0)
+    requests_completed: int = documented("Requests whose callback ran with status 0.", default=0)
+    requests_aborted: int = documented("Requests whose callback ran with an errno (ECANCELED on close or "
+                                       "remove, the socket's error otherwise).", default=0)
+    zerocopy_sends: int = documented("Send calls made with zero-copy (MSG_ZEROCOPY / SENDMSG_ZC).", default=0)
+    zerocopy_copied: int = documented("Zero-copy sends the kernel reported it had to copy after all "
+                                      "(SO_EE_CODE_ZEROCOPY_COPIED: always so to a local peer).", default=0)
+    zerocopy_fallbacks: int = documented("Batches sent by copy because the kernel refused zero-copy (ENOBUFS).",
+                                         default=0)
+    syscalls: int = documented("System calls (or io_uring operations) made for this socket.", default=0)
 
 
+@describe_fields
 @dataclass(slots=True)
 class GroupStats:
-    """Per-group counters; ``impls`` lists the backends the group uses."""
+    """Per-group counters (``SockGroup.stats``)."""
 
-    impls: list[str] = field(default_factory=list)
-    polls: int = 0
-    callbacks: int = 0
-    """Read callbacks made."""
+    impls: list[str] = documented("The backends whose group impls the group holds, in the order first used.",
+                                  default_factory=list)
+    polls: int = documented("Calls of poll().", default=0)
+    callbacks: int = documented("Read callbacks made.", default=0)

@@ -88,14 +88,16 @@ def create_connection(host: str, port: int, impl_opts: ImplOpts, opts: SockOpts)
 def configure_accepted(s: socket.socket, impl_opts: ImplOpts, opts: SockOpts) -> None:
     """Options an accepted socket takes from its listener."""
     s.setblocking(False)
+    if s.family == socket.AF_UNIX:
+        return  # no TCP options there
     if opts.priority:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, opts.priority)
     _set_connected(s, impl_opts)
 
 
 def want_zerocopy(s: socket.socket, impl_opts: ImplOpts, opts: SockOpts, server: bool) -> bool:
-    """The zero-copy policy: allowed by the options, and not on loopback."""
-    if not opts.zcopy:
+    """The zero-copy policy: allowed by the options, and not on loopback (nor AF_UNIX: it has none)."""
+    if not opts.zcopy or s.family == socket.AF_UNIX:
         return False
     if not (impl_opts.enable_zerocopy_send_server if server else impl_opts.enable_zerocopy_send_client):
         return False

@@ -130,3 +130,39 @@ def test_embedding_example_ends_cleanly_on_ctrl_c():
     assert proc.returncode == 0 and out.strip() == "closed []" and "Traceback" not in err, (out, err)
     assert c.recv(10) == b""             # its connection was closed, not left open
     c.close()
+
+
+LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def test_links_stay_in_the_tree_and_name_the_file_they_open():
+    """The README is also the package description, where relative links cannot resolve: each link is a
+    file of the source tree (shipped in the sdist) and its text names that file."""
+    root = README.parent
+    links = LINK.findall(README.read_text())
+    assert links
+    for image, text, target in links:
+        assert "://" not in target and not target.startswith(("/", "..")), target
+        assert (root / target).resolve().is_relative_to(root) and (root / target).is_file(), target
+        shown = text.strip("`")
+        if image:
+            assert target in shown, (text, target)
+        else:
+            assert target.startswith(shown) or target in shown, (text, target)
+
+
+def test_the_reference_is_in_the_tree():
+    text = README.read_text()
+    assert "[docs/api.md](docs/api.md)" in text and "../" not in text
+
+
+def test_the_nbd_section_says_what_the_default_address_exposes():
+    section = README.read_text().split("## A storage target on it", 1)[1].split("\n## ", 1)[0]
+    command = next(line for line in section.splitlines() if line.startswith("python -m netimpl.nbd "))
+    assert "--host 127.0.0.1" in command
+    assert "all interfaces" in section and "no authentication" in section
+
+
+def test_the_readme_says_what_happens_without_a_c_compiler():
+    text = README.read_text()
+    assert "C compiler" in text and "python3-dev" in text and "install still" in text

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import shutil
 import sys
 import time
+from typing import IO
 
-from . import floor, report, runner
+from .. import _cli
+from . import floor, loadgen, report, runner
 from .workloads import BY_NAME, WORKLOADS
 
-__all__ = ["main", "contenders", "unavailable"]
+__all__ = ["contenders", "main", "unavailable"]
 
 
 def unavailable() -> list[str]:
@@ -30,14 +34,18 @@ def unavailable() -> list[str]:
 
 
 def contenders(impl: str | None = None) -> list[str]:
-    """Every contender available here, the floor first; ``impl`` keeps one netimpl backend only."""
-    import netimpl
+    """Every contender available here, the floor first; ``impl`` keeps one netimpl backend only.
 
+    An unknown ``impl`` raises ``ValueError``, an unavailable one
+    :class:`netimpl.NetImplError` saying why.
+    """
+    import netimpl
+    from netimpl.registry import get
+
+    if impl is not None:
+        get(impl)
     out = [] if floor.unavailable() else [report.FLOOR]
     ours = [f"netimpl:{i.name}" for i in netimpl.impls() if i.available and (impl is None or i.name == impl)]
-    if impl is not None and not ours:
-        raise SystemExit(f"backend {impl!r} is not available: " +
-                         "; ".join(f"{i.name}: {i.reason or 'available'}" for i in netimpl.impls()))
     out += ours
     if ours:  # the default backend (or the one asked for) once more, inside an asyncio loop
         best = impl or netimpl.default_impl()
@@ -49,16 +57,42 @@ def contenders(impl: str | None = None) -> list[str]:
     return out
 
 
-def _progress(done: int, total: int, label: str, started: float) -> None:
-    width = 30
-    filled = int(width * done / total) if total else width
-    eta = (time.monotonic() - started) / done * (total - done) if done else 0
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:32.32s} eta {eta:4.0f}s")
-    sys.stderr.flush()
+class _Progress:
+    """A bar redrawn in place on a terminal; elsewhere (a CI log, a file) one line per workload."""
+
+    def __init__(self, total: int, out: IO[str]) -> None:
+        self.total, self.out, self.started = total, out, time.monotonic()
+        self.tty = out.isatty()
+        self.workload = ""
+
+    def _eta(self, done: int) -> float:
+        return (time.monotonic() - self.started) / done * (self.total - done) if done else 0.0
+
+    def step(self, done: int, workload: str, contender: str) -> None:
+        if self.tty:
+            width = 30
+            filled = int(width * done / self.total) if self.total else width
+            label = f"{workload} {contender}"
+            self.out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {label:32.32s} "
+                           f"eta {self._eta(done):4.0f}s")
+        elif workload != self.workload:
+            eta = f", eta {self._eta(done):.0f} s" if done else ""
+            self.out.write(f"[{done}/{self.total} runs] {workload}{eta}\n")
+        self.workload = workload
+        self.out.flush()
+
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.tty:
+            width = 30
+            self.out.write(f"\r[{'#' * width}] {self.total}/{self.total} {'done':32s} in {elapsed:4.0f}s\n")
+        else:
+            self.out.write(f"[{self.total}/{self.total} runs] done in {elapsed:.0f} s\n")
+        self.out.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m netimpl bench", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m netimpl bench") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=_cli.sentence(__doc__))
     p.add_argument("--quick", action="store_true", help="short windows, one round: under a minute")
     p.add_argument("--only", action="append", choices=[w.name for w in WORKLOADS], metavar="WORKLOAD",
                    help=f"run only this workload (repeatable): {', '.join(w.name for w in WORKLOADS)}")
@@ -75,26 +109,38 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rounds and --seconds must be positive")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib: pip install 'netimpl[bench]'")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        # checked before a run of minutes, not after it
+        if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            p.error(f"{flag} {path}: cannot write into {os.path.dirname(os.path.abspath(path))!r}")
+    if args.syscalls and shutil.which("perf") is None:
+        p.error("--syscalls needs perf (Debian: linux-perf) on PATH")
+    if args.impl is not None:
+        _cli.backend(args.impl)
+    reason = loadgen.unavailable_reason()
+    if reason:
+        raise _cli.CommandError(reason)
     timing = runner.Timing(warmup=0.1 if args.quick else 0.5, seconds=seconds, syscalls=args.syscalls)
     workloads = [BY_NAME[n] for n in args.only] if args.only else list(WORKLOADS)
     names = contenders(args.impl)
     results: dict[str, dict[str, list[dict]]] = {w.name: {c: [] for c in names} for w in workloads}
     total = len(workloads) * len(names) * rounds
-    started = time.monotonic()
     done = 0
     print(f"contenders: {', '.join(names)}; {rounds} round(s) of {seconds:g} s each, alternating; "
           f"server on CPU {runner.SERVER_CPU}, C load generator on CPU {runner.LOADGEN_CPU}", flush=True)
     for sentence in unavailable():
         print(sentence, flush=True)
+    progress = _Progress(total, sys.stderr)
     for w in workloads:
         for _ in range(rounds):
             for c in names:
-                _progress(done, total, f"{w.name} {c}", started)
+                progress.step(done, w.name, c)
                 results[w.name][c].append(runner.run(c, w, timing))
                 done += 1
-    _progress(done, total, "done", started)
-    sys.stderr.write("\n")
+    progress.finish()
     report.table(results, workloads, names, sys.stdout)
+    print(file=sys.stdout)
+    report.summary(results, workloads, names, sys.stdout)
     config = {"rounds": rounds, "seconds": seconds, "quick": args.quick}
     if args.syscalls:
         config["syscalls"] = True

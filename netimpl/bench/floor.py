@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from .. import features
+
 try:
     from ._floor import ffi, lib
 except ImportError as exc:  # pragma: no cover - reported by the bench command
@@ -16,8 +18,7 @@ else:
 def unavailable() -> str:
     """Why the floor cannot run here, in one sentence; empty when it can."""
     if lib is None:
-        return (f"the C floor server was not built ({IMPORT_ERROR}); "
-                "reinstall netimpl with a C compiler and the Python headers present")
+        return features.not_built("the C floor server", IMPORT_ERROR)
     return ""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .. import features
+
 try:
     from ._loadgen import ffi, lib
 except ImportError as exc:  # pragma: no cover - reported by the bench command
@@ -14,6 +16,11 @@ else:
     IMPORT_ERROR = ""
 
 LATENCY_CAP = 1 << 20
+
+
+def unavailable_reason() -> str:
+    """'' if the load generator is built, else why not and what to install."""
+    return features.not_built("the C load generator", IMPORT_ERROR) if lib is None else ""
 
 
 @dataclass
@@ -36,7 +43,7 @@ class LoadGen:
     def __init__(self, host: str, port: int, *, conns: int = 1, depth: int = 1, active: int | None = None,
                  req_size: int = 64, resp_size: int = 64, sink: bool = False) -> None:
         if lib is None:
-            raise RuntimeError(f"the C load generator is not built ({IMPORT_ERROR}); reinstall netimpl with gcc present")
+            raise RuntimeError(unavailable_reason())
         out = ffi.new("struct lg **")
         if sink:
             _check(lib.lg_open_sink(out, host.encode(), port), "connect")

@@ -24,45 +24,126 @@ def medians(runs: list[dict]) -> dict:
 
 def _ratio(x: float, base: float | None) -> str:
     if base is None or not base or math.isnan(base) or math.isnan(x):
-        return "     "
+        return ""
     return f"{x / base:4.2f}x"
 
 
+#: Higher is better / lower is better, shown beside every column label that has a direction.
+UP, DOWN = "↑", "↓"
+
+
+def _columns(w: Workload, counted: bool, floor: bool) -> list[tuple[str, int]]:
+    unit = "GB/s" if w.metric == "gbps" else "req/s"
+    cols = [(f"{unit} {UP}", 10), (f"rate/{BASELINE} {UP}", 14), (f"CPU µs/op {DOWN}", 11),
+            (f"CPU/{BASELINE} {DOWN}", 13)]
+    if floor:
+        cols.append((f"CPU/{FLOOR} {DOWN}", 13))
+    cols.append(("user µs/op", 10))
+    if w.latency:
+        cols += [(f"p50 µs {DOWN}", 8), (f"p99 µs {DOWN}", 8)]
+    if counted:
+        cols.append((f"syscalls/op {DOWN}", 13))
+    return cols
+
+
 def table(results: dict, workloads: list[Workload], contenders: list[str], out: IO[str]) -> None:
+    """One table per workload: each contender's medians, every column labelled with unit and direction."""
+    print(f"{UP} higher is better, {DOWN} lower is better; rate/{BASELINE} and CPU/{BASELINE}: ratio to "
+          f"{BASELINE}'s median; CPU: the server's (user + system) per operation, user µs/op the user part of it",
+          file=out)
     if any(FLOOR in results.get(w.name, {}) for w in workloads):
-        print(f"vs floor: server CPU per op as a multiple of {FLOOR}'s, a plain C epoll server doing the same work; "
-              "lower is better, 1.00x is the floor", file=out)
+        print(f"CPU/{FLOOR}: server CPU per op as a multiple of {FLOOR}'s, a plain C epoll server doing the same "
+              "work (1.00x is the floor)", file=out)
     for w in workloads:
         rows = results.get(w.name, {})
         if not rows:
             continue
         base = medians(rows[BASELINE]) if BASELINE in rows else None
         floor_cpu = medians(rows[FLOOR])["cpu_us"] if FLOOR in rows else None
-        unit = "GB/s" if w.metric == "gbps" else "req/s"
-        print(f"\n{w.title}", file=out)
-        head = (f"  {'contender':16s} {unit:>10s} {'vs ' + BASELINE:>11s} {'CPU µs/op':>10s} {'vs ' + BASELINE:>11s}"
-                f" {'vs floor':>8s} {'of it user':>10s}")
-        if w.latency:
-            head += f" {'p50 µs':>8s} {'p99 µs':>8s}"
         counted = any("syscalls_per_op" in r for c in contenders for r in rows.get(c, []))
-        if counted:
-            head += f" {'syscalls/op':>11s}"
-        print(head, file=out)
+        cols = _columns(w, counted, floor_cpu is not None)
+        print(f"\n{w.title}", file=out)
+        print(f"  {'contender':16s}" + "".join(f"  {label:>{width}s}" for label, width in cols), file=out)
         for c in contenders:
             if c not in rows:
                 continue
             m = medians(rows[c])
             val = m[w.metric]
-            shown = f"{val:10.2f}" if w.metric == "gbps" else f"{val:10.0f}"
-            line = (f"  {c:16s} {shown} {_ratio(val, base[w.metric] if base else None):>11s} "
-                    f"{m['cpu_us']:10.2f} {_ratio(m['cpu_us'], base['cpu_us'] if base else None):>11s}")
-            line += f" {_ratio(m['cpu_us'], floor_cpu):>8s}"
-            line += f" {m['user_us']:10.2f}" if "user_us" in m else f" {'':10s}"
+            cells = [f"{val:.2f}" if w.metric == "gbps" else f"{val:.0f}",
+                     _ratio(val, base[w.metric] if base else None), f"{m['cpu_us']:.2f}",
+                     _ratio(m["cpu_us"], base["cpu_us"] if base else None)]
+            if floor_cpu is not None:
+                cells.append(_ratio(m["cpu_us"], floor_cpu))
+            cells.append(f"{m['user_us']:.2f}" if "user_us" in m else "")
             if w.latency:
-                line += f" {m['p50_us']:8.1f} {m['p99_us']:8.1f}"
+                cells += [f"{m['p50_us']:.1f}", f"{m['p99_us']:.1f}"]
             if counted:
-                line += f" {m['syscalls_per_op']:11.3f}" if "syscalls_per_op" in m else f" {'n/a':>11s}"
-            print(line, file=out)
+                cells.append(f"{m['syscalls_per_op']:.3f}" if "syscalls_per_op" in m else "n/a")
+            print(f"  {c:16s}" + "".join(f"  {cell:>{width}s}" for cell, (_, width) in zip(cells, cols)), file=out)
+
+
+#: The workloads' row names in the summary (and the README's table).
+SHORT_TITLES = {
+    "bulk-4k": "bulk 4 KiB writes",
+    "bulk-64k": "bulk 64 KiB writes",
+    "bulk-1m": "bulk 1 MiB writes",
+    "read-qd1": "read-like QD1 (p50 / p99 µs)",
+    "write-qd1": "write-like QD1 (p50 / p99 µs)",
+    "read-16x32": "read-like 16 conns x 32",
+    "write-16x32": "write-like 16 conns x 32",
+    "many-1000": "1,000 conns, 5% active",
+    "small-64x8": "small 64 B -> 64 B, 64 conns x 8",
+}
+
+
+def display_name(contender: str) -> str:
+    """``netimpl:uring`` -> ``netimpl uring``; ``netimpl-aio:uring`` -> ``netimpl-aio uring``;
+    ``blocking`` -> ``blocking threads``."""
+    if contender.startswith(("netimpl:", "netimpl-aio:")):
+        return contender.replace(":", " ", 1)
+    return {"blocking": "blocking threads"}.get(contender, contender)
+
+
+def _sig3(x: float) -> str:
+    if math.isnan(x):
+        return "n/a"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
+def _cell(w: Workload, m: dict, base: dict | None, is_base: bool) -> str:
+    cell = _sig3(m["cpu_us"])
+    if not is_base:
+        ratio = _ratio(m["cpu_us"], base["cpu_us"] if base else None)
+        if ratio:
+            cell += f" ({ratio})"
+    if w.latency:
+        return cell + f" {m['p50_us']:.0f} / {m['p99_us']:.0f}"
+    if w.metric == "gbps":
+        return cell + f" {m['gbps']:.2f} GB/s"
+    return cell + f" {m['rps'] / 1000:.0f}k req/s"
+
+
+def summary(results: dict, workloads: list[Workload], contenders: list[str], out: IO[str]) -> None:
+    """Every workload in one Markdown table, shaped like the README's.
+
+    Each cell: the server's CPU µs per operation (lower is better), its ratio
+    to the baseline's in brackets, then the throughput (higher is better) or,
+    for latency workloads, the p50 / p99 round trip in µs (lower is better).
+    """
+    print(f"summary: server CPU µs per op {DOWN} (ratio to {BASELINE}), then GB/s or req/s {UP}; "
+          f"QD1 rows: p50 / p99 round trip µs {DOWN}", file=out)
+    head = ["workload", *(display_name(c) for c in contenders)]
+    body = []
+    for w in workloads:
+        rows = results.get(w.name, {})
+        if not rows:
+            continue
+        base = medians(rows[BASELINE]) if BASELINE in rows else None
+        body.append([SHORT_TITLES.get(w.name, w.title),
+                     *(_cell(w, medians(rows[c]), base, c == BASELINE) if rows.get(c) else "-" for c in contenders)])
+    widths = [max(len(r[k]) for r in [head, *body]) for k in range(len(head))]
+    for r in [head, ["-" * n for n in widths], *body]:
+        print("| " + " | ".join(cell.ljust(n) for cell, n in zip(r, widths)) + " |", file=out)
 
 
 def to_json(results: dict, workloads: list[Workload], contenders: list[str], config: dict) -> dict:

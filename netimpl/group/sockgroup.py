@@ -47,7 +47,7 @@ def _check_poll_args(max_events: object, timeout: object) -> None:
 
 
 class SockGroup:
-    """Polls sockets of any backend; see :mod:`netimpl` for the contract."""
+    """Polls sockets of any backend; the contract is docs/api.md ("SockGroup")."""
 
     def __init__(self, ctx: Any = None) -> None:
         self.ctx = ctx

@@ -22,8 +22,10 @@ only while its unsent replies (``Sock.queued_bytes``, plus
 buffer and the socket's reading is paused (``SockGroup.pause_reading``),
 so the kernel's receive window pushes back on the client. The completion
 that brings them down to :data:`RESUME_UNSENT_BYTES` answers what waited
-and resumes reading. A connection's replies therefore never hold more than
-:data:`MAX_UNSENT_BYTES` plus one maximum-size reply. A reply that fails
+and resumes reading. Negotiation is held the same way, between options, so
+a client that sends options and reads none of the replies is bounded too. A
+connection's replies therefore never hold more than :data:`MAX_UNSENT_BYTES`
+plus one maximum-size reply (or one option's replies). A reply that fails
 (the client reset the connection) ends the connection: a paused socket
 would not learn of the reset from a receive.
 
@@ -39,6 +41,7 @@ in part, as a torn write does on a disk; it was never acknowledged.
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +157,14 @@ class Connection:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
-        self.sock.writev_async(netimpl.Request([data]))
+        if self._closed:                  # a send that failed inside this option's replies closed it
+            return
+        self._iovs += 1
+        self.sock.writev_async(netimpl.Request([data], cb=self._option_reply_done))
+
+    def _option_reply_done(self, req: netimpl.Request, status: int) -> None:
+        self._iovs -= 1
+        self._check_sent(status)
 
     def close(self) -> None:
         """Leave the group and close the socket; queued replies are cancelled. Idempotent.
@@ -179,8 +189,10 @@ class Connection:
             self.server._forget(self)
 
     def _release(self) -> None:
+        # This may run inside the connection's own work (a send that fails at once completes the
+        # replies at once): the running negotiation step and receive loop see _closed and stop.
         gen, self._negotiation = self._negotiation, None
-        if gen is not None:
+        if gen is not None and inspect.getgeneratorstate(gen) != inspect.GEN_RUNNING:
             gen.close()
         payload, self._payload = self._payload, None
         if payload is not None and payload.target is not None:
@@ -191,8 +203,7 @@ class Connection:
             req.cb = None
         self._free.clear()
         self._last = None
-        self._mv.release()
-        self._buf = bytearray()
+        self._buf = bytearray()           # a running receive loop keeps the old one while it needs it
         self._mv = memoryview(self._buf)
 
     def timed_out(self, seconds: float) -> None:
@@ -219,28 +230,33 @@ class Connection:
         if self._closed:
             req.cb = None                 # the last reference to the connection may be this one
             return
+        if not status:
+            self._free.append(req)
+            if req is self._last:
+                self._last = None
+                if self._closing:
+                    self.close()
+                    return
+        self._check_sent(status)
+
+    def _check_sent(self, status: int) -> None:
+        """After a reply's completion: end the connection if it failed, go on if the replies have drained."""
+        if self._closed:
+            return
         if status:
             logger.info("%s: sending replies failed: %s", self.peer, errno.errorcode.get(status, status))
             self.close()
-            req.cb = None
-            return
-        self._free.append(req)
-        if req is self._last:
-            self._last = None
-            if self._closing:
-                self.close()
-                return
-        if self._held and self.sock.queued_bytes + self._iovs * IOV_COST <= RESUME_UNSENT_BYTES:
+        elif self._held and self.sock.queued_bytes + self._iovs * IOV_COST <= RESUME_UNSENT_BYTES:
             self._guarded(self._go_on)
 
     def _go_on(self) -> None:
-        """The replies have drained: answer the requests that waited, then read again."""
+        """The replies have drained: answer the requests (or options) that waited, then read again."""
         self._held = False
         out: list[Any] = []
         tokens: list[Any] = []
         sock = self.sock
         self._budget = MAX_UNSENT_BYTES - sock.queued_bytes - self._iovs * IOV_COST
-        self._serve(out, tokens)
+        self._answer(out, tokens)
         self._finish_batch(sock, out, tokens)
         if not self._held and not self._closed and sock.group is not None:
             sock.group.resume_reading(sock)
@@ -297,6 +313,8 @@ class Connection:
             return
         if out:
             self._queue(out, tokens)
+            if self._closed:
+                return
         if self._closing:
             if self._last is None:
                 self.close()
@@ -338,10 +356,14 @@ class Connection:
                 self._finish_write(payload, out)
             return True
         self._end += n
+        return self._answer(out, tokens)
+
+    def _answer(self, out: list[Any], tokens: list[Any]) -> bool:
+        """Negotiate and serve what the buffer holds; False when there is no point in receiving now."""
         if self._negotiation is not None:
             self._negotiate()
             if self._negotiation is not None or self._closed:
-                return not self._closed
+                return not (self._closed or self._held)
         return self._serve(out, tokens)
 
     def _make_room(self) -> None:
@@ -358,6 +380,11 @@ class Connection:
         gen = self._negotiation
         assert gen is not None
         while self._end - self._pos >= self._need:
+            if self._closed:
+                return
+            if self.sock.queued_bytes + self._iovs * IOV_COST >= MAX_UNSENT_BYTES:
+                self._hold()             # a client that sends options and reads no replies
+                return
             pos, need = self._pos, self._need
             data = bytes(self._mv[pos:pos + need])
             self._pos = pos + need
@@ -367,10 +394,11 @@ class Connection:
                 self._negotiation = None
                 self.server._negotiated(self)
                 session = stop.value
-                if session is None:
-                    logger.info("%s: client ended the negotiation", self.peer)
-                    self.sock.flush()
-                    self.close()
+                if session is None or self._closed:
+                    if not self._closed:
+                        logger.info("%s: client ended the negotiation", self.peer)
+                        self.sock.flush()
+                        self.close()
                     return
                 self.session = session
                 logger.info("%s: serving export %r (%s replies)", self.peer, session.name,
@@ -404,6 +432,8 @@ class Connection:
                 self._queue(out, tokens)
                 out.clear()
                 tokens.clear()
+                if self._closed:          # the send failed at once
+                    return False
             magic, flags, cmd, handle, offset, length = unpack(buf, pos)
             pos += _REQUEST_SIZE
             served += 1

@@ -11,10 +11,9 @@ logs again, as fast as the loop turns. Instead the server pauses the
 listener (``SockGroup.pause_reading``: no accept callback, and its
 readiness no longer wakes the poll) for :data:`ACCEPT_BACKOFF` seconds,
 logs once for the whole episode, and tries again; the clients wait in the
-backlog meanwhile. The
-negotiation deadline is the other half: without it a client that connects
-and never negotiates holds its fd for good, and enough of them hold the
-server at its fd limit.
+backlog meanwhile. The negotiation deadline is the other half: without it
+a client that connects and never negotiates holds its fd for good, and
+enough of them hold the server at its fd limit.
 """
 
 from __future__ import annotations
@@ -53,7 +52,8 @@ class NbdServer:
     """
 
     def __init__(self, exports: Mapping[str, Store], host: str = "127.0.0.1", port: int = 10809, *,
-                 impl: str | None = None, handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT) -> None:
+                 impl: str | None = None, handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+                 listener: netimpl.Sock | None = None) -> None:
         if handshake_timeout is not None:
             if isinstance(handshake_timeout, bool) or not isinstance(handshake_timeout, (int, float)):
                 raise TypeError(f"handshake_timeout must be a number of seconds or None, not {handshake_timeout!r}")
@@ -70,7 +70,10 @@ class NbdServer:
                 raise TypeError(f"export {name!r}: {store!r:.60} is not a netimpl.nbd Store")
         self.exports = dict(exports)
         self.handshake_timeout = handshake_timeout
-        self.listener = netimpl.listen(host, port, impl=impl)
+        if listener is not None and not isinstance(listener, netimpl.Sock):
+            raise TypeError(f"listener must be a listening netimpl.Sock, not {listener!r:.60}")
+        # A listener made elsewhere (a worker of netimpl.workers, a Unix socket) is served as it is.
+        self.listener = listener if listener is not None else netimpl.listen(host, port, impl=impl)
         self.group = netimpl.SockGroup()
         self.group.add_sock(self.listener, self._accept)
         self.connections: set[Connection] = set()
@@ -108,9 +111,20 @@ class NbdServer:
         for what it is not here; each connection's log line says what it
         got.)
         """
-        if not getattr(netimpl.get_impl_opts(self.impl_name), "enable_zerocopy_send_server", False):
+        if not (self.listener.is_ipv4() or self.listener.is_ipv6()):
+            return False  # a Unix-domain socket: no zero-copy there
+        policy = getattr(netimpl.get_impl_opts(self.impl_name), "enable_zerocopy_send_server", False)
+        return self.zerocopy_policy(self.address[0], policy)
+
+    @staticmethod
+    def zerocopy_policy(host: str, enabled: bool) -> bool | None:
+        """:attr:`zerocopy` for a server listening on ``host`` with the backend's server option ``enabled``."""
+        if not enabled:
             return False
-        ip = ipaddress.ip_address(self.address[0].split("%", 1)[0])
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None  # a host name: it depends on what it resolves to
         return None if ip.is_unspecified else not ip.is_loopback
 
     def _accept(self, group: netimpl.SockGroup, listener: netimpl.Sock) -> None:
@@ -162,7 +176,9 @@ class NbdServer:
             self.requests_done += conn.requests
 
     def _run_timers(self, timeout: float) -> float:
-        """Run what is due; ``timeout`` cut down to the next timer."""
+        """Run what is due; ``timeout`` cut down to the next timer (a bad one is left to ``SockGroup.poll``)."""
+        if self._next_timer == math.inf:
+            return timeout
         now = time.monotonic()
         if now >= self._next_timer:
             if self._accept_again and now >= self._accept_again:
@@ -178,7 +194,11 @@ class NbdServer:
                 conn.timed_out(self.handshake_timeout or 0.0)
             nxt = next(iter(self._negotiating.values()), math.inf)
             self._next_timer = min(nxt, self._accept_again or math.inf)
-        return timeout if self._next_timer - now >= timeout else max(0.0, self._next_timer - now)
+        wait = max(0.0, self._next_timer - now)
+        try:
+            return min(timeout, wait)
+        except TypeError:
+            return timeout
 
     @property
     def requests(self) -> int:
@@ -199,6 +219,32 @@ class NbdServer:
         timers = self._run_timers
         while not stop():
             poll(64, timers(timeout))
+
+    async def serve_async(self, timer_period: float = 1.0) -> None:
+        """Serve from the running asyncio event loop (asyncio's or uvloop) until cancelled.
+
+        The group runs under :func:`netimpl.aio.run`, between the program's
+        other tasks; the negotiation deadlines and the accept back-off are
+        checked at least every ``timer_period`` seconds. Cancelling leaves the
+        server open (:meth:`close` it, or serve it again); an exception from
+        serving ends the coroutine with it.
+        """
+        import asyncio
+
+        import netimpl.aio
+
+        runner = asyncio.ensure_future(netimpl.aio.run(self.group, max_events=64))
+        try:
+            while not runner.done():
+                await asyncio.wait({runner}, timeout=self._run_timers(timer_period))
+            runner.result()
+        finally:
+            if not runner.done():
+                runner.cancel()
+                try:
+                    await runner
+                except asyncio.CancelledError:
+                    pass
 
     def close(self) -> None:
         """Drop every client (their queued replies are cancelled) and stop listening. Idempotent."""

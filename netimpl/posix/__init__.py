@@ -8,10 +8,12 @@ wait of closed zero-copy sockets in :mod:`.orphans`.
 from __future__ import annotations
 
 import select
+import socket
 
 from ..impl import NetImpl
 from ..options import SockOpts
 from ..tcp import create_connection, create_listener
+from ..unix import create_unix_connection, create_unix_listener, remove_path
 from .group import PosixGroupImpl
 from .orphans import Orphanage
 from .sock import PosixSock
@@ -60,6 +62,38 @@ class PosixImpl(NetImpl):
             return self.sock_type(self, s, impl_opts, opts, server=False)
         except BaseException:
             s.close()
+            raise
+
+    def listen_unix(self, path: str | bytes, opts: SockOpts) -> PosixSock:
+        s, ino = create_unix_listener(path, self._opts, opts)
+        try:
+            sock = self.sock_type(self, s, self._opts, opts, server=True, listener=True)
+        except BaseException:
+            s.close()
+            remove_path(path, ino)
+            raise
+        sock._unix_path = (path, ino)
+        return sock
+
+    def connect_unix(self, path: str | bytes, opts: SockOpts) -> PosixSock:
+        s = create_unix_connection(path, self._opts, opts)
+        try:
+            return self.sock_type(self, s, self._opts, opts, server=False)
+        except BaseException:
+            s.close()
+            raise
+
+    def listen_fd(self, fd: int, opts: SockOpts) -> PosixSock:
+        s = socket.socket(fileno=fd)
+        try:
+            if s.type != socket.SOCK_STREAM or s.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+                raise ValueError(f"fd {fd} is not a TCP or Unix-domain stream socket")
+            if not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise ValueError(f"fd {fd} is a socket that is not listening")
+            s.setblocking(False)
+            return self.sock_type(self, s, self._opts, opts, server=True, listener=True)
+        except BaseException:
+            s.detach()  # the caller's fd: not closed by a refusal
             raise
 
     def group_impl_create(self) -> PosixGroupImpl:

@@ -18,6 +18,7 @@ Facts that shape it:
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from .._kernel import MSG_ZEROCOPY, SO_INCOMING_CPU, SO_INCOMING_NAPI_ID
 from ..errors import logger
 from ..sock import IOV_BATCH_SIZE, Sock
 from ..tcp import configure_accepted, enable_zerocopy, want_zerocopy
+from ..unix import remove_path
 from .syscalls import SYSCALLS
 from .zerocopy import ZcTracker, parse_zerocopy_cmsg
 
@@ -49,6 +51,7 @@ class PosixSock(Sock):
         self._s = s
         self._listener = listener
         self._zc: ZcTracker | None = None
+        self._unix_path: tuple[str | bytes, int] | None = None  # a Unix listener's path and inode, removed at close
         if listener:
             self._pipe = None
         elif want_zerocopy(s, impl_opts, sock_opts, server) and enable_zerocopy(s):
@@ -85,10 +88,13 @@ class PosixSock(Sock):
 
     def getaddr(self) -> tuple[str, int, str, int]:
         self._check_open()
-        local = self._s.getsockname()
+        s = self._s
+        if s.family == socket.AF_UNIX:  # paths, port 0; an unnamed end is ""
+            return _unix_name(s.getsockname()), 0, "" if self._listener else _unix_name(s.getpeername()), 0
+        local = s.getsockname()
         if self._listener:
             return local[0], local[1], "", 0
-        peer = self._s.getpeername()
+        peer = s.getpeername()
         return local[0], local[1], peer[0], peer[1]
 
     def is_ipv4(self) -> bool:
@@ -255,6 +261,13 @@ class PosixSock(Sock):
             self._impl.orphanage.adopt(self)  # type: ignore[attr-defined]
         else:
             self._s.close()
+        if self._unix_path is not None:
+            remove_path(*self._unix_path)
+
+
+def _unix_name(name: str | bytes) -> str:
+    """An AF_UNIX address as a str (an abstract name keeps its leading NUL)."""
+    return name if isinstance(name, str) else os.fsdecode(name)
 
 
 def _gather(queued) -> tuple[list[Any], int]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import features
-from ..options import ImplOpts
+from ..options import ImplOpts, describe_fields, documented
 from ..posix import PosixImpl
 from . import ring as _ring
 from .sock import UringSock
@@ -29,14 +29,15 @@ __all__ = ["UringImpl", "UringOpts", "UringSock", "PRIORITY"]
 PRIORITY = 10
 
 
+@describe_fields
 @dataclass
 class UringOpts(ImplOpts):
     """uring's options: those of every backend, plus the ring's sizes."""
 
-    ring_entries: int = 256
-    """SQ entries of each group's ring (rounded up to a power of two by the kernel)."""
-    cq_entries: int = 8192
-    """CQ entries: room for a poll, a send and its notification per socket, with NODROP as the backstop."""
+    ring_entries: int = documented("SQ entries of each group's ring (rounded up to a power of two by the kernel).",
+                                   default=256)
+    cq_entries: int = documented("CQ entries: room for a poll, a send and its notification per socket, with "
+                                 "NODROP as the backstop.", default=8192)
 
     _ranges = {**ImplOpts._ranges, "ring_entries": (1, 32768), "cq_entries": (2, 65536)}
 
@@ -60,8 +61,7 @@ class UringImpl(PosixImpl):
         if reason:
             return reason
         if _ring.lib is None:
-            return (f"the io_uring C core is not built ({_ring.IMPORT_ERROR}); reinstall netimpl "
-                    "where gcc and the Python headers are present")
+            return features.not_built("the io_uring C core", _ring.IMPORT_ERROR)
         lib = _ring.lib
         try:
             r = _ring.Ring(8, 16)

@@ -246,12 +246,12 @@ class UringGroupImpl(GroupImpl):
                 pass
         if self._dirty:
             self.flush_dirty()
-        self._arm_polls()
         ready: list["UringSock"] = []
         backlog = self._backlog
         before = Sock.completions
         deadline = 0.0
         while True:
+            self._arm_polls()
             wait = timeout > 0 and not backlog and not ring.cq_ready()
             if wait and not deadline:
                 deadline = time.monotonic() + timeout

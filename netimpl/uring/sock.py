@@ -41,7 +41,7 @@ class UringSock(PosixSock):
 
     def _close(self) -> None:
         # Ring zero-copy notifications need no fd; only error-queue ones do.
-        if self._zc is not None and self._zc.inflight:
+        if (self._zc is not None and self._zc.inflight) or self._unix_path is not None:
             PosixSock._close(self)
         else:
             self._s.close()

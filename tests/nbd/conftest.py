@@ -95,13 +95,17 @@ class ProcessServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "netimpl.nbd", "--host", "127.0.0.1", "--port", "0",
                                       *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.banner = [self.proc.stdout.readline()]
-        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.banner[0])
+        m = re.search(r"listening on (?:127\.0\.0\.1:(\d+)|unix:(\S+),)", self.banner[0])
         if not m:
             self.proc.kill()
             out, err = self.proc.communicate()
             raise AssertionError(f"no startup line: {self.banner[0]!r} {out!r} {err!r}")
-        self.port = int(m.group(1))
-        self.uri = f"nbd://127.0.0.1:{self.port}"
+        if m.group(1):
+            self.port = int(m.group(1))
+            self.uri = f"nbd://127.0.0.1:{self.port}"
+        else:
+            self.port = 0
+            self.uri = f"nbd+unix:///?socket={m.group(2)}"
 
     def stop(self, sig=signal.SIGTERM) -> tuple[str, str]:
         if self.proc.poll() is None:

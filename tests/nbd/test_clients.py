@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import tempfile
 
 import pytest
 
@@ -85,7 +86,9 @@ def test_qemu_img_convert_in_and_out_then_compare(nbd_process, random_image, tmp
 
 def _fio(srv, *job: str) -> dict:
     fio = tool("fio", "fio")
-    out = run_tool(fio, "--output-format=json", "--name=job", "--ioengine=nbd", f"--uri={srv.uri}", *job)
+    with tempfile.TemporaryDirectory() as aux:  # fio's state files (verify state) go here, not into the cwd
+        out = run_tool(fio, "--output-format=json", f"--aux-path={aux}", "--name=job", "--ioengine=nbd",
+                       f"--uri={srv.uri}", *job)
     (result,) = json.loads(out.stdout[out.stdout.index("{"):])["jobs"]
     assert result["error"] == 0, result
     return result

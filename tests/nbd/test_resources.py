@@ -24,7 +24,7 @@ import pytest
 
 from netimpl.nbd import MemoryStore, open_file_store
 
-from .client import REQ_MAGIC, SIMPLE_MAGIC, Client, Closed
+from .client import IHAVEOPT, OPT, REP_ACK, REP_MAGIC, REP_SERVER, REQ_MAGIC, SIMPLE_MAGIC, Client, Closed
 
 MiB = 1 << 20
 
@@ -299,7 +299,7 @@ def test_a_client_that_never_reads_its_replies_cannot_grow_the_server(impl, tmp_
             base = _rss_mib(proc.pid)
             c.s.sendall(read_requests(800, MiB, 64 * MiB))
             growth, cpu0, t0 = [], _cpu_seconds(proc.pid), time.monotonic()
-            for _ in range(30):
+            for _ in range(20):
                 time.sleep(0.1)
                 growth.append(_rss_mib(proc.pid) - base)
                 if growth[-1] > 200:
@@ -308,6 +308,10 @@ def test_a_client_that_never_reads_its_replies_cannot_grow_the_server(impl, tmp_
             print(f"{impl} {kind}: RSS growth with 800 unread 1 MiB replies: {max(growth):.0f} MiB")
             assert max(growth) < 64, f"the server grew by {max(growth):.0f} MiB for one client's unread replies"
             assert cpu < 0.5 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s while the client reads nothing"
+            c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(1.0)                               # it left: what it made the server hold is gone
+        left = _rss_mib(proc.pid) - base
+        assert left <= 24, f"the server still holds {left:.0f} MiB after the client left (16 MiB pool at most)"
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -406,3 +410,109 @@ def test_a_large_batch_of_replies_goes_out_in_requests_of_bounded_size(nbd):
         c.s.sendall(struct.pack(">IHHQQI", REQ_MAGIC, 0, 3, 9, 0, 0) * 5000)
         assert c.recv_exact(16 * 5000) == struct.pack(">IIQ", SIMPLE_MAGIC, 0, 9) * 5000
     assert sum(sizes) == 5000 and max(sizes) <= MAX_REPLY_IOVS, sizes
+
+
+@pytest.mark.parametrize("bad,exc", [("soon", TypeError), (-1, ValueError)])
+def test_a_bad_poll_timeout_is_refused_naming_it_while_a_client_negotiates(impl, bad, exc):
+    from netimpl.nbd import NbdServer
+
+    server = NbdServer({"": MemoryStore(MiB)}, "127.0.0.1", 0, impl=impl)
+    try:
+        with Client(server.address[1]) as c:
+            while not server.connections:
+                server.poll(0.01)                           # a negotiation deadline is now pending
+            with pytest.raises(exc, match=repr(bad)):
+                server.poll(bad)
+            for _ in range(5):
+                server.poll(0.01)
+            assert c.greeting() == 3                        # and the server goes on
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def small_send_buffers(impl):
+    """Accepted sockets get a 64 KiB SO_SNDBUF: what the kernel takes off the server's hands is small."""
+    import netimpl
+
+    opts = netimpl.get_impl_opts(impl)
+    netimpl.set_impl_opts(impl, send_buf_size=64 << 10)
+    yield
+    netimpl.set_impl_opts(impl, opts)
+
+
+def test_a_client_that_sends_options_and_reads_no_replies_is_bounded_too(nbd, small_send_buffers):
+    import threading
+
+    from netimpl.nbd.connection import IOV_COST, MAX_UNSENT_BYTES
+
+    srv = nbd(handshake_timeout=None)
+    count = 2 * MAX_UNSENT_BYTES // (2 * IOV_COST)             # NBD_OPT_LIST: two replies each
+    with Client(srv.port) as c:
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        c.greeting()
+        assert wait_for(lambda: len(srv.server.connections) == 1)
+        (conn,) = srv.server.connections
+        sender = threading.Thread(target=c.s.sendall, args=(struct.pack(">QII", IHAVEOPT, OPT["LIST"], 0)
+                                                            * count,), daemon=True)
+        sender.start()
+        assert wait_for(lambda: conn._held), "a flood of NBD_OPT_LIST never held the connection"
+        time.sleep(0.2)
+        assert conn.sock.queued_bytes + conn._iovs * IOV_COST <= MAX_UNSENT_BYTES + 4096
+        first = c.replies_until_final()                       # one LIST's replies; every other is the same
+        assert [r for r, _ in first] == [REP_SERVER, REP_ACK]
+        one = b"".join(struct.pack(">QIII", REP_MAGIC, OPT["LIST"], r, len(d)) + d for r, d in first)
+        assert c.recv_exact(len(one) * (count - 1)) == one * (count - 1)
+        sender.join(10)
+        assert not conn._held
+        c.go("")
+        assert c.read(0, 8) == bytes(8)
+
+
+class _ResetOnSend:
+    """The posix syscall seam with every send failing as if the client had reset the connection."""
+
+    def __init__(self, real):
+        self._real = real
+        self.recv_into = real.recv_into
+        self.readv = real.readv
+        self.recv_errqueue = real.recv_errqueue
+
+    @staticmethod
+    def sendmsg(s, iovs, ancdata, flags):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+@pytest.mark.parametrize("phase", ["negotiation", "transmission"])
+def test_a_send_failing_in_the_middle_of_a_batch_drops_the_client_cleanly(caplog, phase):
+    """The failure completes the replies at once, inside the connection's own work: it must not trip on itself.
+
+    posix only: its syscall seam scripts the failure (uring sends from its ring).
+    """
+    from .conftest import ThreadServer
+
+    srv = ThreadServer({"": MemoryStore(MiB)}, "posix", handshake_timeout=None)
+    try:
+        _send_fails_in_a_batch(srv, phase)
+    finally:
+        srv.stop()
+    assert "internal error" not in caplog.text, caplog.text
+
+
+def _send_fails_in_a_batch(srv, phase):
+    with Client(srv.port) as good, Client(srv.port) as bad:
+        good.connect()
+        if phase == "negotiation":
+            bad.greeting()
+        else:
+            bad.connect()
+        assert wait_for(lambda: len(srv.server.connections) == 2)
+        conn = next(c for c in srv.server.connections if c.peer.endswith(f":{bad.s.getsockname()[1]}"))
+        conn.sock._sys = _ResetOnSend(conn.sock._sys)
+        if phase == "negotiation":
+            bad.s.sendall(struct.pack(">QII", IHAVEOPT, OPT["LIST"], 0) * 500)   # 1000 replies in one go
+        else:
+            bad.s.sendall(struct.pack(">IHHQQI", REQ_MAGIC, 0, 3, 9, 0, 0) * 2000)
+        assert wait_for(lambda: conn not in srv.server.connections), "the server kept the failed client"
+        assert good.read(0, 8) == bytes(8)
+    assert conn.sock.closed
