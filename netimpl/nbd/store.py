@@ -79,9 +79,11 @@ class Store:
     """The bytes behind one export.
 
     ``read_view`` is the whole export as a memoryview when reads can be
-    served straight from a mapping, and ``write_view`` likewise for writes;
-    otherwise the methods below lend out bounce buffers. Offsets and
-    lengths are checked by the caller.
+    served straight from a mapping, and ``write_view`` likewise for writes
+    (bytes written there are the export's once :meth:`commit` is called for
+    them: the memory store learns its allocation there); otherwise the
+    methods below lend out bounce buffers. Offsets and lengths are checked
+    by the caller.
     """
 
     kind = "store"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import struct
 
 import pytest
@@ -285,3 +286,34 @@ def test_the_advertised_maximum_block_size_is_what_is_enforced(nbd):
         assert c.reply()[:2] == (2, EINVAL)
         assert c.write(lo, b"x" * lo) == 0               # the minimum is 1: any alignment
         assert c.read(1, 1) == b"x"
+
+
+def test_workers_share_the_allocation_map(impl):
+    """``--workers 2``: what one worker's client wrote and trimmed, the other worker's client sees."""
+    from .test_workers import Workers, owner
+
+    w = Workers(impl, "--size", "64M")
+    clients: list[Client] = []
+    try:
+        by_worker: dict[int, Client] = {}
+        pids = w.pids()
+        for _ in range(64):
+            c = Client(w.port)
+            clients.append(c)
+            connect_with_allocation(c)
+            by_worker.setdefault(owner(c, pids), c)
+            if len(by_worker) == 2:
+                break
+        assert len(by_worker) == 2, "64 connections all landed on one worker"
+        a, b = by_worker.values()
+        assert a.write(MiB, os.urandom(MiB)) == 0
+        a.send_request("TRIM", MiB + 256 * KiB, 256 * KiB, handle=3)
+        assert a.reply()[:2] == (3, 0)
+        assert b.block_status(0, 4 * MiB)[2] == [(MiB, HOLE), (256 * KiB, 0), (256 * KiB, HOLE), (512 * KiB, 0),
+                                                 (2 * MiB, HOLE)]
+    finally:
+        for c in clients:
+            c.close()
+        w.proc.send_signal(signal.SIGTERM)          # the workers stop with it (a SIGKILL would orphan them)
+        _, err = w.proc.communicate(timeout=30)
+    assert w.proc.returncode == 0 and "Traceback" not in err, err[-3000:]

@@ -167,6 +167,8 @@ def extents(metacontext, offset, entries, err):
     seen.append((metacontext, list(entries)))
 h.block_status(100000, 0, extents, nbd.CMD_FLAG_REQ_ONE)
 h.block_status(3 * 1024 * 1024, 5000, extents, 0)
+if h.can_cache():
+    h.cache(1024 * 1024, 12345)
 try:
     h.zero(65536, 0, nbd.CMD_FLAG_FAST_ZERO)
     fast_zero = 0
