@@ -264,6 +264,26 @@ def test_nbdcopy_copies_a_sparse_gib_by_its_data_and_keeps_it_sparse(serve, tmp_
         assert requests["sparse"] < 1000 and requests["full"] - requests["sparse"] > 3000, requests
 
 
+def test_qemu_img_convert_in_and_out_keeps_a_sparse_image_sparse(serve, tmp_path):
+    """qemu-img zeroes the target first (a FAST_ZERO request where offered), then writes the data alone;
+    out again, it reads the data by the extents and writes a sparse file."""
+    qemu_img = tool("qemu-img", "qemu-utils")
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:
+        f.truncate(256 * MiB)
+        for i in range(4):
+            f.seek(i * 64 * MiB + 5 * MiB)
+            f.write(os.urandom(MiB))
+    srv = serve(size=256 * MiB)
+    run_tool(qemu_img, "convert", "-n", "-f", "raw", "-O", "raw", str(src), srv.uri)
+    check_map(qemu_img_map(srv.uri), 256 * MiB, [(i * 64 * MiB + 5 * MiB, i * 64 * MiB + 6 * MiB) for i in range(4)],
+              [(0, 5 * MiB - 64 * KiB), (6 * MiB + 64 * KiB, 69 * MiB - 64 * KiB)])
+    dst = tmp_path / "dst.img"
+    run_tool(qemu_img, "convert", "-f", "raw", "-O", "raw", srv.uri, str(dst))
+    _same(src, dst)
+    assert os.stat(dst).st_blocks * 512 <= 5 * MiB, os.stat(dst).st_blocks
+
+
 # -- qemu-io patterns at odd offsets -------------------------------------------------------------
 
 @pytest.mark.parametrize("backing", ["memory", "file"])
