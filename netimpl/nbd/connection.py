@@ -495,7 +495,9 @@ class Connection:
             elif cmd == 3:                                            # NBD_CMD_FLUSH
                 error = self._store_call(store.flush)
             elif cmd == 4 or cmd == 6:                                # NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES
-                if read_only:
+                if cmd == 4 and flags & _FAST_ZERO:                   # FAST_ZERO is WRITE_ZEROES' alone
+                    error = self._flag_error(cmd, flags)
+                elif read_only:
                     error = P.NBD_EPERM
                 elif offset + length > size:
                     error = self._range_error(cmd, offset, length, size)

@@ -192,10 +192,11 @@ def _sparse_file(path, size, data_at):
             f.write(os.urandom(length))
 
 
-def test_file_extents_are_the_files_holes_and_data(nbd, tmp_path):
+@pytest.mark.parametrize("direct", [False, True], ids=["page-cache", "O_DIRECT"])
+def test_file_extents_are_the_files_holes_and_data(nbd, tmp_path, direct):
     path = tmp_path / "sparse.img"
     _sparse_file(path, 8 * MiB, [(MiB, MiB), (5 * MiB, 64 * KiB)])
-    srv = nbd({"f": open_file_store(str(path))})
+    srv = nbd({"f": open_file_store(str(path), direct=direct)})
     with Client(srv.port) as c:
         ctx = connect_with_allocation(c, "f")
         assert c.block_status(0, 8 * MiB) == (0, ctx, [(MiB, HOLE), (MiB, 0), (3 * MiB, HOLE), (64 * KiB, 0),
@@ -246,6 +247,8 @@ def test_fast_zero_on_memory_is_fast_either_way(nbd):
     with Client(srv.port) as c:
         connect_with_allocation(c)
         assert c.write(0, os.urandom(MiB)) == 0
+        c.send_request("TRIM", 0, 4096, handle=9, flags=FLAG_FAST_ZERO)      # not a TRIM flag
+        assert c.reply()[:2] == (9, EINVAL)
         for handle, flags in ((1, FLAG_FAST_ZERO), (2, FLAG_FAST_ZERO | FLAG_NO_HOLE)):
             c.send_request("WRITE_ZEROES", (handle - 1) * 512 * KiB + 7, 256 * KiB, handle=handle, flags=flags)
             assert c.reply()[:2] == (handle, 0)
