@@ -78,6 +78,8 @@ _SIMPLE = P.SIMPLE_REPLY.pack
 _CHUNK = P.CHUNK.pack
 _CHUNK_DATA = P.CHUNK_OFFSET_DATA.pack
 _CHUNK_ERROR = P.CHUNK_ERROR.pack
+_CHUNK_STATUS = P.CHUNK_BLOCK_STATUS.pack
+_EXTENT = P.EXTENT.pack
 _REQUEST_MAGIC = P.NBD_REQUEST_MAGIC
 _SIMPLE_MAGIC = P.NBD_SIMPLE_REPLY_MAGIC
 _STRUCTURED_MAGIC = P.NBD_STRUCTURED_REPLY_MAGIC
@@ -85,6 +87,8 @@ _DONE = P.NBD_REPLY_FLAG_DONE
 _MAX = P.MAX_BLOCK_SIZE
 _FUA = P.NBD_CMD_FLAG_FUA
 _NO_HOLE = P.NBD_CMD_FLAG_NO_HOLE
+_FAST_ZERO = P.NBD_CMD_FLAG_FAST_ZERO
+_REQ_ONE = P.NBD_CMD_FLAG_REQ_ONE
 
 #: errnos the protocol can carry; anything else is reported as EIO
 _NBD_ERRNOS = frozenset((P.NBD_EPERM, P.NBD_EIO, P.NBD_ENOMEM, P.NBD_EINVAL, P.NBD_ENOSPC,
@@ -460,7 +464,10 @@ class Connection:
                     error = self._range_error(cmd, offset, length, size)
                 elif length:
                     if rview is not None:
-                        data = rview[offset:offset + length]
+                        # a large read of pages never written goes out from shared zeroes, not faulting
+                        # them in (a 4 KiB read does not pay for asking)
+                        zeroes = store.zero_view(offset, length) if length >= _SMALL_PAYLOAD else None
+                        data = rview[offset:offset + length] if zeroes is None else zeroes
                     else:
                         try:
                             data, token = store.read(offset, length)
@@ -496,8 +503,7 @@ class Connection:
                     try:
                         if wview is not None:
                             wview[offset:offset + length] = mv[pos:pos + length]
-                            if flags & _FUA:
-                                store.commit(offset, length, None, True)
+                            store.commit(offset, length, None, flags & _FUA != 0)
                         else:
                             store.write(offset, mv[pos:pos + length], bool(flags & _FUA))
                     except OSError as exc:
@@ -507,16 +513,41 @@ class Connection:
             elif cmd == 3:                                            # NBD_CMD_FLUSH
                 error = self._store_call(store.flush)
             elif cmd == 4 or cmd == 6:                                # NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES
-                if read_only:
+                if cmd == 4 and flags & _FAST_ZERO:                   # FAST_ZERO is WRITE_ZEROES' alone
+                    error = self._flag_error(cmd, flags)
+                elif read_only:
                     error = P.NBD_EPERM
                 elif offset + length > size:
                     error = self._range_error(cmd, offset, length, size)
                 elif cmd == 4:
                     error = self._store_call(store.trim, offset, length)
+                elif flags & _FAST_ZERO:
+                    error = self._fast_zero(store, offset, length, not flags & _NO_HOLE)
                 else:
                     error = self._store_call(store.zero, offset, length, not flags & _NO_HOLE)
                 if not error and flags & _FUA:
                     error = self._store_call(store.flush)
+            elif cmd == 7:                                            # NBD_CMD_BLOCK_STATUS
+                error = self._check_status(session, flags, offset, length, size)
+                if not error:
+                    try:
+                        extents = store.extents(offset, length, 1 if flags & _REQ_ONE else P.MAX_EXTENTS)
+                    except OSError as exc:
+                        logger.error("%s: block status at %d+%d failed: %s", self.peer, offset, length, exc)
+                        error = _nbd_errno(exc)
+                    else:
+                        body = b"".join([_EXTENT(n, state) for n, state in extents])
+                        out.append(_CHUNK_STATUS(_STRUCTURED_MAGIC, _DONE, P.NBD_REPLY_TYPE_BLOCK_STATUS, handle,
+                                                 4 + len(body), P.BASE_ALLOCATION_ID) + body)
+                        budget -= len(body) + IOV_COST
+                        continue
+            elif cmd == 5:                                            # NBD_CMD_CACHE
+                if flags:
+                    error = self._flag_error(cmd, flags)
+                elif offset + length > size:
+                    error = self._range_error(cmd, offset, length, size)
+                else:
+                    error = self._store_call(store.cache, offset, length)
             elif cmd == 2:                                            # NBD_CMD_DISC
                 disconnect = True
                 served -= 1
@@ -545,6 +576,33 @@ class Connection:
         logger.warning("%s: %s at %d+%d is past the end (%d) or over the maximum (%d)", self.peer,
                        P.CMD_NAMES[cmd], offset, length, size, _MAX)
         return P.NBD_EINVAL
+
+    def _flag_error(self, cmd: int, flags: int) -> int:
+        logger.warning("%s: %s with flags %#x it does not take", self.peer, P.CMD_NAMES[cmd], flags)
+        return P.NBD_EINVAL
+
+    def _check_status(self, session: Session, flags: int, offset: int, length: int, size: int) -> int:
+        """The error a block status request gets before the store is asked, or 0."""
+        if not session.allocation:
+            logger.warning("%s: BLOCK_STATUS without base:allocation negotiated", self.peer)
+            return P.NBD_EINVAL
+        if flags & ~_REQ_ONE:
+            return self._flag_error(P.NBD_CMD_BLOCK_STATUS, flags)
+        if offset + length > size or not length:
+            return self._range_error(P.NBD_CMD_BLOCK_STATUS, offset, length, size)
+        return 0
+
+    def _fast_zero(self, store: Any, offset: int, length: int, may_trim: bool) -> int:
+        """NBD_CMD_FLAG_FAST_ZERO: NBD_ENOTSUP, quietly and with nothing changed, where zeroing is slow."""
+        try:
+            store.zero(offset, length, may_trim, True)
+        except OSError as exc:
+            if exc.errno == errno.ENOTSUP:
+                logger.debug("%s: fast zero at %d+%d refused: %s", self.peer, offset, length, exc)
+                return P.NBD_ENOTSUP
+            logger.error("%s: zero at %d+%d failed: %s", self.peer, offset, length, exc)
+            return _nbd_errno(exc)
+        return 0
 
     def _store_call(self, fn: Any, *args: Any) -> int:
         try:

@@ -9,16 +9,22 @@ those bytes; replies go out through ``send``. It returns the
 
 Options served: EXPORT_NAME, ABORT, LIST, INFO, GO (with NBD_INFO_EXPORT,
 and NBD_INFO_NAME, NBD_INFO_DESCRIPTION and NBD_INFO_BLOCK_SIZE when
-asked), STRUCTURED_REPLY, and STARTTLS where TLS is ``on`` or ``require``.
-Every other option gets ``NBD_REP_ERR_UNSUP``.
+asked), STRUCTURED_REPLY, LIST_META_CONTEXT / SET_META_CONTEXT with the
+one context there is, ``base:allocation`` (LIST answers it to no query, to
+``base:`` and to its own name; SET selects it by name, needs structured
+replies first, and holds only if GO names the same export; queries of
+other namespaces are ignored, as the protocol says), and STARTTLS where TLS
+is ``on`` or ``require``. Every other option, EXTENDED_HEADERS included,
+gets ``NBD_REP_ERR_UNSUP``.
 
 STARTTLS: the generator queues the ACK (in plaintext), then yields
 :data:`STARTTLS` instead of a byte count; the connection starts TLS on its
 socket, drops whatever plaintext the client sent after the option (a client
-must wait for the ACK: CVE-2021-3716), and sends ``b""`` to go on. With
-``require``, every option before TLS but STARTTLS and ABORT is answered
-``NBD_REP_ERR_TLS_REQD`` (EXPORT_NAME, which has no error reply, ends the
-session), so nothing about the exports leaks in plaintext.
+must wait for the ACK: CVE-2021-3716), and sends ``b""`` to go on. What was
+agreed before TLS (structured replies, a meta context) does not carry over.
+With ``require``, every option before TLS but STARTTLS and ABORT is
+answered ``NBD_REP_ERR_TLS_REQD`` (EXPORT_NAME, which has no error reply,
+ends the session), so nothing about the exports leaks in plaintext.
 """
 
 from __future__ import annotations
@@ -55,12 +61,15 @@ class Session:
     store: Store
     structured: bool
     flags: int
+    #: base:allocation was selected: NBD_CMD_BLOCK_STATUS is answered
+    allocation: bool = False
 
 
 def transmission_flags(store: Store, structured: bool) -> int:
     """The transmission flags an export is offered with."""
     flags = (P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_SEND_FUA | P.NBD_FLAG_SEND_TRIM
-             | P.NBD_FLAG_SEND_WRITE_ZEROES | P.NBD_FLAG_CAN_MULTI_CONN)
+             | P.NBD_FLAG_SEND_WRITE_ZEROES | P.NBD_FLAG_CAN_MULTI_CONN | P.NBD_FLAG_SEND_CACHE
+             | P.NBD_FLAG_SEND_FAST_ZERO)
     if store.read_only:
         flags |= P.NBD_FLAG_READ_ONLY
     if structured:
@@ -90,6 +99,7 @@ def negotiate(exports: Mapping[str, Store], send: Callable[[bytes], None], tls: 
         raise ProtocolError(f"client flags {cflags:#x} set bits this server did not offer")
     no_zeroes = bool(cflags & P.NBD_FLAG_C_NO_ZEROES)
     structured = False
+    meta_export: str | None = None     # the export the last SET_META_CONTEXT selected base:allocation on
     while True:
         magic, option, length = P.OPTION.unpack((yield P.OPTION.size))
         if magic != P.IHAVEOPT:
@@ -108,6 +118,7 @@ def negotiate(exports: Mapping[str, Store], send: Callable[[bytes], None], tls: 
                 yield STARTTLS
                 encrypted = True
                 structured = False  # what was agreed in plaintext does not carry over
+                meta_export = None
             continue
 
         if tls == "require" and not encrypted and option != P.NBD_OPT_ABORT:
@@ -123,7 +134,7 @@ def negotiate(exports: Mapping[str, Store], send: Callable[[bytes], None], tls: 
                 raise ProtocolError(f"NBD_OPT_EXPORT_NAME asked for unknown export {name!r}")
             flags = transmission_flags(store, structured)
             send(P.EXPORT_NAME_REPLY.pack(store.size, flags) + (b"" if no_zeroes else bytes(124)))
-            return Session(name, store, structured, flags)
+            return Session(name, store, structured, flags, allocation=meta_export == name)
 
         if option == P.NBD_OPT_ABORT:
             send(_reply(option, P.NBD_REP_ACK))
@@ -150,10 +161,68 @@ def negotiate(exports: Mapping[str, Store], send: Callable[[bytes], None], tls: 
         if option in (P.NBD_OPT_INFO, P.NBD_OPT_GO):
             session = _info(option, data, exports, structured, send)
             if session is not None and option == P.NBD_OPT_GO:
+                session.allocation = meta_export == session.name
                 return session
             continue
 
+        if option in (P.NBD_OPT_LIST_META_CONTEXT, P.NBD_OPT_SET_META_CONTEXT):
+            if option == P.NBD_OPT_SET_META_CONTEXT:
+                meta_export = None            # replaced, even when this one fails
+            selected = _meta_context(option, data, exports, structured, send)
+            if selected is not None:
+                meta_export = selected
+            continue
+
         send(_reply(option, P.NBD_REP_ERR_UNSUP, f"option {option} is not supported".encode()))
+
+
+def _string(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The 32-bit-length-prefixed string at ``pos`` and the position after it; None if it runs past the end."""
+    if pos + 4 > len(data):
+        return None
+    end = pos + 4 + _U32.unpack_from(data, pos)[0]
+    return (data[pos + 4:end], end) if end <= len(data) else None
+
+
+def _meta_context(option: int, data: bytes, exports: Mapping[str, Store], structured: bool,
+                  send: Callable[[bytes], None]) -> str | None:
+    """Answer LIST_META_CONTEXT or SET_META_CONTEXT; the export name when SET selected base:allocation."""
+    setting = option == P.NBD_OPT_SET_META_CONTEXT
+    if setting and not structured:
+        send(_reply(option, P.NBD_REP_ERR_INVALID, b"NBD_OPT_SET_META_CONTEXT needs structured replies first"))
+        return None
+    got = _string(data, 0)
+    if got is None or got[1] + 4 > len(data):
+        send(_reply(option, P.NBD_REP_ERR_INVALID, b"truncated metadata context request"))
+        return None
+    raw, pos = got
+    (count,) = _U32.unpack_from(data, pos)
+    pos += 4
+    queries: list[bytes] = []
+    while len(queries) < count and (got := _string(data, pos)) is not None:
+        query, pos = got
+        queries.append(query)
+    if len(queries) != count or pos != len(data):
+        send(_reply(option, P.NBD_REP_ERR_INVALID, b"metadata context queries do not match the length"))
+        return None
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        send(_reply(option, P.NBD_REP_ERR_INVALID, b"export name is not UTF-8"))
+        return None
+    if name not in exports:
+        send(_reply(option, P.NBD_REP_ERR_UNKNOWN, f"no export named {name!r}".encode()))
+        return None
+    allocation = P.BASE_ALLOCATION.encode()
+    if setting:                 # by name only; "base:" selects nothing, other namespaces are ignored
+        found = allocation in queries
+    else:                       # no query lists everything; "base:" is the namespace's wildcard
+        found = not queries or allocation in queries or b"base:" in queries
+    if found:
+        context_id = P.BASE_ALLOCATION_ID if setting else 0     # LIST's ids are reserved: zero
+        send(_reply(option, P.NBD_REP_META_CONTEXT, _U32.pack(context_id) + allocation))
+    send(_reply(option, P.NBD_REP_ACK))
+    return name if setting and found else None
 
 
 def _info(option: int, data: bytes, exports: Mapping[str, Store], structured: bool,

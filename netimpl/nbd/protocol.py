@@ -39,6 +39,7 @@ NBD_OPT_EXTENDED_HEADERS = 11
 NBD_REP_ACK = 1
 NBD_REP_SERVER = 2
 NBD_REP_INFO = 3
+NBD_REP_META_CONTEXT = 4
 NBD_REP_FLAG_ERROR = 1 << 31
 NBD_REP_ERR_UNSUP = NBD_REP_FLAG_ERROR | 1
 NBD_REP_ERR_POLICY = NBD_REP_FLAG_ERROR | 2
@@ -63,6 +64,7 @@ NBD_FLAG_SEND_TRIM = 1 << 5
 NBD_FLAG_SEND_WRITE_ZEROES = 1 << 6
 NBD_FLAG_SEND_DF = 1 << 7
 NBD_FLAG_CAN_MULTI_CONN = 1 << 8
+NBD_FLAG_SEND_CACHE = 1 << 10
 NBD_FLAG_SEND_FAST_ZERO = 1 << 11
 
 # -- transmission ---------------------------------------------------------------------
@@ -88,13 +90,22 @@ CMD_NAMES = {NBD_CMD_READ: "READ", NBD_CMD_WRITE: "WRITE", NBD_CMD_DISC: "DISC",
 NBD_CMD_FLAG_FUA = 1 << 0
 NBD_CMD_FLAG_NO_HOLE = 1 << 1
 NBD_CMD_FLAG_DF = 1 << 2
+NBD_CMD_FLAG_REQ_ONE = 1 << 3
 NBD_CMD_FLAG_FAST_ZERO = 1 << 4
 
 # structured reply chunks
 NBD_REPLY_FLAG_DONE = 1 << 0
 NBD_REPLY_TYPE_NONE = 0
 NBD_REPLY_TYPE_OFFSET_DATA = 1
+NBD_REPLY_TYPE_BLOCK_STATUS = 5
 NBD_REPLY_TYPE_ERROR = (1 << 15) | 1
+
+# metadata contexts: the one the protocol defines, and its extent flags
+BASE_ALLOCATION = "base:allocation"
+#: the id the server gives base:allocation (any value; clients must treat it as opaque)
+BASE_ALLOCATION_ID = 1
+NBD_STATE_HOLE = 1 << 0
+NBD_STATE_ZERO = 1 << 1
 
 # errors carried in replies (the protocol's numbers, which are Linux's)
 NBD_EPERM = 1
@@ -128,6 +139,10 @@ SIMPLE_REPLY = struct.Struct(">IIQ")
 CHUNK = struct.Struct(">IHHQI")
 #: NBD_REPLY_TYPE_OFFSET_DATA's chunk header with its offset field
 CHUNK_OFFSET_DATA = struct.Struct(">IHHQIQ")
+#: NBD_REPLY_TYPE_BLOCK_STATUS's chunk header with its metadata context id (then EXTENT descriptors)
+CHUNK_BLOCK_STATUS = struct.Struct(">IHHQII")
+#: one block status descriptor: extent length, status flags
+EXTENT = struct.Struct(">II")
 #: NBD_REPLY_TYPE_ERROR's chunk header with its error and message length
 CHUNK_ERROR = struct.Struct(">IHHQIIH")
 
@@ -137,3 +152,6 @@ MAX_OPTION_LENGTH = 1 << 16
 MIN_BLOCK_SIZE = 1
 PREFERRED_BLOCK_SIZE = 4096
 MAX_BLOCK_SIZE = 32 << 20
+#: extents in one block status reply at most (the protocol asks for no more than 2**20): a client asks
+#: again from where a shorter reply ends
+MAX_EXTENTS = 1 << 14

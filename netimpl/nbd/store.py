@@ -21,6 +21,20 @@ Trimming frees rather than writes: ``madvise(MADV_REMOVE)`` for the whole
 pages of the memory store, ``fallocate(FALLOC_FL_PUNCH_HOLE)`` for files
 (``FALLOC_FL_ZERO_RANGE`` to zero without a hole), so a trimmed gigabyte
 costs no writes.
+
+Allocation (``base:allocation``, :meth:`Store.extents`): a file is asked
+(``SEEK_DATA``/``SEEK_HOLE``; where the file system cannot answer, all of
+it is data). The memory store keeps one state byte per page (4 KiB): a
+hole (never written, or trimmed: reads as zeroes), data, or zeroes written
+without a hole (``NBD_CMD_FLAG_NO_HOLE``). The map is a shared anonymous
+mapping like the store's, so forked workers see one map, and it is 1/4096
+of the export's size at most (256 KiB per GiB), its pages allocated as they
+are touched. A write marks its pages (a partly written page is data); a
+query walks the map's runs in C (``re`` over the mapping), so it costs one
+Python step per extent and a scan of a byte per page of the range asked.
+A read of 64 KiB or more that holds no data page is sent from a read-only
+mapping of zeroes, so reading a sparse export whole (a copy without block
+status) does not allocate its holes.
 """
 
 from __future__ import annotations
@@ -34,6 +48,8 @@ import re
 import stat
 from typing import Any
 
+from .protocol import MAX_BLOCK_SIZE
+
 logger = logging.getLogger("netimpl.nbd")
 
 __all__ = ["Store", "MemoryStore", "FileStore", "DirectFileStore", "open_file_store", "parse_size"]
@@ -41,6 +57,9 @@ __all__ = ["Store", "MemoryStore", "FileStore", "DirectFileStore", "open_file_st
 PAGE = mmap.PAGESIZE
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)   # Linux: no swap reserved for a sparse export
 _ZERO_CHUNK = memoryview(bytes(1 << 20))
+#: base:allocation's extent flags (NBD_STATE_HOLE, NBD_STATE_ZERO), as protocol.py names them
+STATE_HOLE = 1
+STATE_ZERO = 2
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
@@ -60,9 +79,11 @@ class Store:
     """The bytes behind one export.
 
     ``read_view`` is the whole export as a memoryview when reads can be
-    served straight from a mapping, and ``write_view`` likewise for writes;
-    otherwise the methods below lend out bounce buffers. Offsets and
-    lengths are checked by the caller.
+    served straight from a mapping, and ``write_view`` likewise for writes
+    (bytes written there are the export's once :meth:`commit` is called for
+    them: the memory store learns its allocation there); otherwise the
+    methods below lend out bounce buffers. Offsets and lengths are checked
+    by the caller.
     """
 
     kind = "store"
@@ -105,12 +126,32 @@ class Store:
     def flush(self) -> None:
         """Make every completed write durable."""
 
+    def cache(self, offset: int, length: int) -> None:
+        """The client will read this range soon (NBD_CMD_CACHE): a hint, which may do nothing."""
+
+    def extents(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
+        """``[(length, flags), ...]``: consecutive extents from ``offset``, at least one and at most
+        ``limit``, none empty, together never past ``offset + length``; ``flags`` are
+        :data:`STATE_HOLE` and :data:`STATE_ZERO`. This default knows nothing: all data."""
+        return [(length, 0)]
+
+    def zero_view(self, offset: int, length: int) -> memoryview | None:
+        """A read-only view of ``length`` zeroes to send instead of ``read_view``'s bytes when the store
+        knows the range reads as zeroes without looking at it; None otherwise (this default)."""
+        return None
+
     def trim(self, offset: int, length: int) -> None:
         """The client no longer needs these bytes; they read back as zeroes here."""
         self.zero(offset, length, may_trim=True)
 
-    def zero(self, offset: int, length: int, may_trim: bool) -> None:
-        """Zero a range; ``may_trim`` allows freeing it rather than writing zeroes."""
+    def zero(self, offset: int, length: int, may_trim: bool, fast: bool = False) -> None:
+        """Zero a range; ``may_trim`` allows freeing it rather than writing zeroes.
+
+        ``fast`` (NBD_CMD_FLAG_FAST_ZERO): raise ``OSError(ENOTSUP)`` at once, having changed
+        nothing, unless zeroing is quicker than writing the zeroes would be.
+        """
+        if fast:
+            raise OSError(errno.ENOTSUP, f"{self.kind} store would write zeroes")
         pos, end = offset, offset + length
         while pos < end:
             n = min(end - pos, len(_ZERO_CHUNK))
@@ -182,6 +223,40 @@ def _punch(mm: mmap.mmap, offset: int, end: int) -> tuple[int, int] | None:
     return first, last
 
 
+# the memory store's page states, and the runs of them a query walks
+_HOLE, _DATA, _ZEROED = 0, 1, 2
+_DATA_RUN = memoryview(bytes([_DATA]) * (MAX_BLOCK_SIZE // PAGE + 1))   # a write's pages, the largest's too
+_RUNS = re.compile(rb"(\x00+)|(\x01+)|(\x02+)")
+_RUN_FLAGS = (0, STATE_HOLE | STATE_ZERO, 0, STATE_ZERO)      # by the run's group: hole, data, zeroes
+
+
+_DATA_BYTE = bytes([_DATA])
+_ZEROES: list[memoryview] = []
+
+
+def _zeroes() -> memoryview:
+    """The largest read's worth of zeroes: a private anonymous mapping never written, so its pages
+    are all the kernel's one zero page, and read-only, so nothing can write them."""
+    if not _ZEROES:
+        _ZEROES.append(memoryview(mmap.mmap(-1, MAX_BLOCK_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                                            prot=mmap.PROT_READ)))
+    return _ZEROES[0]
+
+
+def _fill(st: mmap.mmap, first: int, last: int, state: int) -> None:
+    """Set the states of pages ``[first, last)``."""
+    run = bytes([state]) * min(last - first, 1 << 16)
+    for pos in range(first, last, len(run)):
+        st[pos:min(last, pos + len(run))] = run[:min(last, pos + len(run)) - pos]
+
+
+def _zero_view(view: memoryview | None, start: int, end: int) -> None:
+    assert view is not None
+    for pos in range(start, end, len(_ZERO_CHUNK)):
+        n = min(end - pos, len(_ZERO_CHUNK))
+        view[pos:pos + n] = _ZERO_CHUNK[:n]
+
+
 class MemoryStore(Store):
     """An export in memory, zero-filled and allocated as it is written (``--size``)."""
 
@@ -193,23 +268,74 @@ class MemoryStore(Store):
         if size <= 0:
             raise ValueError(f"memory store size must be positive, not {size}")
         super().__init__(size, read_only)
-        self._mmap: mmap.mmap | None = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
-                                                 | MAP_NORESERVE)
+        flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+        self._mmap: mmap.mmap | None = mmap.mmap(-1, size, flags=flags)
+        self._state = mmap.mmap(-1, -(-size // PAGE), flags=flags)     # a byte per page, all _HOLE
+        self._marks = memoryview(self._state)
         self.read_view = self.write_view = memoryview(self._mmap)
 
-    def zero(self, offset: int, length: int, may_trim: bool) -> None:
-        end = offset + length
-        pages = _punch(self._mmap, offset, end) if may_trim and self._mmap is not None else None
-        if pages is None:
-            super().zero(offset, length, may_trim)
+    def commit(self, offset: int, length: int, token: Any, fua: bool) -> None:
+        # once per write, on the request path: kept to a few hundred nanoseconds
+        first = offset // PAGE
+        n = -(-(offset + length) // PAGE) - first
+        if n == 1:
+            self._marks[first] = _DATA
+        elif n <= len(_DATA_RUN):
+            self._marks[first:first + n] = _DATA_RUN[:n]
         else:
-            super().zero(offset, pages[0] - offset, False)
-            super().zero(pages[1], end - pages[1], False)
+            _fill(self._state, first, first + n, _DATA)
+
+    def zero_view(self, offset: int, length: int) -> memoryview | None:
+        if self._state.find(_DATA_BYTE, offset // PAGE, -(-(offset + length) // PAGE)) >= 0:
+            return None
+        return _zeroes()[:length]
+
+    def extents(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
+        end = offset + length
+        out = []
+        pos = offset
+        for run in _RUNS.finditer(self._state, offset // PAGE, -(-end // PAGE)):
+            stop = min(run.end() * PAGE, end)
+            out.append((stop - pos, _RUN_FLAGS[run.lastindex or 0]))
+            pos = stop
+            if len(out) == limit:
+                break
+        return out
+
+    def zero(self, offset: int, length: int, may_trim: bool, fast: bool = False) -> None:
+        # Always quick (no I/O): whole pages are punched, or zeroed in memory, never sent.
+        end = offset + length
+        first = -(-offset // PAGE)
+        last = end // PAGE if end < self.size else -(-end // PAGE)     # the export's partial last page
+        if first >= last:
+            self._zero_part(offset, end, may_trim)
+            return
+        assert self._mmap is not None
+        if may_trim and _punch(self._mmap, first * PAGE, last * PAGE) is not None:
+            _fill(self._state, first, last, _HOLE)
+        else:
+            _zero_view(self.write_view, first * PAGE, min(last * PAGE, self.size))
+            _fill(self._state, first, last, _ZEROED)
+        self._zero_part(offset, first * PAGE, may_trim)
+        self._zero_part(last * PAGE, end, may_trim)
+
+    def _zero_part(self, start: int, end: int, may_trim: bool) -> None:
+        """Zero ``[start, end)``, which covers no page whole: only data pages need zeroes written,
+        and hole pages too when the zeroes must be allocated (not ``may_trim``)."""
+        st = self._state
+        for page in range(start // PAGE, -(-end // PAGE)):
+            state = st[page]
+            if state == _DATA or not may_trim:
+                _zero_view(self.write_view, max(start, page * PAGE), min(end, page * PAGE + PAGE))
+                if state == _HOLE:
+                    st[page] = _ZEROED
 
     def close(self) -> None:
         mm, self._mmap = self._mmap, None
         if mm is None:
             return
+        self._marks.release()
+        self._state.close()
         for view in (self.read_view, self.write_view):
             if view is not None:
                 view.release()
@@ -246,8 +372,10 @@ class FileStore(Store):
             raise
         super().__init__(size, read_only)
         self._fd = fd
+        self._blockdev = stat.S_ISBLK(os.fstat(fd).st_mode)
         self._bounce = _BouncePool()
         self._refused: set[int] = set()     # fallocate modes the file system does not do
+        self._seeks_holes = True            # SEEK_DATA/SEEK_HOLE answered (until refused)
 
     def describe(self) -> str:
         return f"{self.path} ({super().describe()})"
@@ -319,9 +447,44 @@ class FileStore(Store):
         if not self.read_only:
             os.fdatasync(self._fd)
 
-    def zero(self, offset: int, length: int, may_trim: bool) -> None:
+    def cache(self, offset: int, length: int) -> None:
+        os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_WILLNEED)    # read-ahead, not waited for
+
+    def _seek(self, pos: int, whence: int) -> int:
+        """lseek(2) on the file: the seam a test replaces to play a file system without SEEK_HOLE."""
+        return os.lseek(self._fd, pos, whence)
+
+    def extents(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
+        # The file offset lseek moves is never used: reads and writes are pread/pwrite.
+        end = offset + length
+        out: list[tuple[int, int]] = []
+        pos = offset
+        while pos < end and len(out) < limit and self._seeks_holes:
+            try:
+                data = self._seek(pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:          # no data from pos to the end of the file
+                    data = end
+                elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                    logger.info("%s: SEEK_DATA refused (%s); reporting all of it as data", self.path, exc)
+                    self._seeks_holes = False
+                    break
+                else:
+                    raise
+            if data > pos:
+                stop, flags = min(data, end), STATE_HOLE | STATE_ZERO
+            else:
+                stop, flags = min(self._seek(pos, os.SEEK_HOLE), end), 0
+            out.append((stop - pos, flags))
+            pos = stop
+        if pos < end and len(out) < limit:
+            out.append((end - pos, 0))
+        return out
+
+    def zero(self, offset: int, length: int, may_trim: bool, fast: bool = False) -> None:
         mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE if may_trim else FALLOC_FL_ZERO_RANGE
-        if mode not in self._refused and length:
+        # A block device's ZERO_RANGE may write the zeroes itself (its PUNCH_HOLE never does): not fast.
+        if mode not in self._refused and length and not (fast and self._blockdev and not may_trim):
             try:
                 _fallocate(self._fd, mode, offset, length)
                 return
@@ -330,6 +493,8 @@ class FileStore(Store):
                     raise
                 logger.debug("%s: fallocate(%#x) refused (%s); writing zeroes", self.path, mode, exc)
                 self._refused.add(mode)
+        if fast and length:
+            raise OSError(errno.ENOTSUP, f"{self.path}: the file system cannot zero without writing")
         super().zero(offset, length, may_trim)
 
     def close(self) -> None:
@@ -357,6 +522,9 @@ class DirectFileStore(FileStore):
     OPEN_FLAGS = os.O_DIRECT
 
     write = Store.write          # data in hand still goes through an aligned bounce buffer
+
+    def cache(self, offset: int, length: int) -> None:
+        """Nothing: there is no page cache to read ahead into."""
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

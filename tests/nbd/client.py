@@ -17,15 +17,16 @@ SIMPLE_MAGIC = 0x67446698
 STRUCT_MAGIC = 0x668E33EF
 
 OPT = {"EXPORT_NAME": 1, "ABORT": 2, "LIST": 3, "STARTTLS": 5, "INFO": 6, "GO": 7, "STRUCTURED_REPLY": 8,
-       "SET_META_CONTEXT": 10}
-REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+       "LIST_META_CONTEXT": 9, "SET_META_CONTEXT": 10, "EXTENDED_HEADERS": 11}
+REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
 REP_ERR_UNSUP, REP_ERR_INVALID, REP_ERR_UNKNOWN = 2**31 + 1, 2**31 + 3, 2**31 + 6
 INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
 CMD = {"READ": 0, "WRITE": 1, "DISC": 2, "FLUSH": 3, "TRIM": 4, "CACHE": 5, "WRITE_ZEROES": 6, "BLOCK_STATUS": 7}
-FLAG_FUA, FLAG_NO_HOLE = 1, 2
-EPERM, EINVAL = 1, 22
+FLAG_FUA, FLAG_NO_HOLE, FLAG_REQ_ONE, FLAG_FAST_ZERO = 1, 2, 8, 16
+EPERM, EINVAL, ENOTSUP = 1, 22, 95
+STATE_HOLE, STATE_ZERO = 1, 2
 TF = {"HAS_FLAGS": 1, "READ_ONLY": 2, "SEND_FLUSH": 4, "SEND_FUA": 8, "SEND_TRIM": 32,
-      "SEND_WRITE_ZEROES": 64, "SEND_DF": 128, "CAN_MULTI_CONN": 256}
+      "SEND_WRITE_ZEROES": 64, "SEND_DF": 128, "CAN_MULTI_CONN": 256, "SEND_CACHE": 1024, "SEND_FAST_ZERO": 2048}
 
 
 class Closed(Exception):
@@ -131,6 +132,8 @@ class Client:
             body = self.recv_exact(length)
             if rtype == 1:                               # OFFSET_DATA
                 data += body[8:]
+            if rtype == 5:                               # BLOCK_STATUS: context id, then (length, flags) pairs
+                data += body
             if rtype & 0x8000:                           # ERROR
                 error, msglen = struct.unpack_from(">IH", body)
                 assert flags & 1
@@ -145,6 +148,26 @@ class Client:
         h, err, data = self.reply(length)
         assert (h, err) == (handle, 0), (h, err)
         return data
+
+    def meta_context(self, opt: str, name: str = "", queries: tuple[str, ...] = ()) -> list[tuple[int, bytes]]:
+        """LIST_META_CONTEXT or SET_META_CONTEXT: the replies up to the final one."""
+        raw = name.encode()
+        data = struct.pack(">I", len(raw)) + raw + struct.pack(">I", len(queries))
+        for q in queries:
+            data += struct.pack(">I", len(q.encode())) + q.encode()
+        self.option(OPT[opt + "_META_CONTEXT"], data)
+        return self.replies_until_final()
+
+    def block_status(self, offset: int, length: int, flags: int = 0, handle: int = 9
+                     ) -> tuple[int, int, list[tuple[int, int]]]:
+        """``(error, context id, [(length, flags), ...])`` of one NBD_CMD_BLOCK_STATUS."""
+        self.send_request("BLOCK_STATUS", offset, length, handle, flags)
+        h, err, body = self.reply()
+        assert h == handle
+        if err:
+            return err, 0, []
+        (ctx,) = struct.unpack_from(">I", body)
+        return 0, ctx, [struct.unpack_from(">II", body, i) for i in range(4, len(body), 8)]
 
     def write(self, offset: int, data: bytes, handle: int = 8, flags: int = 0) -> int:
         self.send_request("WRITE", offset, len(data), handle, flags, data)

@@ -329,7 +329,7 @@ def test_a_held_connection_goes_on_when_its_replies_drain_and_loses_nothing(nbd,
         store = open_file_store(str(path))
     else:
         store = MemoryStore(64 * MiB)
-        store.write_view[:] = data
+        store.write(0, memoryview(data), fua=False)
     srv = nbd({"": store})
     other = Client(srv.port)
     other.connect()

@@ -168,3 +168,81 @@ def test_the_bounce_pool_keeps_a_bounded_number_of_bytes(tmp_path):
         assert store._bounce.kept == alive * MiB <= store._bounce.KEEP_BYTES
     finally:
         store.close()
+
+
+def test_memory_extents_agree_with_a_page_model_of_random_writes_trims_and_zeroes():
+    """Every extent is a run of one state of a page model, and its flags are what reads back."""
+    import random
+
+    rng = random.Random(14)
+    size = 1 * MiB + 1000                       # a partial last page too
+    pages = -(-size // 4096)
+    store = MemoryStore(size)
+    model = [0] * pages                         # 0 hole, 1 data, 2 zeroes written without a hole
+    try:
+        assert len(store._state) == pages        # the map: a byte per page
+        for _ in range(300):
+            offset = rng.randrange(size)
+            length = rng.randrange(1, min(size - offset, 40000) + 1)
+            end = offset + length
+            op = rng.choice(("write", "trim", "zero"))
+            lo, hi = offset // 4096, -(-end // 4096)
+            whole = range(-(-offset // 4096), end // 4096 if end < size else pages)
+            if op == "write":
+                store.write(offset, memoryview(os.urandom(length)), fua=False)
+                model[lo:hi] = [1] * (hi - lo)
+            elif op == "trim":
+                store.trim(offset, length)
+                for p in whole:
+                    model[p] = 0
+            else:
+                store.zero(offset, length, may_trim=False)
+                for p in range(lo, hi):
+                    model[p] = 2 if p in whole or model[p] != 1 else 1
+            q = rng.randrange(size)
+            qlen = rng.randrange(1, size - q + 1)
+            extents = store.extents(q, qlen, limit=1 << 14)
+            assert all(n > 0 for n, _ in extents) and sum(n for n, _ in extents) == qlen
+            pos = q
+            for n, flags in extents:
+                states = {model[p] for p in range(pos // 4096, -(-(pos + n) // 4096))}
+                assert len(states) == 1, (pos, n, states)
+                assert flags == {0: 3, 1: 0, 2: 2}[states.pop()]
+                if flags & 2:
+                    got, _ = store.read(pos, n)
+                    assert bytes(got) == bytes(n), (pos, n)
+                pos += n
+            assert store.extents(q, qlen, limit=1) == extents[:1]
+    finally:
+        store.close()
+
+
+def test_file_extents_and_their_fallback(tmp_path):
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as f:
+        f.truncate(4 * MiB)
+        f.seek(MiB)
+        f.write(os.urandom(4096))
+    store = FileStore(str(path))
+    try:
+        assert store.extents(0, 4 * MiB, 10) == [(MiB, 3), (4096, 0), (3 * MiB - 4096, 3)]
+        assert store.extents(MiB + 100, 10, 10) == [(10, 0)]
+        assert store.extents(0, 4 * MiB, 1) == [(MiB, 3)]
+        store._seek = lambda pos, whence: (_ for _ in ()).throw(OSError(errno.EOPNOTSUPP, "no"))
+        assert store.extents(0, 4 * MiB, 10) == [(4 * MiB, 0)]
+    finally:
+        store.close()
+
+
+def test_a_large_read_of_holes_is_sent_from_read_only_zeroes():
+    store = MemoryStore(64 * MiB)
+    try:
+        store.write(MiB + 5, memoryview(b"x"), fua=False)
+        assert store.zero_view(0, MiB) is not None and bytes(store.zero_view(0, MiB)) == bytes(MiB)
+        assert store.zero_view(MiB, 64 << 10) is None            # a data page in it
+        store.zero(2 * MiB, MiB, may_trim=False)                 # zeroes written: still zeroes to send
+        assert len(store.zero_view(2 * MiB, 32 * MiB)) == 32 * MiB
+        with pytest.raises(TypeError):
+            store.zero_view(0, 4096)[0] = 1                      # read-only
+    finally:
+        store.close()
