@@ -1,7 +1,12 @@
-"""Only what pyproject.toml cannot say: the cffi-built io_uring core, built if it can be.
+"""Only what pyproject.toml cannot say: the C parts, each built if it can be.
 
-Without a C compiler or Python headers the install still succeeds; backend
-``uring`` then reports itself unavailable and says why.
+* ``netimpl._native``: the compiled request life cycle and posix hot path (a
+  CPython extension); without it the pure-Python twin runs, and
+  ``python -m netimpl info`` says why.
+* the cffi-built io_uring core; without it backend ``uring`` reports itself
+  unavailable and says why.
+
+Without a C compiler or Python headers the install still succeeds.
 """
 
 import sys
@@ -25,8 +30,8 @@ class optional_build_ext(build_ext):
             self._skip(exc)
 
     def _skip(self, exc):
-        print(f"netimpl: the io_uring core was not built ({exc}); backend uring will be unavailable",
-              file=sys.stderr)
+        print(f"netimpl: a C part was not built ({exc}); without netimpl._native the Python core runs, "
+              "without the io_uring core backend uring is unavailable", file=sys.stderr)
 
 
 class runtime_build_py(build_py):
@@ -42,7 +47,10 @@ class runtime_build_py(build_py):
 setup(
     # netimpl.uring._bridge: the uring core's C that reads Python objects (declared arguments, C API).
     ext_modules=[Extension("netimpl.uring._bridge", ["netimpl/uring/bridge.c"], depends=["netimpl/uring/ring.h"],
-                           optional=True, extra_compile_args=["-O2", "-std=gnu11", "-Wall"])],
+                           optional=True, extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
+                 # netimpl._native: the compiled request life cycle, posix hot path and group poll.
+                 Extension("netimpl._native", ["netimpl/_native.c"], optional=True,
+                           extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"])],
     cffi_modules=["netimpl/uring/build_ring.py:ffibuilder", "netimpl/bench/build_loadgen.py:ffibuilder",
                   "netimpl/bench/build_floor.py:ffibuilder"],
     cmdclass={"build_ext": optional_build_ext, "build_py": runtime_build_py},

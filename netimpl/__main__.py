@@ -12,7 +12,7 @@ import sys
 
 import netimpl
 
-from . import _cli, features
+from . import _cli, accel, features
 
 COMMANDS = {
     "info": "the backends (priority, availability, why not) and what the kernel offers",
@@ -47,6 +47,8 @@ def info() -> int:
         print("uring features (each falls back on its own):")
         for name, reason in feats.items():
             print(f"  {name:16s} {'in use' if not reason else 'no: ' + reason}")
+    print()
+    print(f"core: {'compiled (netimpl._native)' if accel.native is not None else 'Python: ' + accel.reason}")
     return 0
 
 

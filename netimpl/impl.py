@@ -21,6 +21,7 @@ import threading
 from typing import TYPE_CHECKING, ClassVar
 
 from .errors import NetImplError, wrong_thread
+from .accel import flush_dirty as _flush_dirty
 from .options import ImplOpts, SockOpts
 
 if TYPE_CHECKING:
@@ -149,14 +150,9 @@ class GroupImpl(abc.ABC):
     def close(self) -> None:
         """Release the group impl; it holds no sockets by then."""
 
-    def flush_dirty(self) -> None:
-        """Flush every socket with queued requests (deferred ones stay dirty)."""
-        dirty = self._dirty
-        if not dirty:
-            return
-        for sock in list(dirty):
-            if sock._cb_cnt or sock._closed:
-                continue
-            sock._flush()
-            if not sock._queued:
-                dirty.pop(sock, None)
+    if TYPE_CHECKING:
+        def flush_dirty(self) -> None:
+            """Flush every socket with queued requests (deferred ones stay dirty)."""
+    else:
+        # compiled where it is built (netimpl.accel)
+        flush_dirty = _flush_dirty

@@ -19,49 +19,36 @@ Facts that shape this module:
   its socket vanish under it.
 * Exceptions from callbacks are recorded (:mod:`netimpl.errors`) and raised
   by the public call once the queues are consistent again.
+
+The request queues and the per-request work (``writev_async``, ``flush``,
+``recv_into``, send accounting, completion, aborts) are the base class,
+:class:`netimpl.accel.SockCore`: compiled where it was built, else the
+Python reference in :mod:`netimpl._pycore`.
 """
 
 from __future__ import annotations
 
 import errno
-from collections import deque
-from threading import get_ident
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import callback_errors, ebadf, logger, wrong_thread
+from ._pycore import IOV_BATCH_SIZE, MIN_SOCK_PIPE_SIZE
+from .accel import SockCore, completions
+from .errors import callback_errors, ebadf
 from .pipe import Pipe
-from .request import FREE, PENDING, QUEUED, Request
-from .stats import SockStats
+from .stats import SockStatsType
 
 if TYPE_CHECKING:
     from .group import SockGroup
     from .impl import GroupImpl, NetImpl
     from .options import ImplOpts, SockOpts
 
-__all__ = ["Sock", "IOV_BATCH_SIZE"]
-
-#: Most iovecs gathered into one send, and the queue depth that flushes at once.
-IOV_BATCH_SIZE = 64
-#: reads of at least this many bytes bypass an empty recv pipe (SPDK's MIN_SOCK_PIPE_SIZE)
-MIN_SOCK_PIPE_SIZE = 1024
+__all__ = ["Sock", "IOV_BATCH_SIZE", "MIN_SOCK_PIPE_SIZE", "completions"]
 
 
-def _byte_view(buf: Any) -> memoryview:
-    mv = memoryview(buf)
-    if mv.readonly:
-        raise TypeError("recv buffer is read-only")
-    if mv.ndim != 1 or mv.itemsize != 1:
-        mv = mv.cast("B")
-    return mv
-
-
-class Sock:
+class Sock(SockCore):
     """A non-blocking TCP socket of some backend; the contract is docs/api.md ("Sock")."""
 
     impl_name: str = "?"
-
-    #: Requests completed in this process; a group poll that sees it move does not sleep.
-    completions = 0
 
     def __init__(self, impl: "NetImpl", fd: int, impl_opts: "ImplOpts", sock_opts: "SockOpts") -> None:
         self._impl = impl
@@ -69,20 +56,14 @@ class Sock:
         self._fd = fd
         self._impl_opts = impl_opts
         self._sock_opts = sock_opts
-        self._queued: deque[Request] = deque()
-        self._pending: deque[Request] = deque()
-        self._queued_iovcnt = 0
-        self._queued_bytes = 0
-        self._cb_cnt = 0
-        self._closed = False
-        self._close_deferred = False
+        self._init_queues()
         self._group: "SockGroup | None" = None
         self._group_impl: "GroupImpl | None" = None
         self._group_pid = -1
         self._read_paused = False  # SockGroup.pause_reading: no read callback, no readiness wake-up
         self._pipe: Pipe | None = Pipe(impl_opts.recv_buf_size) if impl_opts.enable_recv_pipe and impl_opts.recv_buf_size > 0 else None
         self._recvlowat = 1
-        self.stats = SockStats(impl.name)
+        self.stats = SockStatsType(impl.name)
 
     # ------------------------------------------------------------------
     # backend half of the interface
@@ -198,39 +179,7 @@ class Sock:
         self._check_open()
         return self._accept()
 
-    # -- receive ----------------------------------------------------------
-
-    def recv_into(self, buf: Any) -> int | None:
-        """Read into ``buf``: bytes read, 0 at EOF, ``None`` when nothing is readable now.
-
-        Through the recv pipe where it is enabled (a read of at least 1 KiB
-        with the pipe empty goes straight into ``buf``). Never blocks.
-
-        Raises ``OSError`` when the kernel reports an error on the socket
-        (``ConnectionResetError`` for a peer's reset, ``TimeoutError`` for
-        ETIMEDOUT...), after every byte received before the error has been
-        delivered; ``OSError(EBADF)`` once closed; ``TypeError`` for a
-        read-only buffer. A group's read callback is called for an error as
-        for data and EOF, so it must be ready to catch it.
-        """
-        if self._closed:
-            raise ebadf()
-        if type(buf) is bytearray and len(buf) >= MIN_SOCK_PIPE_SIZE:
-            pipe = self._pipe
-            if pipe is None or not pipe.bytes_available():
-                # The common large read: no views, no pipe (see _recv).
-                n = self._read_into(buf)
-                if n:
-                    self.stats.bytes_received += n
-                return n
-            return self._recv([buf])
-        return self._recv([_byte_view(buf)])
-
-    def readv(self, bufs: Iterable[Any]) -> int | None:
-        """Read into several buffers in order; returns and raises as :meth:`recv_into`."""
-        if self._closed:
-            raise ebadf()
-        return self._recv([_byte_view(b) for b in bufs])
+    # -- receive (recv_into and readv are the core's) ----------------------
 
     def _recv(self, views: list[Any]) -> int | None:
         pipe = self._pipe
@@ -270,19 +219,6 @@ class Sock:
 
     # -- send -------------------------------------------------------------
 
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes of this socket's requests whose callbacks have not run yet.
-
-        Queued, partly or wholly handed to the kernel, or waiting for a
-        zero-copy release: a partly sent request counts whole. Inside a
-        request's callback that request no longer counts. Readable after
-        :meth:`close` (zero-copy requests still awaiting release count).
-        The measure for backpressure: stop producing (for instance
-        :meth:`SockGroup.pause_reading`) while it is above a bound.
-        """
-        return self._queued_bytes
-
     def writev(self, bufs: Iterable[Any]) -> int | None:
         """Write directly after flushing the queue; ``None`` (nothing written) if the queue would not drain."""
         if self._closed:
@@ -299,170 +235,6 @@ class Sock:
         if n:
             self.stats.bytes_sent += n
         return n
-
-    def writev_async(self, req: Request) -> None:
-        """Queue ``req``; sent at the next flush or group poll, or now when 64 iovecs are queued."""
-        if self._closed:
-            raise ebadf()
-        if type(req) is not Request and not isinstance(req, Request):
-            raise TypeError(f"writev_async takes a netimpl.Request, not {req!r:.60}")
-        if req._state != FREE:
-            raise ValueError(f"{req!r} is already queued")
-        gi = self._group_impl
-        if gi is not None and gi._owner and gi._owner != get_ident():
-            raise wrong_thread(self, "writev_async")  # before anything changes: the call does nothing
-        req._state = QUEUED
-        req._offset = 0
-        req._zc_wait = 0
-        req._status = 0
-        queued = self._queued
-        queued.append(req)
-        self._queued_iovcnt += len(req._bufs)
-        self._queued_bytes += req._nbytes
-        if len(queued) == 1 and gi is not None:
-            gi._dirty[self] = None
-            group = self._group
-            if group._wake_fd >= 0 and not group._polling:  # type: ignore[union-attr]
-                group._work_arrived()  # type: ignore[union-attr]  # no kernel event will announce it
-        if self._queued_iovcnt >= IOV_BATCH_SIZE and self._cb_cnt == 0:
-            self._flush()
-            if callback_errors.pending:
-                callback_errors.reraise()
-
-    def flush(self) -> None:
-        """Hand queued requests to the kernel as far as it takes them now; never blocks.
-
-        Send errors complete the requests with the errno instead of raising.
-        Deferred (a no-op) while callbacks run on this socket.
-        """
-        if self._closed:
-            raise ebadf()
-        gi = self._group_impl
-        if gi is not None and gi._owner:
-            gi._check_thread(self, "flush")
-        if self._cb_cnt == 0:
-            self._flush()
-        if callback_errors.pending:
-            callback_errors.reraise()
-
-    # -- request life cycle (used by backends) ----------------------------
-
-    def _requests_sent(self, n: int, zerocopy: bool) -> list[Request] | None:
-        """Account ``n`` bytes handed to the kernel from the head of the queue.
-
-        Fully sent requests move to the pending list. With ``zerocopy``, every
-        request that the send touched waits for one more kernel release; the
-        list of them is returned so the backend can map its notification.
-        """
-        queued = self._queued
-        pending = self._pending
-        touched: list[Request] | None = [] if zerocopy else None
-        while n > 0 and queued:
-            req = queued[0]
-            left = req._nbytes - req._offset
-            if zerocopy:
-                req._zc_wait += 1
-                touched.append(req)  # type: ignore[union-attr]
-            if n < left:
-                req._offset += n
-                break
-            n -= left
-            req._offset = req._nbytes
-            queued.popleft()
-            self._queued_iovcnt -= len(req._bufs)
-            req._state = PENDING
-            pending.append(req)
-        # Zero-length requests at the head are sent as soon as they are reached.
-        while queued and queued[0]._nbytes == 0:
-            req = queued.popleft()
-            self._queued_iovcnt -= len(req._bufs)
-            req._state = PENDING
-            pending.append(req)
-        return touched
-
-    def _complete_pending(self) -> None:
-        """Run the callbacks of pending requests whose buffers are free, in queue order."""
-        pending = self._pending
-        if not pending or pending[0]._zc_wait:
-            return
-        self._cb_cnt += 1
-        try:
-            while pending and not pending[0]._zc_wait:
-                self._complete(pending.popleft())
-        finally:
-            self._cb_cnt -= 1
-        if self._cb_cnt == 0 and self._close_deferred:
-            self._close_now()
-
-    def _complete(self, req: Request) -> None:
-        status = req._status
-        req._state = FREE
-        self._queued_bytes -= req._nbytes
-        Sock.completions += 1
-        if status:
-            self.stats.requests_aborted += 1
-        else:
-            self.stats.requests_completed += 1
-        cb = req.cb
-        if cb is not None:
-            try:
-                cb(req, status)
-            except BaseException as exc:  # noqa: BLE001 - re-raised by the public call
-                callback_errors.record(exc)
-
-    def _fail_queued(self, status: int) -> None:
-        """Complete every queued request with ``status`` (an errno).
-
-        A send error (``ECONNRESET``, ``EPIPE``...) fails them in queue
-        order: behind the requests the kernel still holds by zero-copy, which
-        complete first, on their release. ``ECANCELED`` (close, remove) does
-        not wait for those: what the kernel never had completes now, as close
-        promises, and only a request partly handed over by zero-copy still
-        waits for its release (SPDK's abort order).
-        """
-        queued = self._queued
-        if not queued:
-            return
-        failed = list(queued)
-        queued.clear()
-        self._queued_iovcnt = 0
-        gi = self._group_impl
-        if gi is not None:
-            gi._dirty.pop(self, None)
-        if status != errno.ECANCELED:
-            for req in failed:
-                req._status = status
-                req._state = PENDING
-            self._pending.extend(failed)
-            self._complete_pending()
-            if self._cb_cnt == 0 and self._close_deferred:
-                self._close_now()
-            return
-        waiting = []
-        for req in failed:
-            req._status = status
-            req._state = PENDING
-            if req._zc_wait:
-                waiting.append(req)
-        if waiting:
-            self._pending.extend(waiting)
-        self._cb_cnt += 1
-        try:
-            for req in failed:
-                if not req._zc_wait:
-                    self._complete(req)
-        finally:
-            self._cb_cnt -= 1
-        self._complete_pending()
-        if self._cb_cnt == 0 and self._close_deferred:
-            self._close_now()
-
-    def _zc_released(self, req: Request) -> None:
-        """One zero-copy chunk of ``req`` was released by the kernel."""
-        if req._zc_wait > 0:
-            req._zc_wait -= 1
-        else:
-            logger.error("%r: zero-copy release for a request not waiting for one", self)
 
     # -- close ------------------------------------------------------------
 

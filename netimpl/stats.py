@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .accel import native
 from .options import describe_fields, documented
 
 
@@ -28,6 +29,11 @@ class SockStats:
     zerocopy_fallbacks: int = documented("Batches sent by copy because the kernel refused zero-copy (ENOBUFS).",
                                          default=0)
     syscalls: int = documented("System calls (or io_uring operations) made for this socket.", default=0)
+
+
+#: The class of ``Sock.stats``: with the compiled core its C twin of :class:`SockStats` (the same
+#: fields, C integers the hot path counts in without a Python call), else :class:`SockStats` itself.
+SockStatsType: type = native.SockStats if native is not None else SockStats
 
 
 @describe_fields

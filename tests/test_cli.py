@@ -12,6 +12,7 @@ import pytest
 import netimpl
 from netimpl import features
 from netimpl.__main__ import COMMANDS
+from netimpl import accel
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -30,6 +31,8 @@ def test_info_lists_every_backend_and_the_kernel_features():
     assert any(line.strip().startswith("io_uring") for line in lines)
     default_row = next(line for line in lines if line.startswith(netimpl.default_impl() + " "))
     assert "*" in default_row.split()
+    core = next(line for line in lines if line.startswith("core: "))
+    assert core.startswith("core: compiled") == (accel.native is not None), core
 
 
 def test_demo_runs_a_small_transfer():

@@ -25,7 +25,7 @@ import select
 from typing import TYPE_CHECKING
 
 from ..impl import GroupImpl
-from ..sock import Sock
+from ..sock import completions
 
 if TYPE_CHECKING:
     from . import PosixImpl
@@ -69,9 +69,9 @@ class PosixGroupImpl(GroupImpl):
 
     def poll(self, max_events: int, timeout: float) -> list["PosixSock"]:  # type: ignore[override]
         if self._dirty:
-            before = Sock.completions
+            before = completions()
             self.flush_dirty()
-            if Sock.completions != before:
+            if completions() != before:
                 timeout = 0.0  # callbacks ran: let the caller act on them first
         if timeout > 0 or self._want_out:
             self._watch_writable()

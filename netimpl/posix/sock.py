@@ -23,6 +23,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .._kernel import MSG_ZEROCOPY, SO_INCOMING_CPU, SO_INCOMING_NAPI_ID
+from ..accel import native
 from ..errors import logger
 from ..sock import IOV_BATCH_SIZE, Sock
 from ..tcp import configure_accepted, enable_zerocopy, want_zerocopy
@@ -48,6 +49,7 @@ class PosixSock(Sock):
     def __init__(self, impl: "PosixImpl", s: socket.socket, impl_opts: "ImplOpts", sock_opts: "SockOpts",
                  *, server: bool, listener: bool = False) -> None:
         super().__init__(impl, s.fileno(), impl_opts, sock_opts)
+        self._direct = True  # plain syscalls on the fd: the compiled core's fast paths may apply
         self._s = s
         self._listener = listener
         self._zc: ZcTracker | None = None
@@ -168,17 +170,17 @@ class PosixSock(Sock):
             except InterruptedError:
                 continue
 
-    def _flush(self) -> None:
+    def _flush_py(self) -> None:
+        """The flush in Python: the reference, and the path of zero-copy sockets and replaced seams."""
         zc = self._zc
         if zc is not None and zc.inflight:
             self._check_zcopy()
-        queued = self._queued
         stats = self.stats
         sendmsg = self._sys.sendmsg
         s = self._s
         threshold = self._impl_opts.zerocopy_threshold
-        while queued:
-            iovs, total = _gather(queued)
+        while self._queued:  # read afresh: the compiled core hands out a snapshot
+            iovs, total = _gather(self._queued)
             if not total:
                 self._requests_sent(0, False)
                 continue
@@ -214,6 +216,13 @@ class PosixSock(Sock):
             if n < total:
                 break
         self._complete_pending()
+
+    if native is not None:
+        #: Compiled: gather, sendmsg(2) and completions in C; it calls _flush_py itself for a zero-copy
+        #: socket or a socket whose syscall seam a test replaced.
+        _flush = native.SockCore._posix_flush
+    else:
+        _flush = _flush_py
 
     def _send_failed(self, exc: OSError) -> None:
         logger.debug("%r: send failed: %s", self, exc)

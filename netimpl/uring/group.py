@@ -87,7 +87,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import logger, wrong_thread
 from ..impl import GroupImpl
 from ..posix.sock import _SEND_FLAGS, _gather
-from ..sock import Sock
+from ..sock import completions
 from ..pipe import Pipe
 from .ring import BufRing, Ring, _bridge, address, ffi, lib
 
@@ -373,7 +373,7 @@ class UringGroupImpl(GroupImpl):
         ready = self._carry  # what flush_dirty found readable since the last poll
         self._carry = []
         backlog = self._backlog
-        before = Sock.completions
+        before = completions()
         deadline = 0.0
         while True:
             self._arm_polls()
@@ -386,7 +386,7 @@ class UringGroupImpl(GroupImpl):
                 self._dispatch(ud, res, flags, ready)
             if self._dirty:
                 self._prep_dirty()  # callbacks queued more, or write space came: sent with the next enter
-            if ready or not wait or Sock.completions != before:
+            if ready or not wait or completions() != before:
                 return ready
             # Only completions the caller cannot see (a paused socket's poll, a write-space poll
             # whose send is now prepared): wait on for what is left of the timeout.

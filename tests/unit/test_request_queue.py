@@ -220,3 +220,16 @@ def test_request_buffers_memoryviews_of_any_shape_count_in_bytes_and_strided_one
     assert [len(b) for b in req.bufs] == [3, 12, 16, 1]
     with pytest.raises(ValueError, match=r"bufs\[1\] is not a contiguous"):
         Request([b"ok", memoryview(bytes(10))[::2]])
+
+
+def test_queued_bytes_counts_requests_until_their_callbacks_run():
+    sock, seen = FakeSock(), []
+    reqs = [Request([bytes(10)], cb=lambda r, st: seen.append(sock.queued_bytes)) for _ in range(3)]
+    for r in reqs:
+        sock.writev_async(r)
+    assert sock.queued_bytes == 30
+    sock.budget = 15  # one whole, one half: the half-sent one counts whole
+    sock.flush()
+    assert seen == [20] and sock.queued_bytes == 20
+    sock.close()
+    assert seen == [20, 10, 0] and sock.queued_bytes == 0

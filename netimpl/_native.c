@@ -1,0 +1,1390 @@
+/* netimpl._native: the per-request hot path in compiled code.
+ *
+ * A CPython extension written by hand (not cffi: cffi cannot define Python
+ * types, and the point is that Python objects reach C as declared types;
+ * not Cython: one small C file needs no build requirement from PyPI). It
+ * implements, behind the same contract as the pure-Python reference in
+ * netimpl/_pycore.py (which stays as the fallback and the twin that the
+ * test suite also runs, NETIMPL_NATIVE=0):
+ *
+ *   Request    the write request: bufs, cb, ctx, nbytes, in_flight, repr,
+ *              the same validation errors. Requests are linked into their
+ *              socket's queues through a pointer of their own: queueing one
+ *              allocates nothing.
+ *   SockStats  the per-socket counters, C integers behind attributes.
+ *   SockCore   the base type of netimpl.Sock: the queued and pending
+ *              queues, writev_async/flush, send accounting
+ *              (_requests_sent), completion in order with the callbacks run
+ *              from here (_complete_pending), aborts (_fail_queued), the
+ *              _cb_cnt callback-depth guard and the deferred close, and two
+ *              fast paths of the posix backend: _posix_flush (gather up to
+ *              64 iovecs honouring offsets, one sendmsg(2) with
+ *              MSG_NOSIGNAL) and recv_into (recv(2) straight into the
+ *              caller's bytearray when the recv pipe is empty).
+ *   flush_dirty  GroupImpl.flush_dirty as one C call.
+ *
+ * What stays in Python, by design: every slow or rare path. A fast path
+ * that meets anything unusual (the syscall seam replaced by a test, a
+ * zero-copy socket, a recv pipe holding data, a small or non-bytearray
+ * buffer) calls the Python reference method instead, so each of those
+ * mechanisms keeps one implementation. Zero-copy sockets flush through the
+ * Python path (their bookkeeping is Python's ZcTracker); the C queue still
+ * holds their requests, and _complete_pending never completes a request
+ * whose zc_wait is not 0, whichever path sent it.
+ *
+ * The GIL is held throughout: every system call here is non-blocking.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define IOV_BATCH_SIZE 64
+#define MIN_SOCK_PIPE_SIZE 1024
+
+enum { REQ_FREE = 0, REQ_QUEUED = 1, REQ_PENDING = 2 };
+
+/* Set by _setup() from Python: the pieces of the reference we defer to. */
+static PyObject *cb_pending;    /* netimpl.errors.callback_errors.pending (a list) */
+static PyObject *cb_reraise;    /* callback_errors.reraise */
+static PyObject *as_buffer_fn;  /* netimpl._pycore._as_buffer(buf, i) */
+static PyObject *ebadf_fn;      /* netimpl.errors.ebadf() -> OSError */
+static PyObject *logger;        /* logging.getLogger("netimpl") */
+static PyObject *py_recv_into;  /* the reference recv_into(self, buf) */
+static PyObject *default_sys;   /* netimpl.posix.syscalls.SYSCALLS */
+static PyObject *wrong_thread_fn; /* netimpl.errors.wrong_thread(what, call) -> OSError */
+static unsigned long long completions;
+
+static PyObject *s_sys, *s_zc, *s_flush, *s_flush_py, *s_close_now, *s_send_failed, *s_pipe, *s_read,
+    *s_write, *s_full, *s_error, *s_dirty, *s_owner, *s_check_thread, *s_group, *s_wake_fd, *s_polling,
+    *s_work_arrived;
+
+/* ------------------------------------------------------------------------ */
+/* Request                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct Req {
+    PyObject_HEAD
+    PyObject *bufs;        /* a list of bytes, bytearray or byte memoryviews */
+    PyObject *cb;
+    PyObject *ctx;
+    Py_ssize_t nbytes;
+    Py_ssize_t offset;     /* bytes of it already handed to the kernel */
+    Py_ssize_t zc_wait;    /* zero-copy sends carrying its bytes not yet released */
+    int status;
+    int state;
+    struct Req *next;      /* the queue it is in, if any */
+} Req;
+
+static PyTypeObject ReqType;
+#define Req_Check(o) PyObject_TypeCheck(o, &ReqType)
+
+static int
+plain_byte_view(PyObject *b)
+{
+    /* A memoryview that is 1-D, format "B" and contiguous passes as it is. */
+    PyMemoryViewObject *mv = (PyMemoryViewObject *)b;
+    if (mv->flags & _Py_MEMORYVIEW_RELEASED)
+        return 0;
+    Py_buffer *v = &mv->view;
+    return v->ndim == 1 && (v->format == NULL || strcmp(v->format, "B") == 0) && PyBuffer_IsContiguous(v, 'C');
+}
+
+static int
+req_set_bufs_impl(Req *self, PyObject *bufs)
+{
+    if (bufs == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete a request's buffers");
+        return -1;
+    }
+    if (self->state != REQ_FREE) {
+        PyErr_SetString(PyExc_ValueError, "cannot change the buffers of a request that is in flight");
+        return -1;
+    }
+    if (PyBytes_Check(bufs) || PyByteArray_Check(bufs) || PyMemoryView_Check(bufs) || PyUnicode_Check(bufs)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Request bufs must be a sequence of bytes-like objects, not a single buffer");
+        return -1;
+    }
+    PyObject *items = PySequence_List(bufs);
+    if (items == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError))
+            return -1;
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "Request bufs must be a sequence of bytes-like objects, not %.60R", bufs);
+        return -1;
+    }
+    Py_ssize_t total = 0, n = PyList_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyList_GET_ITEM(items, i);
+        if (PyBytes_CheckExact(b)) {
+            total += PyBytes_GET_SIZE(b);
+        } else if (PyByteArray_CheckExact(b)) {
+            total += PyByteArray_GET_SIZE(b);
+        } else if (PyMemoryView_Check(b) && plain_byte_view(b)) {
+            total += PyMemoryView_GET_BUFFER(b)->len;
+        } else {
+            PyObject *idx = PyLong_FromSsize_t(i);
+            if (idx == NULL) goto fail;
+            PyObject *conv = PyObject_CallFunctionObjArgs(as_buffer_fn, b, idx, NULL);
+            Py_DECREF(idx);
+            if (conv == NULL) goto fail;
+            Py_ssize_t len = PyObject_Length(conv);
+            if (len < 0) { Py_DECREF(conv); goto fail; }
+            total += len;
+            PyList_SET_ITEM(items, i, conv);  /* steals conv, drops the old item */
+            Py_DECREF(b);
+        }
+    }
+    Py_XSETREF(self->bufs, items);
+    self->nbytes = total;
+    return 0;
+fail:
+    Py_DECREF(items);
+    return -1;
+}
+
+static int
+req_init(Req *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"bufs", "cb", "ctx", NULL};
+    PyObject *bufs, *cb = Py_None, *ctx = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:Request", kwlist, &bufs, &cb, &ctx))
+        return -1;
+    if (cb != Py_None && !PyCallable_Check(cb)) {
+        PyErr_Format(PyExc_TypeError, "Request cb must be callable or None, not %R", cb);
+        return -1;
+    }
+    if (self->state != REQ_FREE) {
+        PyErr_SetString(PyExc_ValueError, "cannot re-initialise a request that is in flight");
+        return -1;
+    }
+    Py_INCREF(cb);
+    Py_XSETREF(self->cb, cb);
+    Py_INCREF(ctx);
+    Py_XSETREF(self->ctx, ctx);
+    self->offset = self->zc_wait = 0;
+    self->status = 0;
+    return req_set_bufs_impl(self, bufs);
+}
+
+static PyObject *
+req_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Req *self = (Req *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->bufs = PyList_New(0);
+    if (self->bufs == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    Py_INCREF(Py_None);
+    self->cb = Py_None;
+    Py_INCREF(Py_None);
+    self->ctx = Py_None;
+    return (PyObject *)self;
+}
+
+static int
+req_traverse(Req *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->bufs);
+    Py_VISIT(self->cb);
+    Py_VISIT(self->ctx);
+    return 0;
+}
+
+static int
+req_clear(Req *self)
+{
+    Py_CLEAR(self->bufs);
+    Py_CLEAR(self->cb);
+    Py_CLEAR(self->ctx);
+    return 0;
+}
+
+static void
+req_dealloc(Req *self)
+{
+    PyObject_GC_UnTrack(self);
+    req_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+req_repr(Req *self)
+{
+    static const char *names[] = {"free", "queued", "pending"};
+    return PyUnicode_FromFormat("<Request %s nbytes=%zd sent=%zd zc_wait=%zd>",
+                                names[self->state % 3], self->nbytes, self->offset, self->zc_wait);
+}
+
+static PyObject *
+req_get_bufs(Req *self, void *closure)
+{
+    Py_INCREF(self->bufs);
+    return self->bufs;
+}
+
+static int
+req_set_bufs(Req *self, PyObject *value, void *closure)
+{
+    return req_set_bufs_impl(self, value);
+}
+
+static PyObject *
+req_get_nbytes(Req *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->nbytes);
+}
+
+static PyObject *
+req_get_in_flight(Req *self, void *closure)
+{
+    return PyBool_FromLong(self->state != REQ_FREE);
+}
+
+static PyGetSetDef req_getset[] = {
+    {"bufs", (getter)req_get_bufs, (setter)req_set_bufs,
+     "The buffers, as given (memoryviews of other buffer types are cast to bytes).", NULL},
+    {"nbytes", (getter)req_get_nbytes, NULL, "Total length of the buffers in bytes.", NULL},
+    {"in_flight", (getter)req_get_in_flight, NULL, "True from ``writev_async`` until the callback has started.",
+     NULL},
+    {NULL},
+};
+
+static PyMemberDef req_members[] = {
+    {"cb", T_OBJECT, offsetof(Req, cb), 0, NULL},
+    {"ctx", T_OBJECT, offsetof(Req, ctx), 0, NULL},
+    {"_bufs", T_OBJECT, offsetof(Req, bufs), READONLY, NULL},
+    {"_nbytes", T_PYSSIZET, offsetof(Req, nbytes), READONLY, NULL},
+    {"_offset", T_PYSSIZET, offsetof(Req, offset), 0, NULL},
+    {"_zc_wait", T_PYSSIZET, offsetof(Req, zc_wait), 0, NULL},
+    {"_status", T_INT, offsetof(Req, status), 0, NULL},
+    {"_state", T_INT, offsetof(Req, state), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject ReqType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netimpl.Request",
+    .tp_basicsize = sizeof(Req),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Request(bufs, cb=None, ctx=None)\n--\n\n"
+              "A vector of buffers to send asynchronously, and who to tell when it is done (compiled; "
+              "the reference is netimpl._pycore.Request).",
+    .tp_new = req_new,
+    .tp_init = (initproc)req_init,
+    .tp_dealloc = (destructor)req_dealloc,
+    .tp_traverse = (traverseproc)req_traverse,
+    .tp_clear = (inquiry)req_clear,
+    .tp_repr = (reprfunc)req_repr,
+    .tp_getset = req_getset,
+    .tp_members = req_members,
+};
+
+/* ------------------------------------------------------------------------ */
+/* SockStats                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *impl;
+    Py_ssize_t bytes_sent, bytes_received, requests_completed, requests_aborted, zerocopy_sends,
+        zerocopy_copied, zerocopy_fallbacks, syscalls;
+} Stats;
+
+static PyTypeObject StatsType;
+
+#define STAT_FIELDS(X) X(bytes_sent) X(bytes_received) X(requests_completed) X(requests_aborted) \
+    X(zerocopy_sends) X(zerocopy_copied) X(zerocopy_fallbacks) X(syscalls)
+
+static int
+stats_init(Stats *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"impl", "bytes_sent", "bytes_received", "requests_completed", "requests_aborted",
+                             "zerocopy_sends", "zerocopy_copied", "zerocopy_fallbacks", "syscalls", NULL};
+    PyObject *impl;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|nnnnnnnn:SockStats", kwlist, &impl, &self->bytes_sent,
+                                     &self->bytes_received, &self->requests_completed, &self->requests_aborted,
+                                     &self->zerocopy_sends, &self->zerocopy_copied, &self->zerocopy_fallbacks,
+                                     &self->syscalls))
+        return -1;
+    Py_INCREF(impl);
+    Py_XSETREF(self->impl, impl);
+    return 0;
+}
+
+static void
+stats_dealloc(Stats *self)
+{
+    Py_XDECREF(self->impl);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+stats_repr(Stats *self)
+{
+#define FMT(f) ", " #f "=%zd"
+#define ARG(f) , self->f
+    return PyUnicode_FromFormat("SockStats(impl=%R" STAT_FIELDS(FMT) ")", self->impl STAT_FIELDS(ARG));
+#undef FMT
+#undef ARG
+}
+
+static PyObject *
+stats_richcompare(PyObject *a, PyObject *b, int op)
+{
+    if (!PyObject_TypeCheck(b, &StatsType) || (op != Py_EQ && op != Py_NE))
+        Py_RETURN_NOTIMPLEMENTED;
+    Stats *x = (Stats *)a, *y = (Stats *)b;
+    int eq = 1;
+#define CMP(f) eq = eq && x->f == y->f;
+    STAT_FIELDS(CMP)
+#undef CMP
+    if (eq) {
+        int r = PyObject_RichCompareBool(x->impl, y->impl, Py_EQ);
+        if (r < 0)
+            return NULL;
+        eq = r;
+    }
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+static PyMemberDef stats_members[] = {
+    {"impl", T_OBJECT, offsetof(Stats, impl), 0, NULL},
+#define MEMBER(f) {#f, T_PYSSIZET, offsetof(Stats, f), 0, NULL},
+    STAT_FIELDS(MEMBER)
+#undef MEMBER
+    {NULL},
+};
+
+static PyTypeObject StatsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netimpl.SockStats",
+    .tp_basicsize = sizeof(Stats),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Per-socket counters (compiled; the reference is netimpl.stats.SockStats).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)stats_init,
+    .tp_dealloc = (destructor)stats_dealloc,
+    .tp_repr = (reprfunc)stats_repr,
+    .tp_richcompare = stats_richcompare,
+    .tp_members = stats_members,
+};
+
+/* ------------------------------------------------------------------------ */
+/* SockCore                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    Req *head, *tail;
+    Py_ssize_t len;
+} ReqQueue;
+
+typedef struct {
+    PyObject_HEAD
+    ReqQueue queued;         /* each request in a queue holds one reference owned by the queue */
+    ReqQueue pending;
+    Py_ssize_t queued_iovcnt;
+    Py_ssize_t queued_bytes; /* bytes of requests whose callbacks have not run */
+    int cb_cnt;
+    int fd;
+    char closed;
+    char close_deferred;
+    char direct;             /* the backend reads and writes the fd with plain syscalls (posix) */
+    PyObject *group_impl;
+    PyObject *dirty;         /* group_impl._dirty, a dict, or NULL */
+    Stats *stats;
+} Core;
+
+static PyTypeObject CoreType;
+
+static inline void
+q_push(ReqQueue *q, Req *r) /* takes over a reference */
+{
+    r->next = NULL;
+    if (q->tail)
+        q->tail->next = r;
+    else
+        q->head = r;
+    q->tail = r;
+    q->len++;
+}
+
+static inline Req *
+q_pop(ReqQueue *q) /* hands over the queue's reference */
+{
+    Req *r = q->head;
+    q->head = r->next;
+    if (q->head == NULL)
+        q->tail = NULL;
+    r->next = NULL;
+    q->len--;
+    return r;
+}
+
+static void
+q_clear(ReqQueue *q)
+{
+    while (q->head)
+        Py_DECREF(q_pop(q));
+}
+
+static PyObject *
+q_list(ReqQueue *q)
+{
+    PyObject *l = PyList_New(q->len);
+    if (l == NULL)
+        return NULL;
+    Py_ssize_t i = 0;
+    for (Req *r = q->head; r; r = r->next, i++) {
+        Py_INCREF(r);
+        PyList_SET_ITEM(l, i, (PyObject *)r);
+    }
+    return l;
+}
+
+static int
+record_callback_error(void)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb != NULL && v != NULL)
+        PyException_SetTraceback(v, tb);
+    int rc = v != NULL ? PyList_Append(cb_pending, v) : 0;
+    Py_XDECREF(t);
+    Py_XDECREF(v);
+    Py_XDECREF(tb);
+    return rc;
+}
+
+static PyObject *
+reraise_or_none(void)
+{
+    if (PyList_GET_SIZE(cb_pending)) {
+        PyObject *r = PyObject_CallNoArgs(cb_reraise);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+raise_made(PyObject *exc)
+{
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *
+raise_ebadf(void)
+{
+    return raise_made(PyObject_CallNoArgs(ebadf_fn));
+}
+
+/* The group impl's owning thread (GroupImpl._owner, 0 when any thread may call): 1 when set, 0 not, -1 error. */
+static int
+gi_owner(PyObject *gi, unsigned long *owner)
+{
+    PyObject *o = PyObject_GetAttr(gi, s_owner);
+    if (o == NULL)
+        return -1;
+    int set = PyObject_IsTrue(o);
+    if (set > 0) {
+        *owner = PyLong_AsUnsignedLong(o);
+        if (*owner == (unsigned long)-1 && PyErr_Occurred())
+            set = -1;
+    }
+    Py_DECREF(o);
+    return set;
+}
+
+/* A socket just got its first queued request: wake a group whose poll is not running (its _wake_fd). */
+static int
+core_work_arrived(Core *c)
+{
+    PyObject *group = PyObject_GetAttr((PyObject *)c, s_group);
+    if (group == NULL)
+        return -1;
+    int rc = 0;
+    if (group != Py_None) {
+        PyObject *fd = PyObject_GetAttr(group, s_wake_fd);
+        long wake = fd ? PyLong_AsLong(fd) : -1;
+        Py_XDECREF(fd);
+        if (fd == NULL || (wake == -1 && PyErr_Occurred())) {
+            rc = -1;
+        } else if (wake >= 0) {
+            PyObject *polling = PyObject_GetAttr(group, s_polling);
+            int busy = polling ? PyObject_IsTrue(polling) : -1;
+            Py_XDECREF(polling);
+            if (busy < 0) {
+                rc = -1;
+            } else if (!busy) {
+                PyObject *r = PyObject_CallMethodNoArgs(group, s_work_arrived);
+                if (r == NULL)
+                    rc = -1;
+                Py_XDECREF(r);
+            }
+        }
+    }
+    Py_DECREF(group);
+    return rc;
+}
+
+/* Run one request's callback; consumes the reference to r. */
+static void
+core_complete(Core *c, Req *r)
+{
+    int status = r->status;
+    r->state = REQ_FREE;
+    completions++;
+    c->queued_bytes -= r->nbytes;
+    if (status)
+        c->stats->requests_aborted++;
+    else
+        c->stats->requests_completed++;
+    PyObject *cb = r->cb;
+    if (cb != NULL && cb != Py_None) {
+        PyObject *st = PyLong_FromLong(status);
+        if (st == NULL) {
+            record_callback_error();
+        } else {
+            PyObject *args[2] = {(PyObject *)r, st};
+            Py_INCREF(cb);
+            PyObject *res = PyObject_Vectorcall(cb, args, 2, NULL);
+            Py_DECREF(cb);
+            Py_DECREF(st);
+            if (res == NULL)
+                record_callback_error();
+            else
+                Py_DECREF(res);
+        }
+    }
+    Py_DECREF(r);
+}
+
+static int
+core_close_if_deferred(Core *c)
+{
+    if (c->cb_cnt == 0 && c->close_deferred) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)c, s_close_now);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+static int
+core_complete_pending(Core *c)
+{
+    if (c->pending.head == NULL || c->pending.head->zc_wait)
+        return 0;
+    Py_INCREF(c);
+    c->cb_cnt++;
+    while (c->pending.head && !c->pending.head->zc_wait)
+        core_complete(c, q_pop(&c->pending));
+    c->cb_cnt--;
+    int rc = core_close_if_deferred(c);
+    Py_DECREF(c);
+    return rc;
+}
+
+static inline void
+core_move_to_pending(Core *c)
+{
+    Req *r = q_pop(&c->queued);
+    c->queued_iovcnt -= PyList_GET_SIZE(r->bufs);
+    r->state = REQ_PENDING;
+    q_push(&c->pending, r);
+}
+
+/* Account n bytes handed to the kernel; with touched (zero-copy), list the requests the send carried. */
+static int
+core_requests_sent(Core *c, Py_ssize_t n, PyObject *touched)
+{
+    while (n > 0 && c->queued.head) {
+        Req *r = c->queued.head;
+        Py_ssize_t left = r->nbytes - r->offset;
+        if (touched != NULL) {
+            r->zc_wait++;
+            if (PyList_Append(touched, (PyObject *)r) < 0)
+                return -1;
+        }
+        if (n < left) {
+            r->offset += n;
+            break;
+        }
+        n -= left;
+        r->offset = r->nbytes;
+        core_move_to_pending(c);
+    }
+    /* Zero-length requests at the head are sent as soon as they are reached. */
+    while (c->queued.head && c->queued.head->nbytes == 0)
+        core_move_to_pending(c);
+    return 0;
+}
+
+static void
+core_undirty(Core *c)
+{
+    if (c->dirty != NULL && PyDict_DelItem(c->dirty, (PyObject *)c) < 0)
+        PyErr_Clear(); /* not there: fine */
+}
+
+static int
+core_fail_queued(Core *c, int status)
+{
+    if (c->queued.head == NULL)
+        return 0;
+    Py_INCREF(c);
+    /* The requests to complete now, in order; those partly sent by zero-copy wait on the pending list. */
+    PyObject *failed = PyList_New(0);
+    if (failed == NULL) {
+        Py_DECREF(c);
+        return -1;
+    }
+    c->queued_iovcnt = 0;
+    core_undirty(c);
+    while (c->queued.head) {
+        Req *r = q_pop(&c->queued);
+        r->status = status;
+        r->state = REQ_PENDING;
+        if (r->zc_wait) {
+            q_push(&c->pending, r);
+        } else {
+            if (PyList_Append(failed, (PyObject *)r) < 0) {  /* out of memory: complete it now, not lose it */
+                PyErr_Clear();
+                core_complete(c, r);
+            } else {
+                Py_DECREF(r);
+            }
+        }
+    }
+    c->cb_cnt++;
+    Py_ssize_t n = PyList_GET_SIZE(failed);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Req *r = (Req *)PyList_GET_ITEM(failed, i);
+        Py_INCREF(r);
+        core_complete(c, r);
+    }
+    c->cb_cnt--;
+    Py_DECREF(failed);
+    int rc = core_complete_pending(c);
+    if (rc == 0)
+        rc = core_close_if_deferred(c);
+    Py_DECREF(c);
+    return rc;
+}
+
+static PyObject *
+core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Core *self = (Core *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->fd = -1;
+    self->stats = (Stats *)PyObject_CallOneArg((PyObject *)&StatsType, Py_None);
+    if (self->stats == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+core_traverse(Core *self, visitproc visit, void *arg)
+{
+    for (Req *r = self->queued.head; r; r = r->next)
+        Py_VISIT(r);
+    for (Req *r = self->pending.head; r; r = r->next)
+        Py_VISIT(r);
+    Py_VISIT(self->group_impl);
+    Py_VISIT(self->dirty);
+    Py_VISIT(self->stats);
+    return 0;
+}
+
+static int
+core_clear(Core *self)
+{
+    q_clear(&self->queued);
+    q_clear(&self->pending);
+    Py_CLEAR(self->group_impl);
+    Py_CLEAR(self->dirty);
+    Py_CLEAR(self->stats);
+    return 0;
+}
+
+static void
+core_dealloc(Core *self)
+{
+    PyObject_GC_UnTrack(self);
+    core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* -- methods ---------------------------------------------------------------- */
+
+static PyObject *
+core_init_queues(Core *self, PyObject *unused)
+{
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_posix_flush(Core *c, PyObject *unused);
+
+static PyObject *
+core_call_flush(Core *c)
+{
+    PyObject *f = _PyType_Lookup(Py_TYPE(c), s_flush);
+    /* The class's _flush is ours: call it without a method lookup. (An instance attribute could
+     * shadow it; nothing does: tests replace the syscall seam, _sys, instead.) */
+    if (f != NULL && PyObject_TypeCheck(f, &PyMethodDescr_Type) &&
+        ((PyMethodDescrObject *)f)->d_method->ml_meth == (PyCFunction)core_posix_flush)
+        return core_posix_flush(c, NULL);
+    return PyObject_CallMethodNoArgs((PyObject *)c, s_flush);
+}
+
+static PyObject *
+core_writev_async(Core *self, PyObject *arg)
+{
+    if (self->closed)
+        return raise_ebadf();
+    if (!Req_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "writev_async takes a netimpl.Request, not %.60R", arg);
+        return NULL;
+    }
+    Req *r = (Req *)arg;
+    if (r->state != REQ_FREE) {
+        PyErr_Format(PyExc_ValueError, "%R is already queued", arg);
+        return NULL;
+    }
+    PyObject *gi = self->group_impl;
+    if (gi != NULL) {
+        unsigned long owner;
+        int set = gi_owner(gi, &owner);
+        if (set < 0)
+            return NULL;
+        if (set && owner != PyThread_get_thread_ident())  /* before anything changes: the call does nothing */
+            return raise_made(PyObject_CallFunction(wrong_thread_fn, "Os", (PyObject *)self, "writev_async"));
+    }
+    r->state = REQ_QUEUED;
+    r->offset = 0;
+    r->zc_wait = 0;
+    r->status = 0;
+    Py_INCREF(r);
+    q_push(&self->queued, r);
+    self->queued_iovcnt += PyList_GET_SIZE(r->bufs);
+    self->queued_bytes += r->nbytes;
+    if (self->queued.len == 1 && gi != NULL) {
+        if (self->dirty != NULL) {
+            if (PyDict_SetItem(self->dirty, (PyObject *)self, Py_None) < 0)
+                return NULL;
+        } else {
+            PyObject *d = PyObject_GetAttr(gi, s_dirty);
+            if (d == NULL)
+                return NULL;
+            int rc = PyObject_SetItem(d, (PyObject *)self, Py_None);
+            Py_DECREF(d);
+            if (rc < 0)
+                return NULL;
+        }
+        if (core_work_arrived(self) < 0)
+            return NULL;
+    }
+    if (self->queued_iovcnt >= IOV_BATCH_SIZE && self->cb_cnt == 0) {
+        PyObject *res = core_call_flush(self);
+        if (res == NULL)
+            return NULL;
+        Py_DECREF(res);
+        return reraise_or_none();
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_flush(Core *self, PyObject *unused)
+{
+    if (self->closed)
+        return raise_ebadf();
+    if (self->group_impl != NULL) {
+        unsigned long owner;
+        int set = gi_owner(self->group_impl, &owner);
+        if (set < 0)
+            return NULL;
+        if (set) {
+            PyObject *call = PyUnicode_FromString("flush");
+            PyObject *r = call ? PyObject_CallMethodObjArgs(self->group_impl, s_check_thread, (PyObject *)self,
+                                                            call, NULL) : NULL;
+            Py_XDECREF(call);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+        }
+    }
+    if (self->cb_cnt == 0) {
+        PyObject *res = core_call_flush(self);
+        if (res == NULL)
+            return NULL;
+        Py_DECREF(res);
+    }
+    return reraise_or_none();
+}
+
+static PyObject *
+core_py_requests_sent(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_requests_sent(n, zerocopy)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[0]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    int zc = PyObject_IsTrue(args[1]);
+    if (zc < 0)
+        return NULL;
+    PyObject *touched = NULL;
+    if (zc && (touched = PyList_New(0)) == NULL)
+        return NULL;
+    if (core_requests_sent(self, n, touched) < 0) {
+        Py_XDECREF(touched);
+        return NULL;
+    }
+    if (touched)
+        return touched;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_py_complete_pending(Core *self, PyObject *unused)
+{
+    if (core_complete_pending(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_py_fail_queued(Core *self, PyObject *arg)
+{
+    int status = _PyLong_AsInt(arg);
+    if (status == -1 && PyErr_Occurred())
+        return NULL;
+    if (core_fail_queued(self, status) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_py_zc_released(Core *self, PyObject *arg)
+{
+    if (!Req_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "_zc_released takes a netimpl.Request, not %.60R", arg);
+        return NULL;
+    }
+    Req *r = (Req *)arg;
+    if (r->zc_wait > 0) {
+        r->zc_wait--;
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallMethod(logger, "error", "sO", "%r: zero-copy release for a request not waiting for one",
+                               (PyObject *)self);
+}
+
+/* The buffer of one iovec: bytes, bytearray or a byte memoryview (Request's setter admits nothing else). */
+static int
+buf_ptr(PyObject *b, char **p, Py_ssize_t *len)
+{
+    if (PyBytes_CheckExact(b)) {
+        *p = PyBytes_AS_STRING(b);
+        *len = PyBytes_GET_SIZE(b);
+    } else if (PyByteArray_CheckExact(b)) {
+        *p = PyByteArray_AS_STRING(b);
+        *len = PyByteArray_GET_SIZE(b);
+    } else if (PyMemoryView_Check(b)) {
+        if (((PyMemoryViewObject *)b)->flags & _Py_MEMORYVIEW_RELEASED) {
+            PyErr_SetString(PyExc_ValueError, "a queued request's memoryview was released");
+            return -1;
+        }
+        Py_buffer *v = PyMemoryView_GET_BUFFER(b);
+        *p = v->buf;
+        *len = v->len;
+    } else {
+        PyErr_Format(PyExc_TypeError, "not a byte buffer: %.60R", b);
+        return -1;
+    }
+    return 0;
+}
+
+/* Up to IOV_BATCH_SIZE iovecs from the queued requests, honouring the head's offset. */
+static int
+core_gather(Core *c, struct iovec *iov, int *cnt, Py_ssize_t *total)
+{
+    int k = 0;
+    Py_ssize_t sum = 0;
+    for (Req *r = c->queued.head; r; r = r->next) {
+        Py_ssize_t nb = PyList_GET_SIZE(r->bufs), off = r->offset;
+        for (Py_ssize_t i = 0; i < nb; i++) {
+            char *p;
+            Py_ssize_t len;
+            if (buf_ptr(PyList_GET_ITEM(r->bufs, i), &p, &len) < 0)
+                return -1;
+            if (off) {
+                if (off >= len) {
+                    off -= len;
+                    continue;
+                }
+                p += off;
+                len -= off;
+                off = 0;
+            }
+            iov[k].iov_base = p;
+            iov[k].iov_len = (size_t)len;
+            k++;
+            sum += len;
+            if (k == IOV_BATCH_SIZE)
+                goto done;
+        }
+    }
+done:
+    *cnt = k;
+    *total = sum;
+    return 0;
+}
+
+static PyObject *
+core_send_failed(Core *c, int err)
+{
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyErr_NormalizeException(&t, &v, &tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    if (v == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)c, s_send_failed, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Does the socket take the fast path: the real syscalls, no zero-copy? 1 yes, 0 no, -1 error. */
+static int
+core_plain_posix(Core *c)
+{
+    if (!c->direct)
+        return 0;
+    PyObject *sys = PyObject_GetAttr((PyObject *)c, s_sys);
+    if (sys == NULL)
+        return -1;
+    Py_DECREF(sys);
+    if (sys != default_sys)
+        return 0;
+    PyObject *zc = PyObject_GetAttr((PyObject *)c, s_zc);
+    if (zc == NULL)
+        return -1;
+    Py_DECREF(zc);
+    return zc == Py_None;
+}
+
+static PyObject *
+core_posix_flush(Core *c, PyObject *unused)
+{
+    int plain = core_plain_posix(c);
+    if (plain < 0)
+        return NULL;
+    if (!plain)
+        return PyObject_CallMethodNoArgs((PyObject *)c, s_flush_py);
+    struct iovec iov[IOV_BATCH_SIZE];
+    Py_INCREF(c);
+    while (c->queued.head) {
+        int cnt;
+        Py_ssize_t total;
+        if (core_gather(c, iov, &cnt, &total) < 0)
+            goto error;
+        if (total == 0) {
+            core_requests_sent(c, 0, NULL);
+            continue;
+        }
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)cnt;
+        c->stats->syscalls++;
+        ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        if (n < 0) {
+            int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK)
+                break;
+            if (err == EINTR) {
+                if (PyErr_CheckSignals() < 0)
+                    goto error;
+                continue;
+            }
+            PyObject *r = core_send_failed(c, err);
+            if (r == NULL)
+                goto error;
+            Py_DECREF(r);
+            break;
+        }
+        c->stats->bytes_sent += n;
+        core_requests_sent(c, n, NULL);
+        if (n < total)
+            break;
+    }
+    if (core_complete_pending(c) < 0)
+        goto error;
+    Py_DECREF(c);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(c);
+    return NULL;
+}
+
+/* True when the Python Pipe object holds no unread byte (its indices meet and it is not full). */
+static int
+pipe_empty(PyObject *pipe)
+{
+    PyObject *full = PyObject_GetAttr(pipe, s_full);
+    if (full == NULL)
+        return -1;
+    Py_DECREF(full);
+    if (full != Py_False)
+        return full == Py_True ? 0 : -1;
+    PyObject *rd = PyObject_GetAttr(pipe, s_read);
+    if (rd == NULL)
+        return -1;
+    PyObject *wr = PyObject_GetAttr(pipe, s_write);
+    if (wr == NULL) {
+        Py_DECREF(rd);
+        return -1;
+    }
+    int eq = PyObject_RichCompareBool(rd, wr, Py_EQ);
+    Py_DECREF(rd);
+    Py_DECREF(wr);
+    return eq;
+}
+
+static PyObject *
+core_recv_into(Core *c, PyObject *buf)
+{
+    if (c->closed)
+        return raise_ebadf();
+    if (c->direct && PyByteArray_CheckExact(buf) && PyByteArray_GET_SIZE(buf) >= MIN_SOCK_PIPE_SIZE) {
+        int ok = 1;
+        PyObject *pipe = PyObject_GetAttr((PyObject *)c, s_pipe);
+        if (pipe == NULL)
+            return NULL;
+        if (pipe != Py_None)
+            ok = pipe_empty(pipe);
+        Py_DECREF(pipe);
+        if (ok > 0) {
+            PyObject *sys = PyObject_GetAttr((PyObject *)c, s_sys);
+            if (sys == NULL)
+                return NULL;
+            Py_DECREF(sys);
+            ok = sys == default_sys;
+        }
+        if (ok < 0)
+            return NULL;
+        if (ok) {
+            for (;;) {
+                c->stats->syscalls++;
+                ssize_t n = recv(c->fd, PyByteArray_AS_STRING(buf), (size_t)PyByteArray_GET_SIZE(buf), 0);
+                if (n >= 0) {
+                    c->stats->bytes_received += n;
+                    return PyLong_FromSsize_t(n);
+                }
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    Py_RETURN_NONE;
+                if (errno != EINTR)
+                    return PyErr_SetFromErrno(PyExc_OSError);
+                if (PyErr_CheckSignals() < 0)
+                    return NULL;
+            }
+        }
+    }
+    return PyObject_CallFunctionObjArgs(py_recv_into, (PyObject *)c, buf, NULL);
+}
+
+static PyMethodDef core_methods[] = {
+    {"_init_queues", (PyCFunction)core_init_queues, METH_NOARGS, "Nothing to do: the C queues start empty."},
+    {"writev_async", (PyCFunction)core_writev_async, METH_O,
+     "Queue ``req``; sent at the next flush or group poll, or now when 64 iovecs are queued."},
+    {"flush", (PyCFunction)core_flush, METH_NOARGS,
+     "Hand queued requests to the kernel as far as it takes them now; never blocks."},
+    {"recv_into", (PyCFunction)core_recv_into, METH_O,
+     "Read into ``buf``: bytes read, 0 at EOF, ``None`` when nothing is readable now."},
+    {"_requests_sent", (PyCFunction)(void (*)(void))core_py_requests_sent, METH_FASTCALL,
+     "Account ``n`` bytes handed to the kernel from the head of the queue."},
+    {"_complete_pending", (PyCFunction)core_py_complete_pending, METH_NOARGS,
+     "Run the callbacks of pending requests whose buffers are free, in queue order."},
+    {"_fail_queued", (PyCFunction)core_py_fail_queued, METH_O, "Complete every queued request with ``status``."},
+    {"_zc_released", (PyCFunction)core_py_zc_released, METH_O, "One zero-copy chunk of ``req`` was released."},
+    {"_posix_flush", (PyCFunction)core_posix_flush, METH_NOARGS,
+     "The posix backend's flush: gather up to 64 iovecs, one sendmsg(2) per batch."},
+    {NULL},
+};
+
+static PyObject *
+core_get_queued(Core *self, void *closure)
+{
+    return q_list(&self->queued);
+}
+
+static PyObject *
+core_get_pending(Core *self, void *closure)
+{
+    return q_list(&self->pending);
+}
+
+static PyObject *
+core_get_queued_bytes(Core *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->queued_bytes);
+}
+
+static PyObject *
+core_get_group_impl(Core *self, void *closure)
+{
+    PyObject *gi = self->group_impl ? self->group_impl : Py_None;
+    Py_INCREF(gi);
+    return gi;
+}
+
+static int
+core_set_group_impl(Core *self, PyObject *gi, void *closure)
+{
+    PyObject *dirty = NULL;
+    if (gi == Py_None)
+        gi = NULL;
+    if (gi != NULL) {
+        dirty = PyObject_GetAttr(gi, s_dirty);
+        if (dirty == NULL)
+            PyErr_Clear();
+        else if (!PyDict_CheckExact(dirty))
+            Py_CLEAR(dirty);
+    }
+    Py_XINCREF(gi);
+    Py_XSETREF(self->group_impl, gi);
+    Py_XSETREF(self->dirty, dirty);
+    return 0;
+}
+
+static PyObject *
+core_get_stats(Core *self, void *closure)
+{
+    Py_INCREF(self->stats);
+    return (PyObject *)self->stats;
+}
+
+static int
+core_set_stats(Core *self, PyObject *v, void *closure)
+{
+    if (v == NULL || !PyObject_TypeCheck(v, &StatsType)) {
+        PyErr_SetString(PyExc_TypeError, "stats must be a netimpl._native.SockStats");
+        return -1;
+    }
+    Py_INCREF(v);
+    Py_XSETREF(self->stats, (Stats *)v);
+    return 0;
+}
+
+static PyGetSetDef core_getset[] = {
+    {"_queued", (getter)core_get_queued, NULL, "A snapshot of the queued requests, oldest first.", NULL},
+    {"_pending", (getter)core_get_pending, NULL, "A snapshot of the pending requests, oldest first.", NULL},
+    {"queued_bytes", (getter)core_get_queued_bytes, NULL,
+     "Bytes of this socket's requests whose callbacks have not run yet.", NULL},
+    {"_group_impl", (getter)core_get_group_impl, (setter)core_set_group_impl, NULL, NULL},
+    {"stats", (getter)core_get_stats, (setter)core_set_stats, "The socket's counters.", NULL},
+    {NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"_fd", T_INT, offsetof(Core, fd), 0, NULL},
+    {"_cb_cnt", T_INT, offsetof(Core, cb_cnt), 0, NULL},
+    {"_closed", T_BOOL, offsetof(Core, closed), 0, NULL},
+    {"_close_deferred", T_BOOL, offsetof(Core, close_deferred), 0, NULL},
+    {"_direct", T_BOOL, offsetof(Core, direct), 0, NULL},
+    {"_queued_iovcnt", T_PYSSIZET, offsetof(Core, queued_iovcnt), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netimpl._native.SockCore",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The compiled request life cycle that netimpl.Sock derives from (see the module docstring).",
+    .tp_new = core_new,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_getset = core_getset,
+    .tp_members = core_members,
+};
+
+/* ------------------------------------------------------------------------ */
+/* module functions                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* GroupImpl.flush_dirty: flush every socket with queued requests (deferred ones stay dirty). */
+static PyObject *
+mod_flush_dirty(PyObject *mod, PyObject *gi)
+{
+    PyObject *dirty = PyObject_GetAttr(gi, s_dirty);
+    if (dirty == NULL)
+        return NULL;
+    if (!PyDict_Check(dirty)) {
+        Py_DECREF(dirty);
+        PyErr_SetString(PyExc_TypeError, "_dirty must be a dict");
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(dirty) == 0) {
+        Py_DECREF(dirty);
+        Py_RETURN_NONE;
+    }
+    PyObject *socks = PyDict_Keys(dirty);
+    if (socks == NULL) {
+        Py_DECREF(dirty);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(socks);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PyList_GET_ITEM(socks, i);
+        PyObject *res;
+        if (PyObject_TypeCheck(s, &CoreType)) {
+            Core *c = (Core *)s;
+            if (c->cb_cnt || c->closed)
+                continue;
+            res = core_call_flush(c);
+            if (res == NULL)
+                goto error;
+            Py_DECREF(res);
+            if (c->queued.head == NULL && PyDict_DelItem(dirty, s) < 0)
+                PyErr_Clear();
+        } else {
+            PyErr_Format(PyExc_TypeError, "not a netimpl socket: %.60R", s);
+            goto error;
+        }
+    }
+    Py_DECREF(socks);
+    Py_DECREF(dirty);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(socks);
+    Py_DECREF(dirty);
+    return NULL;
+}
+
+static PyObject *
+mod_completions(PyObject *mod, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(completions);
+}
+
+static PyObject *
+mod_as_method(PyObject *mod, PyObject *func)
+{
+    /* A builtin function that binds to instances like a Python function: a C method for a Python class. */
+    return PyInstanceMethod_New(func);
+}
+
+static PyObject *
+mod_setup(PyObject *mod, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"callback_pending", "callback_reraise", "as_buffer", "ebadf", "logger",
+                             "recv_into", "wrong_thread", NULL};
+    PyObject *a[7];
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOOOOO:_setup", kwlist, &PyList_Type, &a[0], &a[1], &a[2],
+                                     &a[3], &a[4], &a[5], &a[6]))
+        return NULL;
+    PyObject **slots[] = {&cb_pending, &cb_reraise, &as_buffer_fn, &ebadf_fn, &logger, &py_recv_into,
+                          &wrong_thread_fn};
+    for (int i = 0; i < 7; i++) {
+        Py_INCREF(a[i]);
+        Py_XSETREF(*slots[i], a[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_set_default_sys(PyObject *mod, PyObject *sys)
+{
+    Py_INCREF(sys);
+    Py_XSETREF(default_sys, sys);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef mod_methods[] = {
+    {"flush_dirty", (PyCFunction)mod_flush_dirty, METH_O,
+     "flush_dirty(group_impl): flush every socket in group_impl._dirty that is not inside a callback."},
+    {"completions", (PyCFunction)mod_completions, METH_NOARGS, "Requests completed in this process."},
+    {"as_method", (PyCFunction)mod_as_method, METH_O, "as_method(builtin) -> an instancemethod binding self."},
+    {"_setup", (PyCFunction)(void (*)(void))mod_setup, METH_VARARGS | METH_KEYWORDS,
+     "Hand the module the Python pieces it defers to (netimpl.sock calls it once)."},
+    {"set_default_sys", (PyCFunction)mod_set_default_sys, METH_O,
+     "The posix syscall seam's default object: a socket whose _sys is another one takes the Python path."},
+    {NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "netimpl._native",
+    .m_doc = "The compiled hot path of netimpl (see netimpl/_native.c).",
+    .m_size = -1,
+    .m_methods = mod_methods,
+};
+
+#define INTERN(var, s) if ((var = PyUnicode_InternFromString(s)) == NULL) return NULL;
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    INTERN(s_sys, "_sys");
+    INTERN(s_zc, "_zc");
+    INTERN(s_flush, "_flush");
+    INTERN(s_flush_py, "_flush_py");
+    INTERN(s_close_now, "_close_now");
+    INTERN(s_send_failed, "_send_failed");
+    INTERN(s_pipe, "_pipe");
+    INTERN(s_read, "_read");
+    INTERN(s_write, "_write");
+    INTERN(s_full, "_full");
+    INTERN(s_error, "error");
+    INTERN(s_dirty, "_dirty");
+    INTERN(s_owner, "_owner");
+    INTERN(s_check_thread, "_check_thread");
+    INTERN(s_group, "_group");
+    INTERN(s_wake_fd, "_wake_fd");
+    INTERN(s_polling, "_polling");
+    INTERN(s_work_arrived, "_work_arrived");
+    if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Request", (PyObject *)&ReqType) < 0 ||
+        PyModule_AddObjectRef(m, "SockStats", (PyObject *)&StatsType) < 0 ||
+        PyModule_AddObjectRef(m, "SockCore", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddIntConstant(m, "IOV_BATCH_SIZE", IOV_BATCH_SIZE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
