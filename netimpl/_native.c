@@ -41,6 +41,9 @@
 
 #include <errno.h>
 #include <string.h>
+#include <limits.h>
+#include <math.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -399,6 +402,7 @@ typedef struct {
     char closed;
     char close_deferred;
     char direct;             /* the backend reads and writes the fd with plain syscalls (posix) */
+    char read_paused;        /* SockGroup.pause_reading: no read callback */
     PyObject *group_impl;
     PyObject *dirty;         /* group_impl._dirty, a dict, or NULL */
     Stats *stats;
@@ -1220,6 +1224,7 @@ static PyMemberDef core_members[] = {
     {"_closed", T_BOOL, offsetof(Core, closed), 0, NULL},
     {"_close_deferred", T_BOOL, offsetof(Core, close_deferred), 0, NULL},
     {"_direct", T_BOOL, offsetof(Core, direct), 0, NULL},
+    {"_read_paused", T_BOOL, offsetof(Core, read_paused), 0, NULL},
     {"_queued_iovcnt", T_PYSSIZET, offsetof(Core, queued_iovcnt), READONLY, NULL},
     {NULL},
 };
@@ -1292,6 +1297,398 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------ */
+/* SockGroup.poll for a group whose only impl is posix                      */
+/* ------------------------------------------------------------------------ */
+
+/* The whole poll in one C call: flush the dirty sockets, epoll_wait, map fds to sockets, rotate the
+ * pending-recv list (SockGroup._ready), call up to max_events read callbacks, flush what they queued.
+ * Python runs only the callbacks. Anything out of the ordinary goes to the Python code that handles
+ * it, which stays the one implementation: a poll with several impls, a group whose fileno() was asked
+ * for (_poll_py); an event other than plain readability (PosixGroupImpl._event); arming EPOLLOUT
+ * (_watch_writable); the orphanage. */
+
+static PyTypeObject *posix_gi_type;  /* netimpl.posix.group.PosixGroupImpl */
+static PyObject *s_closed, *s_impls, *s_ready, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_epfd, *s_fds,
+    *s_want_out, *s_orphan_fd, *s_orphanage, *s_reap, *s_watch_writable, *s_event, *s_poll_py, *s_flush_dirty;
+
+#define STACK_EVENTS 256
+
+static int
+add_to_attr(PyObject *obj, PyObject *name, Py_ssize_t n)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    PyObject *d = PyLong_FromSsize_t(n);
+    PyObject *sum = d ? PyNumber_Add(v, d) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    if (sum == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+static long
+attr_long(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    long r = PyLong_AsLong(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* The socket's recv pipe holds data: 1, 0, -1 on error. */
+static int
+core_has_buffered(PyObject *sock)
+{
+    PyObject *pipe = PyObject_GetAttr(sock, s_pipe);
+    if (pipe == NULL)
+        return -1;
+    int r = 0;
+    if (pipe != Py_None) {
+        r = pipe_empty(pipe);
+        if (r >= 0)
+            r = !r;
+    }
+    Py_DECREF(pipe);
+    return r;
+}
+
+static int
+call_flush_dirty(PyObject *gi)
+{
+    PyObject *r = Py_TYPE(gi) == posix_gi_type ? mod_flush_dirty(NULL, gi)
+                                                : PyObject_CallMethodNoArgs(gi, s_flush_dirty);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* PosixGroupImpl.poll, adding the readable sockets to ready (a dict, in order). */
+static int
+posix_gi_poll(PyObject *gi, double wait, PyObject *ready)
+{
+    int rc = -1;
+    PyObject *dirty = NULL, *want_out = NULL, *fds = NULL;
+    struct epoll_event stack_evs[STACK_EVENTS], *evs = stack_evs;
+
+    dirty = PyObject_GetAttr(gi, s_dirty);
+    want_out = PyObject_GetAttr(gi, s_want_out);
+    fds = PyObject_GetAttr(gi, s_fds);
+    if (dirty == NULL || want_out == NULL || fds == NULL)
+        goto out;
+    if (!PyDict_Check(dirty) || !PyAnySet_Check(want_out) || !PyDict_Check(fds)) {
+        PyErr_SetString(PyExc_TypeError, "PosixGroupImpl: _dirty, _want_out or _fds of the wrong type");
+        goto out;
+    }
+    if (PyDict_GET_SIZE(dirty)) {
+        unsigned long long before = completions;
+        if (call_flush_dirty(gi) < 0)
+            goto out;
+        if (completions != before)
+            wait = 0.0; /* callbacks ran: let the caller act on them first */
+    }
+    if ((wait > 0 || PySet_GET_SIZE(want_out)) && (PyDict_GET_SIZE(dirty) || PySet_GET_SIZE(want_out))) {
+        PyObject *r = PyObject_CallMethodNoArgs(gi, s_watch_writable);
+        if (r == NULL)
+            goto out;
+        Py_DECREF(r);
+    }
+    long epfd = attr_long(gi, s_epfd);
+    if (epfd == -1 && PyErr_Occurred())
+        goto out;
+    long orphan_fd = attr_long(gi, s_orphan_fd);
+    if (orphan_fd == -1 && PyErr_Occurred())
+        goto out;
+    Py_ssize_t maxev = PyDict_GET_SIZE(fds);
+    maxev = (maxev < 1 ? 1 : maxev) + 1;
+    if (maxev > INT_MAX / 2)
+        maxev = INT_MAX / 2;
+    if (maxev > STACK_EVENTS) {
+        evs = PyMem_Malloc(sizeof(struct epoll_event) * (size_t)maxev);
+        if (evs == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+    }
+    int ms = 0;
+    if (wait > 0) {
+        double d = ceil(wait * 1e3);
+        ms = d >= (double)INT_MAX ? INT_MAX : (int)d;
+    }
+    int n;
+    if (ms > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        n = epoll_wait((int)epfd, evs, (int)maxev, ms);
+        Py_END_ALLOW_THREADS
+    } else {
+        n = epoll_wait((int)epfd, evs, (int)maxev, 0);
+    }
+    if (n < 0) {
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto out;
+        }
+        if (PyErr_CheckSignals() < 0)
+            goto out;
+        n = 0; /* a signal cut the wait short: a poll may return early */
+    }
+    for (int i = 0; i < n; i++) {
+        int fd = evs[i].data.fd;
+        uint32_t ev = evs[i].events;
+        PyObject *key = PyLong_FromLong(fd);
+        if (key == NULL)
+            goto out;
+        PyObject *sock = PyDict_GetItemWithError(fds, key);
+        Py_DECREF(key);
+        if (sock == NULL) {
+            if (PyErr_Occurred())
+                goto out;
+            if (fd == orphan_fd) {
+                PyObject *orph = PyObject_GetAttr(gi, s_orphanage);
+                PyObject *r = orph ? PyObject_CallMethodNoArgs(orph, s_reap) : NULL;
+                Py_XDECREF(orph);
+                if (r == NULL)
+                    goto out;
+                Py_DECREF(r);
+            }
+            continue;
+        }
+        Py_INCREF(sock);
+        int readable;
+        if (!(ev & (EPOLLERR | EPOLLOUT)) && PyObject_TypeCheck(sock, &CoreType) && !((Core *)sock)->read_paused) {
+            readable = (ev & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) != 0;
+        } else {
+            PyObject *evo = PyLong_FromUnsignedLong(ev);
+            PyObject *r = evo ? PyObject_CallMethodObjArgs(gi, s_event, sock, evo, NULL) : NULL;
+            Py_XDECREF(evo);
+            readable = r ? PyObject_IsTrue(r) : -1;
+            Py_XDECREF(r);
+        }
+        int err = readable < 0 || (readable && PyDict_SetItem(ready, sock, Py_None) < 0);
+        Py_DECREF(sock);
+        if (err)
+            goto out;
+    }
+    rc = 0;
+out:
+    if (evs != stack_evs)
+        PyMem_Free(evs);
+    Py_XDECREF(dirty);
+    Py_XDECREF(want_out);
+    Py_XDECREF(fds);
+    return rc;
+}
+
+/* Back of the pending-recv list while the pipe holds data; otherwise the kernel will say. */
+static int
+group_requeue(PyObject *group, PyObject *ready, PyObject *sock)
+{
+    PyObject *g = PyObject_GetAttr(sock, s_group);
+    if (g == NULL)
+        return -1;
+    Py_DECREF(g);
+    if (g != group || (PyObject_TypeCheck(sock, &CoreType) && ((Core *)sock)->read_paused))
+        return 0;
+    int buffered = core_has_buffered(sock);
+    if (buffered <= 0)
+        return buffered;
+    return PyDict_SetItem(ready, sock, Py_None);
+}
+
+/* SockGroup._serve: up to max_events read callbacks, then flush what they queued. */
+static Py_ssize_t
+group_serve(PyObject *group, PyObject *ready, PyObject *impls, PyObject *stats, long max_events)
+{
+    PyObject *socks = PyObject_GetAttr(group, s_socks);
+    if (socks == NULL)
+        return -1;
+    if (!PyDict_Check(socks)) {
+        Py_DECREF(socks);
+        PyErr_SetString(PyExc_TypeError, "SockGroup._socks must be a dict");
+        return -1;
+    }
+    Py_ssize_t served = 0;
+    while (served < max_events && PyDict_GET_SIZE(ready)) {
+        Py_ssize_t pos = 0;
+        PyObject *sock, *v;
+        PyDict_Next(ready, &pos, &sock, &v);
+        Py_INCREF(sock);
+        if (PyDict_DelItem(ready, sock) < 0)
+            goto fail_sock;
+        PyObject *cb = PyDict_GetItemWithError(socks, sock);
+        if (cb == NULL) {
+            if (PyErr_Occurred())
+                goto fail_sock;
+            Py_DECREF(sock);
+            continue;
+        }
+        if (PyObject_TypeCheck(sock, &CoreType) && ((Core *)sock)->read_paused) {
+            Py_DECREF(sock);
+            continue;
+        }
+        served++;
+        Py_INCREF(cb);
+        PyObject *args[2] = {group, sock};
+        PyObject *res = PyObject_Vectorcall(cb, args, 2, NULL);
+        Py_DECREF(cb);
+        if (res == NULL) {
+            PyObject *t, *val, *tb;
+            PyErr_Fetch(&t, &val, &tb);
+            if (group_requeue(group, ready, sock) < 0 || add_to_attr(stats, s_callbacks, served) < 0)
+                PyErr_WriteUnraisable(group);
+            PyErr_Restore(t, val, tb);
+            goto fail_sock;
+        }
+        Py_DECREF(res);
+        int rc = group_requeue(group, ready, sock);
+        Py_DECREF(sock);
+        if (rc < 0)
+            goto fail;
+        continue;
+    fail_sock:
+        Py_DECREF(sock);
+        goto fail;
+    }
+    Py_DECREF(socks);
+    if (add_to_attr(stats, s_callbacks, served) < 0)
+        return -1;
+    if (served) {
+        /* What the callbacks queued goes out now, not at the next poll (QD1 latency). */
+        PyObject *gis = PyDict_Values(impls);
+        if (gis == NULL)
+            return -1;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gis); i++) {
+            PyObject *gi = PyList_GET_ITEM(gis, i);
+            PyObject *dirty = PyObject_GetAttr(gi, s_dirty);
+            int any = dirty ? PyObject_IsTrue(dirty) : -1;
+            Py_XDECREF(dirty);
+            if (any < 0 || (any && call_flush_dirty(gi) < 0)) {
+                Py_DECREF(gis);
+                return -1;
+            }
+        }
+        Py_DECREF(gis);
+    }
+    PyObject *r = reraise_or_none();
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return served;
+fail:
+    Py_DECREF(socks);
+    return -1;
+}
+
+static PyObject *
+mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"self", "max_events", "timeout", NULL};
+    PyObject *group, *max_o = NULL, *timeout_o = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:poll", kwlist, &group, &max_o, &timeout_o))
+        return NULL;
+    long max_events = 32;
+    double timeout = 0.0;
+    int fast = 1;
+    if (max_o != NULL) {
+        if (PyLong_CheckExact(max_o)) {
+            int overflow;
+            max_events = PyLong_AsLongAndOverflow(max_o, &overflow);
+            fast = !overflow && max_events > 0;
+        } else {
+            fast = 0;
+        }
+    }
+    if (timeout_o != NULL && fast) {
+        if (PyFloat_CheckExact(timeout_o))
+            timeout = PyFloat_AS_DOUBLE(timeout_o);
+        else if (PyLong_CheckExact(timeout_o))
+            timeout = PyLong_AsDouble(timeout_o);
+        else
+            fast = 0;
+        if (timeout == -1.0 && PyErr_Occurred())
+            PyErr_Clear(), fast = 0;
+        if (!(timeout >= 0))
+            fast = 0;
+    }
+    PyObject *impls = NULL, *gi = NULL, *stats = NULL, *ready = NULL, *result = NULL;
+    if (fast) {
+        PyObject *closed = PyObject_GetAttr(group, s_closed);
+        if (closed == NULL)
+            return NULL;
+        Py_DECREF(closed);
+        long wake = attr_long(group, s_wake_fd);
+        if (wake == -1 && PyErr_Occurred())
+            return NULL;
+        fast = closed == Py_False && wake < 0;
+    }
+    if (fast) {
+        impls = PyObject_GetAttr(group, s_impls);
+        if (impls == NULL)
+            return NULL;
+        if (PyDict_Check(impls) && PyDict_GET_SIZE(impls) == 1) {
+            Py_ssize_t pos = 0;
+            PyObject *k;
+            PyDict_Next(impls, &pos, &k, &gi);
+            Py_INCREF(gi);
+        }
+        fast = gi != NULL && posix_gi_type != NULL && Py_TYPE(gi) == posix_gi_type;
+    }
+    if (!fast) {
+        Py_XDECREF(impls);
+        Py_XDECREF(gi);
+        PyObject *m = PyObject_GetAttr(group, s_poll_py);
+        if (m == NULL)
+            return NULL;
+        PyObject *rest = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+        PyObject *r = rest ? PyObject_Call(m, rest, kwds) : NULL;
+        Py_XDECREF(rest);
+        Py_DECREF(m);
+        return r;
+    }
+    stats = PyObject_GetAttr(group, s_stats);
+    ready = PyObject_GetAttr(group, s_ready);
+    if (stats == NULL || ready == NULL || add_to_attr(stats, s_polls, 1) < 0)
+        goto out;
+    if (!PyDict_Check(ready)) {
+        PyErr_SetString(PyExc_TypeError, "SockGroup._ready must be a dict");
+        goto out;
+    }
+    if (posix_gi_poll(gi, PyDict_GET_SIZE(ready) ? 0.0 : timeout, ready) < 0)
+        goto out;
+    PyObject *r = reraise_or_none();
+    if (r == NULL)
+        goto out;
+    Py_DECREF(r);
+    Py_ssize_t served = group_serve(group, ready, impls, stats, max_events);
+    if (served >= 0)
+        result = PyLong_FromSsize_t(served);
+out:
+    Py_XDECREF(impls);
+    Py_XDECREF(gi);
+    Py_XDECREF(stats);
+    Py_XDECREF(ready);
+    return result;
+}
+
+static PyObject *
+mod_set_posix_group_type(PyObject *mod, PyObject *type)
+{
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "set_posix_group_type takes a class");
+        return NULL;
+    }
+    Py_INCREF(type);
+    Py_XSETREF(posix_gi_type, (PyTypeObject *)type);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 mod_completions(PyObject *mod, PyObject *unused)
 {
@@ -1335,6 +1732,11 @@ static PyMethodDef mod_methods[] = {
     {"flush_dirty", (PyCFunction)mod_flush_dirty, METH_O,
      "flush_dirty(group_impl): flush every socket in group_impl._dirty that is not inside a callback."},
     {"completions", (PyCFunction)mod_completions, METH_NOARGS, "Requests completed in this process."},
+    {"group_poll", (PyCFunction)(void (*)(void))mod_group_poll, METH_VARARGS | METH_KEYWORDS,
+     "group_poll(group, max_events=32, timeout=0.0): SockGroup.poll, compiled for a group whose only "
+     "impl is posix (others go to SockGroup._poll_py)."},
+    {"set_posix_group_type", (PyCFunction)mod_set_posix_group_type, METH_O,
+     "The PosixGroupImpl class, whose groups group_poll serves itself."},
     {"as_method", (PyCFunction)mod_as_method, METH_O, "as_method(builtin) -> an instancemethod binding self."},
     {"_setup", (PyCFunction)(void (*)(void))mod_setup, METH_VARARGS | METH_KEYWORDS,
      "Hand the module the Python pieces it defers to (netimpl.sock calls it once)."},
@@ -1374,6 +1776,23 @@ PyInit__native(void)
     INTERN(s_wake_fd, "_wake_fd");
     INTERN(s_polling, "_polling");
     INTERN(s_work_arrived, "_work_arrived");
+    INTERN(s_closed, "_closed");
+    INTERN(s_impls, "_impls");
+    INTERN(s_ready, "_ready");
+    INTERN(s_socks, "_socks");
+    INTERN(s_stats, "stats");
+    INTERN(s_polls, "polls");
+    INTERN(s_callbacks, "callbacks");
+    INTERN(s_epfd, "_epfd");
+    INTERN(s_fds, "_fds");
+    INTERN(s_want_out, "_want_out");
+    INTERN(s_orphan_fd, "_orphan_fd");
+    INTERN(s_orphanage, "_orphanage");
+    INTERN(s_reap, "reap");
+    INTERN(s_watch_writable, "_watch_writable");
+    INTERN(s_event, "_event");
+    INTERN(s_poll_py, "_poll_py");
+    INTERN(s_flush_dirty, "flush_dirty");
     if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&CoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);

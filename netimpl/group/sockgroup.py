@@ -19,6 +19,7 @@ import select
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..accel import native
 from ..errors import callback_errors, ebadf, logger, oserror
 from ..stats import GroupStats
 from .placement import placement_map
@@ -219,6 +220,13 @@ class SockGroup:
         if callback_errors.pending:
             callback_errors.reraise()
         return self._serve(max_events)
+
+    if native is not None:
+        #: The reference, and the path of groups the compiled poll does not serve itself.
+        _poll_py = poll
+        #: Compiled (netimpl._native.group_poll): a group whose only impl is posix polls in one C call,
+        #: running Python only for the callbacks; any other group goes to _poll_py.
+        poll = native.as_method(native.group_poll)
 
     def _poll_exported(self, max_events: int, timeout: float) -> int:
         """poll, keeping :meth:`fileno`'s promise: afterwards its fd is readable exactly when

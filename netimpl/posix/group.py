@@ -24,6 +24,7 @@ from __future__ import annotations
 import select
 from typing import TYPE_CHECKING
 
+from ..accel import native
 from ..impl import GroupImpl
 from ..sock import completions
 
@@ -46,6 +47,7 @@ class PosixGroupImpl(GroupImpl):
     def __init__(self, impl: "PosixImpl") -> None:
         super().__init__(impl)
         self._ep = select.epoll()
+        self._epfd = self._ep.fileno()  # for the compiled poll (netimpl._native.group_poll)
         self._fds: dict[int, "PosixSock"] = {}
         self._want_out: set["PosixSock"] = set()
         self._orphanage = impl.orphanage
@@ -84,24 +86,31 @@ class PosixGroupImpl(GroupImpl):
                 if fd == self._orphan_fd:
                     self._orphanage.reap()
                 continue
-            if ev & EPOLLERR and sock._zc is not None:
-                sock._check_zcopy()
-                if sock._closed:
-                    continue
-            if ev & EPOLLOUT and sock._queued and not sock._cb_cnt:
-                sock._flush()
-                if not sock._queued:
-                    self._dirty.pop(sock, None)
-                if sock._closed:
-                    continue
-            if sock._read_paused:
-                # Armed one-shot: re-arm unless the peer is gone (resume reports that).
-                if not (ev & EPOLLHUP or (ev & EPOLLERR and sock._zc is None)) and fds.get(fd) is sock:
-                    self._arm(sock)
-                continue
-            if ev & _READABLE or (ev & EPOLLERR and sock._zc is None):
+            if self._event(sock, ev):
                 ready.append(sock)
         return ready
+
+    def _event(self, sock: "PosixSock", ev: int) -> bool:
+        """Handle one epoll event of ``sock``; True when it makes the socket readable for its callback.
+
+        The compiled poll handles plain readability itself and calls this for everything else.
+        """
+        if ev & EPOLLERR and sock._zc is not None:
+            sock._check_zcopy()
+            if sock._closed:
+                return False
+        if ev & EPOLLOUT and sock._queued and not sock._cb_cnt:
+            sock._flush()
+            if not sock._queued:
+                self._dirty.pop(sock, None)
+            if sock._closed:
+                return False
+        if sock._read_paused:
+            # Armed one-shot: re-arm unless the peer is gone (resume reports that).
+            if not (ev & EPOLLHUP or (ev & EPOLLERR and sock._zc is None)) and self._fds.get(sock._fd) is sock:
+                self._arm(sock)
+            return False
+        return bool(ev & _READABLE or (ev & EPOLLERR and sock._zc is None))
 
     def before_wait(self) -> bool:
         if self._dirty or self._want_out:
@@ -134,3 +143,7 @@ class PosixGroupImpl(GroupImpl):
     def close(self) -> None:
         self._ep.close()
         self._fds.clear()
+
+
+if native is not None:
+    native.set_posix_group_type(PosixGroupImpl)  # a group of posix sockets alone is polled in C
