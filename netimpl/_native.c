@@ -46,6 +46,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #define IOV_BATCH_SIZE 64
 #define MIN_SOCK_PIPE_SIZE 1024
@@ -406,7 +407,15 @@ typedef struct {
     PyObject *group_impl;
     PyObject *dirty;         /* group_impl._dirty, a dict, or NULL */
     Stats *stats;
+    /* Attributes of the generic layer and the posix backend kept here so the hot path reads them
+     * without a dict lookup; Python sees them as ordinary attributes. */
+    PyObject *group;         /* _group: the SockGroup */
+    PyObject *pipe;          /* _pipe: the recv pipe or None */
+    PyObject *sys;           /* _sys: the posix syscall seam */
+    PyObject *zc;            /* _zc: the posix zero-copy tracker or None */
 } Core;
+
+#define FIELD(o) ((o) != NULL ? (o) : Py_None)
 
 static PyTypeObject CoreType;
 
@@ -519,9 +528,8 @@ gi_owner(PyObject *gi, unsigned long *owner)
 static int
 core_work_arrived(Core *c)
 {
-    PyObject *group = PyObject_GetAttr((PyObject *)c, s_group);
-    if (group == NULL)
-        return -1;
+    PyObject *group = FIELD(c->group);
+    Py_INCREF(group);
     int rc = 0;
     if (group != Py_None) {
         PyObject *fd = PyObject_GetAttr(group, s_wake_fd);
@@ -718,6 +726,10 @@ core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->group_impl);
     Py_VISIT(self->dirty);
     Py_VISIT(self->stats);
+    Py_VISIT(self->group);
+    Py_VISIT(self->pipe);
+    Py_VISIT(self->sys);
+    Py_VISIT(self->zc);
     return 0;
 }
 
@@ -729,6 +741,10 @@ core_clear(Core *self)
     Py_CLEAR(self->group_impl);
     Py_CLEAR(self->dirty);
     Py_CLEAR(self->stats);
+    Py_CLEAR(self->group);
+    Py_CLEAR(self->pipe);
+    Py_CLEAR(self->sys);
+    Py_CLEAR(self->zc);
     return 0;
 }
 
@@ -990,19 +1006,7 @@ core_send_failed(Core *c, int err)
 static int
 core_plain_posix(Core *c)
 {
-    if (!c->direct)
-        return 0;
-    PyObject *sys = PyObject_GetAttr((PyObject *)c, s_sys);
-    if (sys == NULL)
-        return -1;
-    Py_DECREF(sys);
-    if (sys != default_sys)
-        return 0;
-    PyObject *zc = PyObject_GetAttr((PyObject *)c, s_zc);
-    if (zc == NULL)
-        return -1;
-    Py_DECREF(zc);
-    return zc == Py_None;
+    return c->direct && c->sys == default_sys && FIELD(c->zc) == Py_None;
 }
 
 static PyObject *
@@ -1089,20 +1093,9 @@ core_recv_into(Core *c, PyObject *buf)
     if (c->closed)
         return raise_ebadf();
     if (c->direct && PyByteArray_CheckExact(buf) && PyByteArray_GET_SIZE(buf) >= MIN_SOCK_PIPE_SIZE) {
-        int ok = 1;
-        PyObject *pipe = PyObject_GetAttr((PyObject *)c, s_pipe);
-        if (pipe == NULL)
-            return NULL;
-        if (pipe != Py_None)
-            ok = pipe_empty(pipe);
-        Py_DECREF(pipe);
-        if (ok > 0) {
-            PyObject *sys = PyObject_GetAttr((PyObject *)c, s_sys);
-            if (sys == NULL)
-                return NULL;
-            Py_DECREF(sys);
-            ok = sys == default_sys;
-        }
+        int ok = c->sys == default_sys;
+        if (ok && c->pipe != NULL && c->pipe != Py_None)
+            ok = pipe_empty(c->pipe);
         if (ok < 0)
             return NULL;
         if (ok) {
@@ -1225,6 +1218,10 @@ static PyMemberDef core_members[] = {
     {"_close_deferred", T_BOOL, offsetof(Core, close_deferred), 0, NULL},
     {"_direct", T_BOOL, offsetof(Core, direct), 0, NULL},
     {"_read_paused", T_BOOL, offsetof(Core, read_paused), 0, NULL},
+    {"_group", T_OBJECT, offsetof(Core, group), 0, NULL},
+    {"_pipe", T_OBJECT, offsetof(Core, pipe), 0, NULL},
+    {"_sys", T_OBJECT, offsetof(Core, sys), 0, NULL},
+    {"_zc", T_OBJECT, offsetof(Core, zc), 0, NULL},
     {"_queued_iovcnt", T_PYSSIZET, offsetof(Core, queued_iovcnt), READONLY, NULL},
     {NULL},
 };
@@ -1346,9 +1343,10 @@ attr_long(PyObject *obj, PyObject *name)
 static int
 core_has_buffered(PyObject *sock)
 {
-    PyObject *pipe = PyObject_GetAttr(sock, s_pipe);
-    if (pipe == NULL)
+    PyObject *pipe = PyObject_TypeCheck(sock, &CoreType) ? FIELD(((Core *)sock)->pipe) : NULL;
+    if (pipe == NULL && (pipe = PyObject_GetAttr(sock, s_pipe)) == NULL)
         return -1;
+    Py_INCREF(pipe);
     int r = 0;
     if (pipe != Py_None) {
         r = pipe_empty(pipe);
@@ -1423,21 +1421,34 @@ posix_gi_poll(PyObject *gi, double wait, PyObject *ready)
         ms = d >= (double)INT_MAX ? INT_MAX : (int)d;
     }
     int n;
-    if (ms > 0) {
-        Py_BEGIN_ALLOW_THREADS
-        n = epoll_wait((int)epfd, evs, (int)maxev, ms);
-        Py_END_ALLOW_THREADS
-    } else {
-        n = epoll_wait((int)epfd, evs, (int)maxev, 0);
-    }
-    if (n < 0) {
+    double deadline = 0.0;
+    for (;;) {
+        if (ms > 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (deadline == 0.0)
+                deadline = now.tv_sec + now.tv_nsec * 1e-9 + ms * 1e-3;
+            Py_BEGIN_ALLOW_THREADS
+            n = epoll_wait((int)epfd, evs, (int)maxev, ms);
+            Py_END_ALLOW_THREADS
+        } else {
+            n = epoll_wait((int)epfd, evs, (int)maxev, 0);
+        }
+        if (n >= 0)
+            break;
         if (errno != EINTR) {
             PyErr_SetFromErrno(PyExc_OSError);
             goto out;
         }
+        /* PEP 475: run the signal handlers, then wait out the rest of the timeout. */
         if (PyErr_CheckSignals() < 0)
             goto out;
-        n = 0; /* a signal cut the wait short: a poll may return early */
+        if (ms > 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            double left = deadline - (now.tv_sec + now.tv_nsec * 1e-9);
+            ms = left <= 0 ? 0 : (int)ceil(left * 1e3);
+        }
     }
     for (int i = 0; i < n; i++) {
         int fd = evs[i].data.fd;
@@ -1490,10 +1501,14 @@ out:
 static int
 group_requeue(PyObject *group, PyObject *ready, PyObject *sock)
 {
-    PyObject *g = PyObject_GetAttr(sock, s_group);
-    if (g == NULL)
-        return -1;
-    Py_DECREF(g);
+    PyObject *g;
+    if (PyObject_TypeCheck(sock, &CoreType)) {
+        g = FIELD(((Core *)sock)->group);
+    } else {
+        if ((g = PyObject_GetAttr(sock, s_group)) == NULL)
+            return -1;
+        Py_DECREF(g);
+    }
     if (g != group || (PyObject_TypeCheck(sock, &CoreType) && ((Core *)sock)->read_paused))
         return 0;
     int buffered = core_has_buffered(sock);

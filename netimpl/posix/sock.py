@@ -43,12 +43,11 @@ _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 class PosixSock(Sock):
     """A socket of backend ``posix``."""
 
-    #: The syscall seam; a test replaces it per socket.
-    _sys = SYSCALLS
 
     def __init__(self, impl: "PosixImpl", s: socket.socket, impl_opts: "ImplOpts", sock_opts: "SockOpts",
                  *, server: bool, listener: bool = False) -> None:
         super().__init__(impl, s.fileno(), impl_opts, sock_opts)
+        self._sys = SYSCALLS  # the syscall seam; a test replaces it per socket
         self._direct = True  # plain syscalls on the fd: the compiled core's fast paths may apply
         self._s = s
         self._listener = listener
