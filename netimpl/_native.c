@@ -44,6 +44,7 @@
 #include <limits.h>
 #include <math.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -381,6 +382,412 @@ static PyTypeObject StatsType = {
     .tp_repr = (reprfunc)stats_repr,
     .tp_richcompare = stats_richcompare,
     .tp_members = stats_members,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Pipe: the recv pipe as a C ring                                          */
+/* ------------------------------------------------------------------------ */
+
+/* The twin of netimpl/pipe.py (SPDK spdk_pipe semantics, the whole capacity usable, indices back to 0
+ * when emptied, an anonymous mapping as the buffer). The views it hands out are slices of a
+ * memoryview of the pipe itself (it exports its buffer), so a view keeps the mapping alive. The
+ * socket core reads and fills it without any Python call. */
+
+typedef struct {
+    PyObject_HEAD
+    char *buf;
+    Py_ssize_t size, read, write;
+    char full;
+    Py_ssize_t exports;
+} PipeObj;
+
+static PyTypeObject PipeType;
+#define Pipe_Check(o) (Py_TYPE(o) == &PipeType)
+
+static inline Py_ssize_t
+pipe_avail(PipeObj *p)
+{
+    if (p->full)
+        return p->size;
+    Py_ssize_t d = p->write - p->read;
+    return d >= 0 ? d : d + p->size;
+}
+
+/* The (at most two) pieces of free space, from write on. */
+static int
+pipe_free_iov(PipeObj *p, Py_ssize_t n, struct iovec *iov)
+{
+    if (p->full || n <= 0)
+        return 0;
+    if (p->read <= p->write) {
+        Py_ssize_t first = p->size - p->write < n ? p->size - p->write : n;
+        iov[0].iov_base = p->buf + p->write;
+        iov[0].iov_len = (size_t)first;
+        Py_ssize_t rest = n - first < p->read ? n - first : p->read;
+        if (rest > 0) {
+            iov[1].iov_base = p->buf;
+            iov[1].iov_len = (size_t)rest;
+            return 2;
+        }
+        return 1;
+    }
+    Py_ssize_t k = p->read - p->write < n ? p->read - p->write : n;
+    iov[0].iov_base = p->buf + p->write;
+    iov[0].iov_len = (size_t)k;
+    return 1;
+}
+
+/* The (at most two) readable pieces, oldest first. */
+static int
+pipe_data_iov(PipeObj *p, Py_ssize_t n, struct iovec *iov)
+{
+    if (n <= 0 || (p->read == p->write && !p->full))
+        return 0;
+    if (p->read < p->write) {
+        Py_ssize_t k = p->write - p->read < n ? p->write - p->read : n;
+        iov[0].iov_base = p->buf + p->read;
+        iov[0].iov_len = (size_t)k;
+        return 1;
+    }
+    Py_ssize_t first = p->size - p->read < n ? p->size - p->read : n;
+    iov[0].iov_base = p->buf + p->read;
+    iov[0].iov_len = (size_t)first;
+    Py_ssize_t rest = n - first < p->write ? n - first : p->write;
+    if (rest > 0) {
+        iov[1].iov_base = p->buf;
+        iov[1].iov_len = (size_t)rest;
+        return 2;
+    }
+    return 1;
+}
+
+static void
+pipe_writer_commit(PipeObj *p, Py_ssize_t n)
+{
+    if (n == 0)
+        return;
+    p->write = (p->write + n) % p->size;
+    if (p->write == p->read)
+        p->full = 1;
+}
+
+static void
+pipe_reader_commit(PipeObj *p, Py_ssize_t n)
+{
+    if (n == 0)
+        return;
+    Py_ssize_t rd = (p->read + n) % p->size;
+    p->full = 0;
+    if (rd == p->write)
+        rd = p->write = 0; /* emptied: start again at 0 so the next fill is one piece */
+    p->read = rd;
+}
+
+/* Copy up to len readable bytes to dst and consume them. */
+static Py_ssize_t
+pipe_copy_out(PipeObj *p, char *dst, Py_ssize_t len)
+{
+    struct iovec iov[2];
+    int cnt = pipe_data_iov(p, len, iov);
+    Py_ssize_t got = 0;
+    for (int i = 0; i < cnt; i++) {
+        memcpy(dst + got, iov[i].iov_base, iov[i].iov_len);
+        got += (Py_ssize_t)iov[i].iov_len;
+    }
+    pipe_reader_commit(p, got);
+    return got;
+}
+
+static int
+pipe_init(PipeObj *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"capacity", NULL};
+    PyObject *cap;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Pipe", kwlist, &cap))
+        return -1;
+    if (PyBool_Check(cap) || !PyLong_Check(cap)) {
+        PyErr_Format(PyExc_TypeError, "Pipe capacity must be an int, not %R", cap);
+        return -1;
+    }
+    int overflow;
+    long long n = PyLong_AsLongLongAndOverflow(cap, &overflow);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow < 0 || (!overflow && n <= 0)) {
+        PyErr_Format(PyExc_ValueError, "Pipe capacity must be positive, not %R", cap);
+        return -1;
+    }
+    if (overflow > 0 || n > PY_SSIZE_T_MAX) {
+        PyErr_Format(PyExc_OverflowError, "Pipe capacity %R is too large", cap);
+        return -1;
+    }
+    if (self->exports) {
+        PyErr_SetString(PyExc_BufferError, "cannot re-initialise a Pipe whose buffer is in use");
+        return -1;
+    }
+    void *m = mmap(NULL, (size_t)n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (self->buf != NULL)
+        munmap(self->buf, (size_t)self->size);
+    self->buf = m;
+    self->size = (Py_ssize_t)n;
+    self->read = self->write = 0;
+    self->full = 0;
+    return 0;
+}
+
+static void
+pipe_dealloc(PipeObj *self)
+{
+    if (self->buf != NULL)
+        munmap(self->buf, (size_t)self->size);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+pipe_getbuffer(PipeObj *self, Py_buffer *view, int flags)
+{
+    if (self->buf == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Pipe not initialised");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->buf, self->size, 0, flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void
+pipe_releasebuffer(PipeObj *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyBufferProcs pipe_as_buffer = {(getbufferproc)pipe_getbuffer, (releasebufferproc)pipe_releasebuffer};
+
+static PyObject *
+pipe_repr(PipeObj *self)
+{
+    return PyUnicode_FromFormat("<Pipe capacity=%zd readable=%zd read=%zd write=%zd>", self->size,
+                                pipe_avail(self), self->read, self->write);
+}
+
+/* Views over the pieces, as a list of memoryview slices of the pipe. */
+static PyObject *
+pipe_views(PipeObj *self, struct iovec *iov, int cnt)
+{
+    PyObject *list = PyList_New(0);
+    if (list == NULL || cnt == 0)
+        return list;
+    PyObject *whole = PyMemoryView_FromObject((PyObject *)self);
+    if (whole == NULL)
+        goto fail;
+    for (int i = 0; i < cnt; i++) {
+        Py_ssize_t off = (char *)iov[i].iov_base - self->buf;
+        PyObject *v = PySequence_GetSlice(whole, off, off + (Py_ssize_t)iov[i].iov_len);
+        if (v == NULL || PyList_Append(list, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(whole);
+            goto fail;
+        }
+        Py_DECREF(v);
+    }
+    Py_DECREF(whole);
+    return list;
+fail:
+    Py_DECREF(list);
+    return NULL;
+}
+
+static int
+arg_ssize(PyObject *o, Py_ssize_t *n)
+{
+    *n = PyNumber_AsSsize_t(o, PyExc_OverflowError);
+    return *n == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *
+pipe_free_space(PipeObj *self, PyObject *unused)
+{
+    return PyLong_FromSsize_t(self->size - pipe_avail(self));
+}
+
+static PyObject *
+pipe_bytes_available(PipeObj *self, PyObject *unused)
+{
+    return PyLong_FromSsize_t(pipe_avail(self));
+}
+
+static PyObject *
+pipe_writer_get_buffer(PipeObj *self, PyObject *arg)
+{
+    Py_ssize_t n;
+    if (arg_ssize(arg, &n) < 0)
+        return NULL;
+    struct iovec iov[2];
+    return pipe_views(self, iov, pipe_free_iov(self, n, iov));
+}
+
+static PyObject *
+pipe_reader_get_buffer(PipeObj *self, PyObject *arg)
+{
+    Py_ssize_t n;
+    if (arg_ssize(arg, &n) < 0)
+        return NULL;
+    struct iovec iov[2];
+    return pipe_views(self, iov, pipe_data_iov(self, n, iov));
+}
+
+static PyObject *
+pipe_writer_advance(PipeObj *self, PyObject *arg)
+{
+    Py_ssize_t n;
+    if (arg_ssize(arg, &n) < 0)
+        return NULL;
+    Py_ssize_t free = self->size - pipe_avail(self);
+    if (n < 0 || n > free) {
+        PyErr_Format(PyExc_ValueError, "writer_advance(%R): only %zd bytes free", arg, free);
+        return NULL;
+    }
+    pipe_writer_commit(self, n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+pipe_reader_advance(PipeObj *self, PyObject *arg)
+{
+    Py_ssize_t n;
+    if (arg_ssize(arg, &n) < 0)
+        return NULL;
+    Py_ssize_t avail = pipe_avail(self);
+    if (n < 0 || n > avail) {
+        PyErr_Format(PyExc_ValueError, "reader_advance(%R): only %zd bytes readable", arg, avail);
+        return NULL;
+    }
+    pipe_reader_commit(self, n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+pipe_read_into(PipeObj *self, PyObject *buf)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    Py_ssize_t got = pipe_copy_out(self, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(got);
+}
+
+static PyObject *
+pipe_fill(PipeObj *self, PyObject *readv)
+{
+    struct iovec iov[2];
+    int cnt = pipe_free_iov(self, self->size, iov);
+    if (cnt == 0)
+        return PyLong_FromLong(0);
+    PyObject *views = pipe_views(self, iov, cnt);
+    if (views == NULL)
+        return NULL;
+    PyObject *n = PyObject_CallOneArg(readv, views);
+    Py_DECREF(views);
+    if (n == NULL || n == Py_None)
+        return n;
+    Py_ssize_t k = PyNumber_AsSsize_t(n, PyExc_OverflowError);
+    if (k == -1 && PyErr_Occurred()) {
+        Py_DECREF(n);
+        return NULL;
+    }
+    Py_ssize_t free = self->size - pipe_avail(self);
+    if (k < 0 || k > free) {
+        PyErr_Format(PyExc_ValueError, "writer_advance(%zd): only %zd bytes free", k, free);
+        Py_DECREF(n);
+        return NULL;
+    }
+    pipe_writer_commit(self, k);
+    return n;
+}
+
+static PyObject *
+pipe_resized(PipeObj *self, PyObject *arg)
+{
+    Py_ssize_t have = pipe_avail(self);
+    Py_ssize_t cap;
+    if (PyLong_Check(arg) && !PyBool_Check(arg)) {
+        if (arg_ssize(arg, &cap) < 0)
+            return NULL;
+        if (cap < have) {
+            PyErr_Format(PyExc_ValueError, "cannot resize the recv pipe to %zd bytes: %zd bytes are buffered",
+                         cap, have);
+            return NULL;
+        }
+    }
+    PipeObj *new = (PipeObj *)PyObject_CallOneArg((PyObject *)Py_TYPE(self), arg);
+    if (new == NULL)
+        return NULL;
+    struct iovec iov[2];
+    int cnt = pipe_data_iov(self, have, iov);
+    Py_ssize_t off = 0;
+    for (int i = 0; i < cnt; i++) {
+        memcpy(new->buf + off, iov[i].iov_base, iov[i].iov_len);
+        off += (Py_ssize_t)iov[i].iov_len;
+    }
+    pipe_writer_commit(new, off);
+    return (PyObject *)new;
+}
+
+static PyObject *
+pipe_get_capacity(PipeObj *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->size);
+}
+
+static PyMethodDef pipe_methods[] = {
+    {"free_space", (PyCFunction)pipe_free_space, METH_NOARGS, "Bytes that can be written now."},
+    {"bytes_available", (PyCFunction)pipe_bytes_available, METH_NOARGS, "Bytes that can be read now."},
+    {"writer_get_buffer", (PyCFunction)pipe_writer_get_buffer, METH_O,
+     "Views totalling ``min(n, free_space())`` bytes where a writer may put data."},
+    {"writer_advance", (PyCFunction)pipe_writer_advance, METH_O, "Commit ``n`` bytes written."},
+    {"reader_get_buffer", (PyCFunction)pipe_reader_get_buffer, METH_O,
+     "Views totalling ``min(n, bytes_available())`` readable bytes, oldest first."},
+    {"reader_advance", (PyCFunction)pipe_reader_advance, METH_O, "Consume ``n`` readable bytes."},
+    {"read_into", (PyCFunction)pipe_read_into, METH_O,
+     "Copy up to ``len(buf)`` readable bytes into ``buf`` and consume them."},
+    {"fill", (PyCFunction)pipe_fill, METH_O, "Fill all free space with one ``readv`` call; returns what it returned."},
+    {"resized", (PyCFunction)pipe_resized, METH_O,
+     "A new pipe of ``capacity`` holding a copy of this pipe's unread bytes; this one is unchanged."},
+    {NULL},
+};
+
+static PyGetSetDef pipe_getset[] = {
+    {"capacity", (getter)pipe_get_capacity, NULL, NULL, NULL},
+    {NULL},
+};
+
+static PyMemberDef pipe_members[] = {
+    {"_read", T_PYSSIZET, offsetof(PipeObj, read), READONLY, NULL},
+    {"_write", T_PYSSIZET, offsetof(PipeObj, write), READONLY, NULL},
+    {"_full", T_BOOL, offsetof(PipeObj, full), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject PipeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netimpl.Pipe",
+    .tp_basicsize = sizeof(PipeObj),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Pipe(capacity)\n--\n\nThe recv pipe, a byte ring (compiled; the reference is netimpl/pipe.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)pipe_init,
+    .tp_dealloc = (destructor)pipe_dealloc,
+    .tp_repr = (reprfunc)pipe_repr,
+    .tp_as_buffer = &pipe_as_buffer,
+    .tp_methods = pipe_methods,
+    .tp_getset = pipe_getset,
+    .tp_members = pipe_members,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1067,6 +1474,8 @@ error:
 static int
 pipe_empty(PyObject *pipe)
 {
+    if (Pipe_Check(pipe))
+        return pipe_avail((PipeObj *)pipe) == 0;
     PyObject *full = PyObject_GetAttr(pipe, s_full);
     if (full == NULL)
         return -1;
@@ -1087,32 +1496,78 @@ pipe_empty(PyObject *pipe)
     return eq;
 }
 
+/* recv(2) into dst; None on EAGAIN. */
+static PyObject *
+core_recv_direct(Core *c, char *dst, Py_ssize_t len)
+{
+    for (;;) {
+        c->stats->syscalls++;
+        ssize_t n = recv(c->fd, dst, (size_t)len, 0);
+        if (n >= 0) {
+            c->stats->bytes_received += n;
+            return PyLong_FromSsize_t(n);
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            Py_RETURN_NONE;
+        if (errno != EINTR)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+}
+
+/* Sock._recv for one buffer, through a C pipe (or none): copy what the pipe holds; else a large read
+ * goes straight to dst and a small one fills the pipe with one readv(2) first. */
+static PyObject *
+core_recv_view(Core *c, PipeObj *p, char *dst, Py_ssize_t len)
+{
+    if (p == NULL || (pipe_avail(p) == 0 && len >= MIN_SOCK_PIPE_SIZE))
+        return core_recv_direct(c, dst, len);
+    if (pipe_avail(p) == 0) {
+        struct iovec iov[2];
+        int cnt = pipe_free_iov(p, p->size, iov);
+        for (;;) {
+            c->stats->syscalls++;
+            ssize_t n = readv(c->fd, iov, cnt);
+            if (n > 0) {
+                c->stats->bytes_received += n;
+                pipe_writer_commit(p, n);
+                break;
+            }
+            if (n == 0)
+                return PyLong_FromLong(0);
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                Py_RETURN_NONE;
+            if (errno != EINTR)
+                return PyErr_SetFromErrno(PyExc_OSError);
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+        }
+    }
+    return PyLong_FromSsize_t(pipe_copy_out(p, dst, len));
+}
+
 static PyObject *
 core_recv_into(Core *c, PyObject *buf)
 {
     if (c->closed)
         return raise_ebadf();
-    if (c->direct && PyByteArray_CheckExact(buf) && PyByteArray_GET_SIZE(buf) >= MIN_SOCK_PIPE_SIZE) {
-        int ok = c->sys == default_sys;
-        if (ok && c->pipe != NULL && c->pipe != Py_None)
-            ok = pipe_empty(c->pipe);
-        if (ok < 0)
-            return NULL;
-        if (ok) {
-            for (;;) {
-                c->stats->syscalls++;
-                ssize_t n = recv(c->fd, PyByteArray_AS_STRING(buf), (size_t)PyByteArray_GET_SIZE(buf), 0);
-                if (n >= 0) {
-                    c->stats->bytes_received += n;
-                    return PyLong_FromSsize_t(n);
-                }
-                if (errno == EAGAIN || errno == EWOULDBLOCK)
-                    Py_RETURN_NONE;
-                if (errno != EINTR)
-                    return PyErr_SetFromErrno(PyExc_OSError);
-                if (PyErr_CheckSignals() < 0)
-                    return NULL;
+    if (c->direct && c->sys == default_sys) {
+        PyObject *pipe = FIELD(c->pipe);
+        if (PyByteArray_CheckExact(buf)) {
+            /* The common case: no buffer export needed. */
+            if (pipe == Py_None)
+                return core_recv_direct(c, PyByteArray_AS_STRING(buf), PyByteArray_GET_SIZE(buf));
+            if (Pipe_Check(pipe))
+                return core_recv_view(c, (PipeObj *)pipe, PyByteArray_AS_STRING(buf), PyByteArray_GET_SIZE(buf));
+        } else if (pipe == Py_None || Pipe_Check(pipe)) {
+            Py_buffer view;
+            if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) == 0) {
+                PyObject *r = core_recv_view(c, pipe == Py_None ? NULL : (PipeObj *)pipe, view.buf, view.len);
+                PyBuffer_Release(&view);
+                return r;
             }
+            PyErr_Clear(); /* the Python path names what is wrong with buf */
         }
     }
     return PyObject_CallFunctionObjArgs(py_recv_into, (PyObject *)c, buf, NULL);
@@ -1808,7 +2263,8 @@ PyInit__native(void)
     INTERN(s_event, "_event");
     INTERN(s_poll_py, "_poll_py");
     INTERN(s_flush_dirty, "flush_dirty");
-    if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&CoreType) < 0)
+    if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&CoreType) < 0 ||
+        PyType_Ready(&PipeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL)
@@ -1816,6 +2272,7 @@ PyInit__native(void)
     if (PyModule_AddObjectRef(m, "Request", (PyObject *)&ReqType) < 0 ||
         PyModule_AddObjectRef(m, "SockStats", (PyObject *)&StatsType) < 0 ||
         PyModule_AddObjectRef(m, "SockCore", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObjectRef(m, "Pipe", (PyObject *)&PipeType) < 0 ||
         PyModule_AddIntConstant(m, "IOV_BATCH_SIZE", IOV_BATCH_SIZE) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -9,6 +9,11 @@ the ring is emptied, so the next fill gets one contiguous piece. Every
 end of the buffer and the piece wrapped to its start) over one buffer
 allocated once; nothing is allocated per read except those views.
 
+When the compiled core is built, ``netimpl.Pipe`` is its C twin of this
+class (``netimpl._native.Pipe``, same contract; the sockets' compiled
+receive path reads and fills it without a Python call); this class stays
+the reference, run by the tests with ``NETIMPL_NATIVE=0``.
+
 The buffer is an anonymous mapping, not a bytearray: the kernel hands out
 zero pages only as data first lands in them, so a thousand sockets with
 2 MiB pipes cost what they hold, not 2 GB of page faults at accept time
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import mmap
 from typing import Callable
+
+from .accel import native
 
 __all__ = ["Pipe"]
 
@@ -166,3 +173,8 @@ class Pipe:
             off += len(view)
         new.writer_advance(off)
         return new
+
+
+PyPipe = Pipe
+if native is not None:
+    Pipe = native.Pipe  # type: ignore[misc]

@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import netimpl
 from netimpl import _pycore, accel
 from netimpl.sock import Sock
@@ -41,3 +43,37 @@ def test_env_var_forces_the_python_twin():
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "True" and "NETIMPL_NATIVE=0" in out.stdout
     assert "netimpl._pycore" in out.stdout
+
+
+def test_pipe_views_keep_the_ring_alive():
+    if os.environ.get(accel.ENV_VAR, "1") == "0":
+        pytest.skip("the Python twin runs (NETIMPL_NATIVE=0): no compiled Pipe to check")
+    need(accel.reason and f"the compiled core is not in use: {accel.reason}")
+    pipe = accel.native.Pipe(8)
+    view = pipe.writer_get_buffer(8)[0]
+    del pipe  # the view exports the ring's buffer: the mapping must outlive this name
+    view[:] = b"abcdefgh"
+    assert bytes(view) == b"abcdefgh"
+
+
+def test_small_reads_go_through_the_compiled_pipe_with_one_syscall():
+    lsock = netimpl.listen("127.0.0.1", 0, impl="posix")
+    client = netimpl.connect("127.0.0.1", lsock.getaddr()[1], impl="posix")
+    server = None
+    while server is None:
+        server = lsock.accept()
+    try:
+        client.writev([b"0123456789" * 10])
+        buf = bytearray(10)
+        got = b""
+        while len(got) < 100:
+            n = server.recv_into(buf)
+            if n:
+                got += bytes(buf[:n])
+        assert got == b"0123456789" * 10
+        assert server.stats.bytes_received == 100
+        assert server.stats.syscalls <= 3  # the first fill takes all (or nearly): the rest come from the pipe
+        assert not server._has_buffered()
+    finally:
+        for s in (client, server, lsock):
+            s.close()
