@@ -29,7 +29,7 @@ Python reference in :mod:`netimpl._pycore`.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from ._pycore import IOV_BATCH_SIZE, MIN_SOCK_PIPE_SIZE
 from .accel import SockCore, completions
@@ -45,10 +45,20 @@ if TYPE_CHECKING:
 __all__ = ["Sock", "IOV_BATCH_SIZE", "MIN_SOCK_PIPE_SIZE", "completions"]
 
 
-class Sock(SockCore):
+class _SockType(type(SockCore)):  # type: ignore[misc]
+    @property
+    def completions(cls) -> int:
+        """Requests completed in this process, every socket together; a group poll that sees it move
+        does not sleep. (Counted by the core, compiled or Python: :func:`completions`.)"""
+        return completions()
+
+
+class Sock(SockCore, metaclass=_SockType):
     """A non-blocking TCP socket of some backend; the contract is docs/api.md ("Sock")."""
 
     impl_name: str = "?"
+    #: Requests completed in this process (a class attribute, read-only: see _SockType).
+    completions: ClassVar[int]
 
     def __init__(self, impl: "NetImpl", fd: int, impl_opts: "ImplOpts", sock_opts: "SockOpts") -> None:
         self._impl = impl

@@ -233,3 +233,14 @@ def test_queued_bytes_counts_requests_until_their_callbacks_run():
     assert seen == [20] and sock.queued_bytes == 20
     sock.close()
     assert seen == [20, 10, 0] and sock.queued_bytes == 0
+
+
+def test_sock_completions_counts_every_callback_in_the_process():
+    from netimpl import Sock
+
+    sock, log = FakeSock(), []
+    before = Sock.completions
+    for r in make_reqs(log, 3):
+        sock.writev_async(r)
+    sock.flush()
+    assert Sock.completions == before + 3 and len(log) == 3
