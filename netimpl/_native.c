@@ -1,38 +1,48 @@
-/* netimpl._native: the per-request hot path in compiled code.
+/* netimpl._native: the per-request and per-poll hot path in compiled code.
  *
- * A CPython extension written by hand (not cffi: cffi cannot define Python
- * types, and the point is that Python objects reach C as declared types;
- * not Cython: one small C file needs no build requirement from PyPI). It
- * implements, behind the same contract as the pure-Python reference in
- * netimpl/_pycore.py (which stays as the fallback and the twin that the
- * test suite also runs, NETIMPL_NATIVE=0):
+ * A CPython extension written by hand. Not cffi: cffi cannot define Python
+ * types, and here Python objects must reach C as declared types (a Request
+ * is a C struct, a socket's queue a linked list of them), never as id()
+ * casts. Not Cython: one C file of plain C API needs no build requirement
+ * from PyPI, and the build stays optional like the cffi modules (setup.py:
+ * without a compiler the install succeeds and the Python twin runs).
+ * It implements, behind the same contract as the pure-Python reference
+ * (netimpl/_pycore.py, netimpl/pipe.py, SockGroup._poll_py), which stays as
+ * the fallback and as the twin the test suite also runs (NETIMPL_NATIVE=0):
  *
  *   Request    the write request: bufs, cb, ctx, nbytes, in_flight, repr,
  *              the same validation errors. Requests are linked into their
  *              socket's queues through a pointer of their own: queueing one
  *              allocates nothing.
  *   SockStats  the per-socket counters, C integers behind attributes.
+ *   Pipe       the recv pipe, a C ring (twin of netimpl/pipe.py).
  *   SockCore   the base type of netimpl.Sock: the queued and pending
  *              queues, writev_async/flush, send accounting
  *              (_requests_sent), completion in order with the callbacks run
  *              from here (_complete_pending), aborts (_fail_queued), the
- *              _cb_cnt callback-depth guard and the deferred close, and two
- *              fast paths of the posix backend: _posix_flush (gather up to
- *              64 iovecs honouring offsets, one sendmsg(2) with
- *              MSG_NOSIGNAL) and recv_into (recv(2) straight into the
- *              caller's bytearray when the recv pipe is empty).
+ *              _cb_cnt callback-depth guard and the deferred close,
+ *              queued_bytes, and the fast paths of the posix backend:
+ *              _posix_flush (gather up to 64 iovecs honouring offsets, one
+ *              sendmsg(2) with MSG_NOSIGNAL) and recv_into (recv(2) straight
+ *              into the caller's buffer, or readv(2) into the C pipe and a
+ *              copy out of it).
  *   flush_dirty  GroupImpl.flush_dirty as one C call.
+ *   group_poll   SockGroup.poll of a group whose only impl is posix:
+ *              epoll_wait, fd -> socket, the pending-recv rotation,
+ *              max_events, the read callbacks, one flush per dirty socket.
  *
  * What stays in Python, by design: every slow or rare path. A fast path
  * that meets anything unusual (the syscall seam replaced by a test, a
- * zero-copy socket, a recv pipe holding data, a small or non-bytearray
- * buffer) calls the Python reference method instead, so each of those
+ * zero-copy socket, an epoll event other than readability, a paused
+ * socket, a group of several backends, a poll that must wait on the
+ * group's exported fd) calls the Python code instead, so each of those
  * mechanisms keeps one implementation. Zero-copy sockets flush through the
  * Python path (their bookkeeping is Python's ZcTracker); the C queue still
  * holds their requests, and _complete_pending never completes a request
  * whose zc_wait is not 0, whichever path sent it.
  *
- * The GIL is held throughout: every system call here is non-blocking.
+ * The GIL is held throughout, except around an epoll_wait that may block:
+ * every other system call here is non-blocking.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -1761,7 +1771,7 @@ error:
  * (_watch_writable); the orphanage. */
 
 static PyTypeObject *posix_gi_type;  /* netimpl.posix.group.PosixGroupImpl */
-static PyObject *s_closed, *s_impls, *s_ready, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_epfd, *s_fds,
+static PyObject *s_busy, *s_update_busy, *s_closed, *s_impls, *s_ready, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_epfd, *s_fds,
     *s_want_out, *s_orphan_fd, *s_orphanage, *s_reap, *s_watch_writable, *s_event, *s_poll_py, *s_flush_dirty;
 
 #define STACK_EVENTS 256
@@ -2065,7 +2075,7 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
         return NULL;
     long max_events = 32;
     double timeout = 0.0;
-    int fast = 1;
+    int fast = 1, exported = 0;
     if (max_o != NULL) {
         if (PyLong_CheckExact(max_o)) {
             int overflow;
@@ -2096,7 +2106,23 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
         long wake = attr_long(group, s_wake_fd);
         if (wake == -1 && PyErr_Occurred())
             return NULL;
-        fast = closed == Py_False && wake < 0;
+        fast = closed == Py_False;
+        if (fast && wake >= 0) {
+            /* fileno() was asked for (netimpl.aio drives the group with timeout 0): served here too,
+             * unless this poll may wait, which _poll_py does on the waiter epoll. */
+            exported = 1;
+            if (timeout > 0) {
+                PyObject *busy = PyObject_GetAttr(group, s_busy);
+                PyObject *rd = busy ? PyObject_GetAttr(group, s_ready) : NULL;
+                int b = rd ? PyObject_IsTrue(busy) : -1;
+                int r = b >= 0 ? PyObject_IsTrue(rd) : -1;
+                Py_XDECREF(busy);
+                Py_XDECREF(rd);
+                if (b < 0 || r < 0)
+                    return NULL;
+                fast = b || r;
+            }
+        }
     }
     if (fast) {
         impls = PyObject_GetAttr(group, s_impls);
@@ -2122,6 +2148,8 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
         Py_DECREF(m);
         return r;
     }
+    if (exported && PyObject_SetAttr(group, s_polling, Py_True) < 0)
+        goto done;
     stats = PyObject_GetAttr(group, s_stats);
     ready = PyObject_GetAttr(group, s_ready);
     if (stats == NULL || ready == NULL || add_to_attr(stats, s_polls, 1) < 0)
@@ -2130,7 +2158,7 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "SockGroup._ready must be a dict");
         goto out;
     }
-    if (posix_gi_poll(gi, PyDict_GET_SIZE(ready) ? 0.0 : timeout, ready) < 0)
+    if (posix_gi_poll(gi, PyDict_GET_SIZE(ready) || exported ? 0.0 : timeout, ready) < 0)
         goto out;
     PyObject *r = reraise_or_none();
     if (r == NULL)
@@ -2140,6 +2168,24 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
     if (served >= 0)
         result = PyLong_FromSsize_t(served);
 out:
+    if (exported) {
+        /* _poll_exported's finally: keep fileno()'s promise, whatever happened above. */
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        int bad = PyObject_SetAttr(group, s_polling, Py_False) < 0;
+        PyObject *u = bad ? NULL : PyObject_CallMethodNoArgs(group, s_update_busy);
+        Py_XDECREF(u);
+        if (u == NULL) {
+            if (t != NULL) {
+                PyErr_WriteUnraisable(group);  /* keep the first exception, report the second */
+            } else {
+                Py_CLEAR(result);
+                goto done;
+            }
+        }
+        PyErr_Restore(t, v, tb);
+    }
+done:
     Py_XDECREF(impls);
     Py_XDECREF(gi);
     Py_XDECREF(stats);
@@ -2247,6 +2293,8 @@ PyInit__native(void)
     INTERN(s_polling, "_polling");
     INTERN(s_work_arrived, "_work_arrived");
     INTERN(s_closed, "_closed");
+    INTERN(s_busy, "_busy");
+    INTERN(s_update_busy, "_update_busy");
     INTERN(s_impls, "_impls");
     INTERN(s_ready, "_ready");
     INTERN(s_socks, "_socks");

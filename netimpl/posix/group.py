@@ -17,6 +17,12 @@ Facts about epoll that shape it (epoll(7)):
   paused socket is therefore armed ``EPOLLONESHOT``: each event it raises
   (write space, a zero-copy notification) is handled and the socket re-armed,
   except after a hang-up or an error, which only its resume will report.
+
+With the compiled core, a group whose only impl is posix is polled by
+``netimpl._native.group_poll`` (the loop of :meth:`PosixGroupImpl.poll` and
+of ``SockGroup._serve`` in C); it hands every event other than plain
+readability to :meth:`PosixGroupImpl._event` and arming to
+:meth:`_watch_writable`, so those exist once, here.
 """
 
 from __future__ import annotations
