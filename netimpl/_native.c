@@ -33,13 +33,13 @@
  *
  * What stays in Python, by design: every slow or rare path. A fast path
  * that meets anything unusual (the syscall seam replaced by a test, a
- * zero-copy socket, an epoll event other than readability, a paused
+ * zero-copy notification, an epoll event other than readability, a paused
  * socket, a group of several backends, a poll that must wait on the
  * group's exported fd) calls the Python code instead, so each of those
- * mechanisms keeps one implementation. Zero-copy sockets flush through the
- * Python path (their bookkeeping is Python's ZcTracker); the C queue still
- * holds their requests, and _complete_pending never completes a request
- * whose zc_wait is not 0, whichever path sent it.
+ * mechanisms keeps one implementation. Zero-copy sockets send from C with
+ * MSG_ZEROCOPY, but the counter bookkeeping and the error-queue parsing stay
+ * Python's (ZcTracker, PosixSock._check_zcopy); _complete_pending never
+ * completes a request whose zc_wait is not 0, whichever path sent it.
  *
  * The GIL is held throughout, except around an epoll_wait that may block:
  * every other system call here is non-blocking.
@@ -75,6 +75,7 @@ static PyObject *default_sys;   /* netimpl.posix.syscalls.SYSCALLS */
 static PyObject *wrong_thread_fn; /* netimpl.errors.wrong_thread(what, call) -> OSError */
 static unsigned long long completions;
 
+static PyObject *s_inflight, *s_check_zcopy, *s_impl_opts, *s_zerocopy_threshold, *s_sent;
 static PyObject *s_sys, *s_zc, *s_flush, *s_flush_py, *s_close_now, *s_send_failed, *s_pipe, *s_read,
     *s_write, *s_full, *s_error, *s_dirty, *s_owner, *s_check_thread, *s_group, *s_wake_fd, *s_polling,
     *s_work_arrived;
@@ -1419,23 +1420,63 @@ core_send_failed(Core *c, int err)
     return r;
 }
 
-/* Does the socket take the fast path: the real syscalls, no zero-copy? 1 yes, 0 no, -1 error. */
-static int
-core_plain_posix(Core *c)
+#ifndef MSG_ZEROCOPY
+#define MSG_ZEROCOPY 0x4000000
+#endif
+
+/* sendmsg(2) of the gathered iovecs: bytes sent, or -1 with errno set. */
+static ssize_t
+core_sendmsg(Core *c, struct iovec *iov, int cnt, int flags)
 {
-    return c->direct && c->sys == default_sys && FIELD(c->zc) == Py_None;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)cnt;
+    c->stats->syscalls++;
+    return sendmsg(c->fd, &msg, flags);
 }
 
+/* A zero-copy socket's preamble: reap notifications already queued (ZcTracker.inflight non-empty),
+ * and read the impl options' zerocopy_threshold. 0, or -1 on error. */
+static int
+core_zc_prepare(Core *c, Py_ssize_t *threshold)
+{
+    PyObject *inflight = PyObject_GetAttr(c->zc, s_inflight);
+    int any = inflight ? PyObject_IsTrue(inflight) : -1;
+    Py_XDECREF(inflight);
+    if (any < 0)
+        return -1;
+    if (any) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)c, s_check_zcopy);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    PyObject *opts = PyObject_GetAttr((PyObject *)c, s_impl_opts);
+    PyObject *t = opts ? PyObject_GetAttr(opts, s_zerocopy_threshold) : NULL;
+    Py_XDECREF(opts);
+    if (t == NULL)
+        return -1;
+    *threshold = PyLong_AsSsize_t(t);
+    Py_DECREF(t);
+    return *threshold == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* PosixSock._flush_py in C for sockets on the real syscalls (with or without zero-copy): the
+ * zero-copy counter bookkeeping stays the Python ZcTracker's (zc.sent(touched)); a request that a
+ * zero-copy send carried waits in the pending list until its release (_zc_wait), as there. */
 static PyObject *
 core_posix_flush(Core *c, PyObject *unused)
 {
-    int plain = core_plain_posix(c);
-    if (plain < 0)
-        return NULL;
-    if (!plain)
+    if (!c->direct || c->sys != default_sys)
         return PyObject_CallMethodNoArgs((PyObject *)c, s_flush_py);
     struct iovec iov[IOV_BATCH_SIZE];
     Py_INCREF(c);
+    PyObject *zc = FIELD(c->zc);
+    Py_INCREF(zc);
+    Py_ssize_t threshold = 0;
+    if (zc != Py_None && core_zc_prepare(c, &threshold) < 0)
+        goto error;
     while (c->queued.head) {
         int cnt;
         Py_ssize_t total;
@@ -1445,12 +1486,16 @@ core_posix_flush(Core *c, PyObject *unused)
             core_requests_sent(c, 0, NULL);
             continue;
         }
-        struct msghdr msg;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = iov;
-        msg.msg_iovlen = (size_t)cnt;
-        c->stats->syscalls++;
-        ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        int use_zc = zc != Py_None && total >= threshold;
+        ssize_t n = core_sendmsg(c, iov, cnt, use_zc ? MSG_NOSIGNAL | MSG_ZEROCOPY : MSG_NOSIGNAL);
+        if (n < 0 && errno == ENOBUFS && use_zc) {
+            /* optmem_max spent on notifications: copy this batch instead. */
+            c->stats->zerocopy_fallbacks++;
+            use_zc = 0;
+            n = core_sendmsg(c, iov, cnt, MSG_NOSIGNAL);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+                break;
+        }
         if (n < 0) {
             int err = errno;
             if (err == EAGAIN || err == EWOULDBLOCK)
@@ -1467,15 +1512,31 @@ core_posix_flush(Core *c, PyObject *unused)
             break;
         }
         c->stats->bytes_sent += n;
-        core_requests_sent(c, n, NULL);
+        if (use_zc) {
+            PyObject *touched = PyList_New(0);
+            if (touched == NULL || core_requests_sent(c, n, touched) < 0) {
+                Py_XDECREF(touched);
+                goto error;
+            }
+            PyObject *r = PyObject_CallMethodOneArg(zc, s_sent, touched);
+            Py_DECREF(touched);
+            if (r == NULL)
+                goto error;
+            Py_DECREF(r);
+            c->stats->zerocopy_sends++;
+        } else {
+            core_requests_sent(c, n, NULL);
+        }
         if (n < total)
             break;
     }
     if (core_complete_pending(c) < 0)
         goto error;
+    Py_DECREF(zc);
     Py_DECREF(c);
     Py_RETURN_NONE;
 error:
+    Py_DECREF(zc);
     Py_DECREF(c);
     return NULL;
 }
@@ -2294,6 +2355,11 @@ PyInit__native(void)
     INTERN(s_work_arrived, "_work_arrived");
     INTERN(s_closed, "_closed");
     INTERN(s_busy, "_busy");
+    INTERN(s_inflight, "inflight");
+    INTERN(s_check_zcopy, "_check_zcopy");
+    INTERN(s_impl_opts, "_impl_opts");
+    INTERN(s_zerocopy_threshold, "zerocopy_threshold");
+    INTERN(s_sent, "sent");
     INTERN(s_update_busy, "_update_busy");
     INTERN(s_impls, "_impls");
     INTERN(s_ready, "_ready");
