@@ -27,9 +27,10 @@
  *              into the caller's buffer, or readv(2) into the C pipe and a
  *              copy out of it).
  *   flush_dirty  GroupImpl.flush_dirty as one C call.
- *   group_poll   SockGroup.poll of a group whose only impl is posix:
- *              epoll_wait, fd -> socket, the pending-recv rotation,
- *              max_events, the read callbacks, one flush per dirty socket.
+ *   group_poll   SockGroup.poll: for posix group impls epoll_wait and the
+ *              fd -> socket map in C (other backends' impls through their
+ *              own poll()), then the pending-recv rotation, max_events, the
+ *              read callbacks and one flush per dirty socket, all in C.
  *
  * What stays in Python, by design: every slow or rare path. A fast path
  * that meets anything unusual (the syscall seam replaced by a test, a
@@ -1821,15 +1822,15 @@ error:
 }
 
 /* ------------------------------------------------------------------------ */
-/* SockGroup.poll for a group whose only impl is posix                      */
+/* SockGroup.poll                                                            */
 /* ------------------------------------------------------------------------ */
 
 /* The whole poll in one C call: flush the dirty sockets, epoll_wait, map fds to sockets, rotate the
  * pending-recv list (SockGroup._ready), call up to max_events read callbacks, flush what they queued.
  * Python runs only the callbacks. Anything out of the ordinary goes to the Python code that handles
- * it, which stays the one implementation: a poll with several impls, a group whose fileno() was asked
- * for (_poll_py); an event other than plain readability (PosixGroupImpl._event); arming EPOLLOUT
- * (_watch_writable); the orphanage. */
+ * it, which stays the one implementation: a poll that must wait on several backends, or on the
+ * group's exported fd (_poll_py); an event other than plain readability (PosixGroupImpl._event);
+ * arming EPOLLOUT (_watch_writable); the orphanage; a uring group impl's own poll. */
 
 static PyTypeObject *posix_gi_type;  /* netimpl.posix.group.PosixGroupImpl */
 static PyObject *s_busy, *s_update_busy, *s_closed, *s_impls, *s_ready, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_epfd, *s_fds,
@@ -2158,7 +2159,7 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
         if (!(timeout >= 0))
             fast = 0;
     }
-    PyObject *impls = NULL, *gi = NULL, *stats = NULL, *ready = NULL, *result = NULL;
+    PyObject *impls = NULL, *gis = NULL, *stats = NULL, *ready = NULL, *result = NULL;
     if (fast) {
         PyObject *closed = PyObject_GetAttr(group, s_closed);
         if (closed == NULL)
@@ -2187,19 +2188,18 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
     }
     if (fast) {
         impls = PyObject_GetAttr(group, s_impls);
-        if (impls == NULL)
+        ready = impls ? PyObject_GetAttr(group, s_ready) : NULL;
+        if (ready == NULL) {
+            Py_XDECREF(impls);
             return NULL;
-        if (PyDict_Check(impls) && PyDict_GET_SIZE(impls) == 1) {
-            Py_ssize_t pos = 0;
-            PyObject *k;
-            PyDict_Next(impls, &pos, &k, &gi);
-            Py_INCREF(gi);
         }
-        fast = gi != NULL && posix_gi_type != NULL && Py_TYPE(gi) == posix_gi_type;
+        /* Several backends and a poll that may wait: _poll_py waits on the waiter epoll over them. */
+        fast = PyDict_Check(impls) && PyDict_Check(ready) && PyDict_GET_SIZE(impls) > 0 &&
+               (PyDict_GET_SIZE(impls) == 1 || exported || timeout <= 0 || PyDict_GET_SIZE(ready) > 0);
     }
     if (!fast) {
         Py_XDECREF(impls);
-        Py_XDECREF(gi);
+        Py_XDECREF(ready);
         PyObject *m = PyObject_GetAttr(group, s_poll_py);
         if (m == NULL)
             return NULL;
@@ -2212,15 +2212,37 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
     if (exported && PyObject_SetAttr(group, s_polling, Py_True) < 0)
         goto done;
     stats = PyObject_GetAttr(group, s_stats);
-    ready = PyObject_GetAttr(group, s_ready);
-    if (stats == NULL || ready == NULL || add_to_attr(stats, s_polls, 1) < 0)
+    if (stats == NULL || add_to_attr(stats, s_polls, 1) < 0)
         goto out;
-    if (!PyDict_Check(ready)) {
-        PyErr_SetString(PyExc_TypeError, "SockGroup._ready must be a dict");
+    double wait = PyDict_GET_SIZE(ready) || exported || PyDict_GET_SIZE(impls) > 1 ? 0.0 : timeout;
+    if ((gis = PyDict_Values(impls)) == NULL)
         goto out;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gis); i++) {
+        PyObject *gi = PyList_GET_ITEM(gis, i);
+        if (Py_TYPE(gi) == posix_gi_type) {
+            if (posix_gi_poll(gi, wait, ready) < 0)
+                goto out;
+            continue;
+        }
+        /* Another backend's group impl (uring): its own poll, then the same serving loop. */
+        PyObject *socks = PyObject_CallMethod(gi, "poll", "ld", max_events, wait);
+        if (socks == NULL)
+            goto out;
+        PyObject *it = PyObject_GetIter(socks);
+        Py_DECREF(socks);
+        if (it == NULL)
+            goto out;
+        PyObject *sock;
+        while ((sock = PyIter_Next(it)) != NULL) {
+            int rc = PyDict_SetItem(ready, sock, Py_None);
+            Py_DECREF(sock);
+            if (rc < 0)
+                break;
+        }
+        Py_DECREF(it);
+        if (PyErr_Occurred())
+            goto out;
     }
-    if (posix_gi_poll(gi, PyDict_GET_SIZE(ready) || exported ? 0.0 : timeout, ready) < 0)
-        goto out;
     PyObject *r = reraise_or_none();
     if (r == NULL)
         goto out;
@@ -2247,8 +2269,8 @@ out:
         PyErr_Restore(t, v, tb);
     }
 done:
+    Py_XDECREF(gis);
     Py_XDECREF(impls);
-    Py_XDECREF(gi);
     Py_XDECREF(stats);
     Py_XDECREF(ready);
     return result;
@@ -2310,8 +2332,9 @@ static PyMethodDef mod_methods[] = {
      "flush_dirty(group_impl): flush every socket in group_impl._dirty that is not inside a callback."},
     {"completions", (PyCFunction)mod_completions, METH_NOARGS, "Requests completed in this process."},
     {"group_poll", (PyCFunction)(void (*)(void))mod_group_poll, METH_VARARGS | METH_KEYWORDS,
-     "group_poll(group, max_events=32, timeout=0.0): SockGroup.poll, compiled for a group whose only "
-     "impl is posix (others go to SockGroup._poll_py)."},
+     "group_poll(group, max_events=32, timeout=0.0): SockGroup.poll, compiled: posix group impls are "
+     "polled in C, others through their own poll(); the serving loop is C. A poll that must wait on "
+     "several backends goes to SockGroup._poll_py."},
     {"set_posix_group_type", (PyCFunction)mod_set_posix_group_type, METH_O,
      "The PosixGroupImpl class, whose groups group_poll serves itself."},
     {"as_method", (PyCFunction)mod_as_method, METH_O, "as_method(builtin) -> an instancemethod binding self."},

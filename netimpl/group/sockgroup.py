@@ -224,8 +224,9 @@ class SockGroup:
     if native is not None:
         #: The reference, and the path of groups the compiled poll does not serve itself.
         _poll_py = poll
-        #: Compiled (netimpl._native.group_poll): a group whose only impl is posix polls in one C call,
-        #: running Python only for the callbacks; any other group goes to _poll_py.
+        #: Compiled (netimpl._native.group_poll): the serving loop in C, and a posix group impl's
+        #: epoll in C too (Python runs only the callbacks); a poll that must wait on several
+        #: backends or on the exported fd goes to _poll_py.
         poll = native.as_method(native.group_poll)
 
     def _poll_exported(self, max_events: int, timeout: float) -> int:
