@@ -1750,6 +1750,7 @@ static PyMemberDef core_members[] = {
     {"_sys", T_OBJECT, offsetof(Core, sys), 0, NULL},
     {"_zc", T_OBJECT, offsetof(Core, zc), 0, NULL},
     {"_queued_iovcnt", T_PYSSIZET, offsetof(Core, queued_iovcnt), READONLY, NULL},
+    {"_queued_bytes", T_PYSSIZET, offsetof(Core, queued_bytes), READONLY, NULL},
     {NULL},
 };
 
@@ -1833,7 +1834,7 @@ error:
  * arming EPOLLOUT (_watch_writable); the orphanage; a uring group impl's own poll. */
 
 static PyTypeObject *posix_gi_type;  /* netimpl.posix.group.PosixGroupImpl */
-static PyObject *s_busy, *s_update_busy, *s_closed, *s_impls, *s_ready, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_epfd, *s_fds,
+static PyObject *s_has_buffered, *s_busy, *s_update_busy, *s_closed, *s_impls, *s_ready, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_epfd, *s_fds,
     *s_want_out, *s_orphan_fd, *s_orphanage, *s_reap, *s_watch_writable, *s_event, *s_poll_py, *s_flush_dirty;
 
 #define STACK_EVENTS 256
@@ -1866,10 +1867,20 @@ attr_long(PyObject *obj, PyObject *name)
     return r;
 }
 
-/* The socket's recv pipe holds data: 1, 0, -1 on error. */
+static PyObject *base_has_buffered; /* netimpl.sock.Sock._has_buffered: the recv pipe check done here */
+
+/* sock._has_buffered(): 1, 0, -1 on error. Done in C unless a class overrides it (TlsSock: OpenSSL's
+ * buffers). */
 static int
 core_has_buffered(PyObject *sock)
 {
+    PyObject *m = _PyType_Lookup(Py_TYPE(sock), s_has_buffered);
+    if (m != NULL && m != base_has_buffered) {
+        PyObject *r = PyObject_CallMethodNoArgs(sock, s_has_buffered);
+        int t = r ? PyObject_IsTrue(r) : -1;
+        Py_XDECREF(r);
+        return t;
+    }
     PyObject *pipe = PyObject_TypeCheck(sock, &CoreType) ? FIELD(((Core *)sock)->pipe) : NULL;
     if (pipe == NULL && (pipe = PyObject_GetAttr(sock, s_pipe)) == NULL)
         return -1;
@@ -2277,6 +2288,14 @@ done:
 }
 
 static PyObject *
+mod_set_base_has_buffered(PyObject *mod, PyObject *f)
+{
+    Py_INCREF(f);
+    Py_XSETREF(base_has_buffered, f);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 mod_set_posix_group_type(PyObject *mod, PyObject *type)
 {
     if (!PyType_Check(type)) {
@@ -2335,6 +2354,9 @@ static PyMethodDef mod_methods[] = {
      "group_poll(group, max_events=32, timeout=0.0): SockGroup.poll, compiled: posix group impls are "
      "polled in C, others through their own poll(); the serving loop is C. A poll that must wait on "
      "several backends goes to SockGroup._poll_py."},
+    {"set_base_has_buffered", (PyCFunction)mod_set_base_has_buffered, METH_O,
+     "Sock._has_buffered, which the compiled poll replaces by its own recv-pipe check; a class that "
+     "overrides it is asked."},
     {"set_posix_group_type", (PyCFunction)mod_set_posix_group_type, METH_O,
      "The PosixGroupImpl class, whose groups group_poll serves itself."},
     {"as_method", (PyCFunction)mod_as_method, METH_O, "as_method(builtin) -> an instancemethod binding self."},
@@ -2378,6 +2400,7 @@ PyInit__native(void)
     INTERN(s_work_arrived, "_work_arrived");
     INTERN(s_closed, "_closed");
     INTERN(s_busy, "_busy");
+    INTERN(s_has_buffered, "_has_buffered");
     INTERN(s_inflight, "inflight");
     INTERN(s_check_zcopy, "_check_zcopy");
     INTERN(s_impl_opts, "_impl_opts");

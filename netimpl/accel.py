@@ -11,6 +11,7 @@ when it is; ``python -m netimpl info`` prints it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from types import ModuleType
 
@@ -29,7 +30,10 @@ else:
     try:
         from . import _native as native  # type: ignore[attr-defined, no-redef]
     except ImportError as exc:
-        reason = f"not built ({exc}); reinstall with a C compiler and the Python headers"
+        if importlib.util.find_spec(f"{__package__}._native") is None:
+            reason = "netimpl._native was not built (no C compiler or Python headers at install time)"
+        else:
+            reason = f"netimpl._native does not load: {exc}"
 
 if native is not None:
     native._setup(callback_pending=callback_errors.pending, callback_reraise=callback_errors.reraise,

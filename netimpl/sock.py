@@ -32,7 +32,7 @@ import errno
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from ._pycore import IOV_BATCH_SIZE, MIN_SOCK_PIPE_SIZE
-from .accel import SockCore, completions
+from .accel import SockCore, completions, native
 from .errors import callback_errors, ebadf
 from .pipe import Pipe
 from .stats import SockStatsType
@@ -305,3 +305,7 @@ def _positive_int(what: str, n: Any) -> int:
     if n <= 0 or n > (1 << 31) - 1:
         raise ValueError(f"{what} size {n!r} is out of range (1..{(1 << 31) - 1})")
     return n
+
+
+if native is not None:
+    native.set_base_has_buffered(Sock.__dict__["_has_buffered"])  # the compiled poll checks the pipe itself
