@@ -1720,7 +1720,7 @@ static int
 core_set_stats(Core *self, PyObject *v, void *closure)
 {
     if (v == NULL || !PyObject_TypeCheck(v, &StatsType)) {
-        PyErr_SetString(PyExc_TypeError, "stats must be a netimpl._native.SockStats");
+        PyErr_SetString(PyExc_TypeError, "_stats must be a netimpl._native.SockStats");
         return -1;
     }
     Py_INCREF(v);
@@ -1734,7 +1734,8 @@ static PyGetSetDef core_getset[] = {
     {"queued_bytes", (getter)core_get_queued_bytes, NULL,
      "Bytes of this socket's requests whose callbacks have not run yet.", NULL},
     {"_group_impl", (getter)core_get_group_impl, (setter)core_set_group_impl, NULL, NULL},
-    {"stats", (getter)core_get_stats, (setter)core_set_stats, "The socket's counters.", NULL},
+    {"_stats", (getter)core_get_stats, (setter)core_set_stats,
+     "The counters the core counts in: the object Sock.stats also names.", NULL},
     {NULL},
 };
 

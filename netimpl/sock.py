@@ -73,7 +73,7 @@ class Sock(SockCore, metaclass=_SockType):
         self._read_paused = False  # SockGroup.pause_reading: no read callback, no readiness wake-up
         self._pipe: Pipe | None = Pipe(impl_opts.recv_buf_size) if impl_opts.enable_recv_pipe and impl_opts.recv_buf_size > 0 else None
         self._recvlowat = 1
-        self.stats = SockStatsType(impl.name)
+        self.stats = self._stats = SockStatsType(impl.name)  # _stats: the compiled core's own reference
 
     # ------------------------------------------------------------------
     # backend half of the interface
