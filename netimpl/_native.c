@@ -77,6 +77,7 @@ static PyObject *wrong_thread_fn; /* netimpl.errors.wrong_thread(what, call) -> 
 static unsigned long long completions;
 
 static PyObject *s_inflight, *s_check_zcopy, *s_impl_opts, *s_zerocopy_threshold, *s_sent;
+static PyObject *s_read_into, *s_readv;
 static PyObject *s_sys, *s_zc, *s_flush, *s_flush_py, *s_close_now, *s_send_failed, *s_pipe, *s_read,
     *s_write, *s_full, *s_error, *s_dirty, *s_owner, *s_check_thread, *s_group, *s_wake_fd, *s_polling,
     *s_work_arrived;
@@ -1075,6 +1076,9 @@ core_undirty(Core *c)
         PyErr_Clear(); /* not there: fine */
 }
 
+/* Complete every queued request with status: a send error fails them in queue order, behind what the
+ * kernel still holds by zero-copy; ECANCELED completes at once what the kernel never had, and only a
+ * request partly handed over by zero-copy waits for its release (SPDK's abort order). */
 static int
 core_fail_queued(Core *c, int status)
 {
@@ -1089,6 +1093,21 @@ core_fail_queued(Core *c, int status)
     }
     c->queued_iovcnt = 0;
     core_undirty(c);
+    if (status != ECANCELED) {
+        /* A send error: in queue order, behind what the kernel still holds by zero-copy. */
+        while (c->queued.head) {
+            Req *r = q_pop(&c->queued);
+            r->status = status;
+            r->state = REQ_PENDING;
+            q_push(&c->pending, r);
+        }
+        Py_DECREF(failed);
+        int rc = core_complete_pending(c);
+        if (rc == 0)
+            rc = core_close_if_deferred(c);
+        Py_DECREF(c);
+        return rc;
+    }
     while (c->queued.head) {
         Req *r = q_pop(&c->queued);
         r->status = status;
@@ -1619,12 +1638,24 @@ core_recv_view(Core *c, PipeObj *p, char *dst, Py_ssize_t len)
     return PyLong_FromSsize_t(pipe_copy_out(p, dst, len));
 }
 
+static PyObject *base_read_into, *base_readv; /* PosixSock._read_into, PosixSock._readv */
+
+/* The socket reads with PosixSock's own calls (a subclass such as UringSock may read otherwise:
+ * its multishot buffers; it then takes the Python path, which calls its methods). */
+static int
+core_plain_reader(Core *c)
+{
+    PyTypeObject *t = Py_TYPE(c);
+    return base_read_into != NULL && _PyType_Lookup(t, s_read_into) == base_read_into &&
+           _PyType_Lookup(t, s_readv) == base_readv;
+}
+
 static PyObject *
 core_recv_into(Core *c, PyObject *buf)
 {
     if (c->closed)
         return raise_ebadf();
-    if (c->direct && c->sys == default_sys) {
+    if (c->direct && c->sys == default_sys && core_plain_reader(c)) {
         PyObject *pipe = FIELD(c->pipe);
         if (PyByteArray_CheckExact(buf)) {
             /* The common case: no buffer export needed. */
@@ -2340,10 +2371,17 @@ mod_setup(PyObject *mod, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
-mod_set_default_sys(PyObject *mod, PyObject *sys)
+mod_set_default_sys(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_INCREF(sys);
-    Py_XSETREF(default_sys, sys);
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "set_default_sys(syscalls, read_into, readv)");
+        return NULL;
+    }
+    PyObject **slots[] = {&default_sys, &base_read_into, &base_readv};
+    for (int i = 0; i < 3; i++) {
+        Py_INCREF(args[i]);
+        Py_XSETREF(*slots[i], args[i]);
+    }
     Py_RETURN_NONE;
 }
 
@@ -2363,8 +2401,10 @@ static PyMethodDef mod_methods[] = {
     {"as_method", (PyCFunction)mod_as_method, METH_O, "as_method(builtin) -> an instancemethod binding self."},
     {"_setup", (PyCFunction)(void (*)(void))mod_setup, METH_VARARGS | METH_KEYWORDS,
      "Hand the module the Python pieces it defers to (netimpl.sock calls it once)."},
-    {"set_default_sys", (PyCFunction)mod_set_default_sys, METH_O,
-     "The posix syscall seam's default object: a socket whose _sys is another one takes the Python path."},
+    {"set_default_sys", (PyCFunction)(void (*)(void))mod_set_default_sys, METH_FASTCALL,
+     "set_default_sys(syscalls, read_into, readv): the posix syscall seam's default object and "
+     "PosixSock's own read methods; a socket whose _sys is another object, or whose class reads "
+     "otherwise, takes the Python path."},
     {NULL},
 };
 
@@ -2402,6 +2442,8 @@ PyInit__native(void)
     INTERN(s_closed, "_closed");
     INTERN(s_busy, "_busy");
     INTERN(s_has_buffered, "_has_buffered");
+    INTERN(s_read_into, "_read_into");
+    INTERN(s_readv, "_readv");
     INTERN(s_inflight, "inflight");
     INTERN(s_check_zcopy, "_check_zcopy");
     INTERN(s_impl_opts, "_impl_opts");

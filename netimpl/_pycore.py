@@ -27,6 +27,7 @@ Facts that shape it:
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -346,9 +347,12 @@ class SockCore:
     def _fail_queued(self, status: int) -> None:
         """Complete every queued request with ``status`` (an errno).
 
-        A request partly handed to the kernel by zero-copy still waits for
-        its release; every other failed request completes now, before later
-        zero-copy requests if need be (SPDK's abort order).
+        A send error (``ECONNRESET``, ``EPIPE``...) fails them in queue
+        order: behind the requests the kernel still holds by zero-copy, which
+        complete first, on their release. ``ECANCELED`` (close, remove) does
+        not wait for those: what the kernel never had completes now, as close
+        promises, and only a request partly handed over by zero-copy still
+        waits for its release (SPDK's abort order).
         """
         queued = self._queued
         if not queued:
@@ -359,6 +363,15 @@ class SockCore:
         gi = self._group_impl
         if gi is not None:
             gi._dirty.pop(self, None)  # type: ignore[call-overload]
+        if status != errno.ECANCELED:
+            for req in failed:
+                req._status = status
+                req._state = PENDING
+            self._pending.extend(failed)
+            self._complete_pending()
+            if self._cb_cnt == 0 and self._close_deferred:
+                self._close_now()
+            return
         now = []
         for req in failed:
             req._status = status

@@ -278,6 +278,12 @@ def _unix_name(name: str | bytes) -> str:
     return name if isinstance(name, str) else os.fsdecode(name)
 
 
+
+if native is not None:
+    # The compiled fast paths make these very calls themselves, on sockets whose seam is SYSCALLS and
+    # whose class reads with these methods.
+    native.set_default_sys(SYSCALLS, PosixSock.__dict__["_read_into"], PosixSock.__dict__["_readv"])
+
 def _gather(queued) -> tuple[list[Any], int]:
     """Up to IOV_BATCH_SIZE iovecs from the queued requests, honouring each one's offset.
 

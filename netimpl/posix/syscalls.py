@@ -10,7 +10,6 @@ import os
 import socket
 
 from .._kernel import MSG_ERRQUEUE
-from ..accel import native
 
 #: Room for one ``struct sock_extended_err`` and its offender address.
 ERRQUEUE_CMSG_SPACE = socket.CMSG_SPACE(16 + 28) * 4
@@ -40,7 +39,3 @@ class PosixSyscalls:
 
 
 SYSCALLS = PosixSyscalls()
-
-if native is not None:
-    # The compiled fast paths make these very calls themselves, on sockets whose seam is this object.
-    native.set_default_sys(SYSCALLS)
