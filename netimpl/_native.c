@@ -1101,12 +1101,7 @@ core_fail_queued(Core *c, int status)
             r->state = REQ_PENDING;
             q_push(&c->pending, r);
         }
-        Py_DECREF(failed);
-        int rc = core_complete_pending(c);
-        if (rc == 0)
-            rc = core_close_if_deferred(c);
-        Py_DECREF(c);
-        return rc;
+        goto done;
     }
     while (c->queued.head) {
         Req *r = q_pop(&c->queued);
@@ -1131,6 +1126,7 @@ core_fail_queued(Core *c, int status)
         core_complete(c, r);
     }
     c->cb_cnt--;
+done:
     Py_DECREF(failed);
     int rc = core_complete_pending(c);
     if (rc == 0)
