@@ -93,8 +93,8 @@ class Server:
         self.proc = subprocess.Popen((["taskset", "-c", SERVER_CPU] if pin else []) + argv,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_listening(port, self.proc)
-        self.uri = (f"nbds://localhost:{port}/?tls-certificates={tls_dir}" if tls_dir
-                    else f"nbd://127.0.0.1:{port}")
+        # fio's libnbd refuses a tls-certificates file in the URI; it finds the CA in $HOME/.pki/libnbd
+        self.uri = f"nbds://localhost:{port}/" if tls_dir else f"nbd://127.0.0.1:{port}"
 
     def cpu_seconds(self) -> float:
         return _cpu_of(self.proc.pid)                              # the workers of --workers too
@@ -138,6 +138,20 @@ def start_scaling(impl: str) -> list[Server]:
 
 
 BASE = "nbdkit memory"
+FIO_ENV: dict[str, str] | None = None  # with --tls: a HOME whose .pki/libnbd holds the client's certificates
+
+
+def tls_home(certdir: str) -> dict[str, str]:
+    """An environment whose $HOME/.pki/libnbd holds ``certdir``'s CA (and client certificate, if any)."""
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="nbd-bench-home-")
+    pki = os.path.join(home, ".pki", "libnbd")
+    os.makedirs(pki)
+    for name in ("ca-cert.pem", "client-cert.pem", "client-key.pem"):
+        if os.path.exists(os.path.join(certdir, name)):
+            shutil.copy(os.path.join(certdir, name), pki)
+    return {**os.environ, "HOME": home}
 
 
 def fio(uri: str, rw: str, bs: str, qd: int, seconds: float | None, jobs: int = 1, pin: bool = True) -> dict:
@@ -146,7 +160,7 @@ def fio(uri: str, rw: str, bs: str, qd: int, seconds: float | None, jobs: int = 
         f"--iodepth={qd}", f"--size={AREA}", f"--numjobs={jobs}", "--group_reporting"]
     if seconds:
         argv += ["--time_based", f"--runtime={seconds}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=FIO_ENV)
     if out.returncode != 0:
         raise SystemExit(f"fio failed against {uri}: {out.stderr}")
     (job,) = json.loads(out.stdout[out.stdout.index("{"):])["jobs"]
@@ -186,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{tool} is not installed (Debian: apt-get install fio nbdkit util-linux)")
     impls = args.impl or [i.name for i in netimpl.impls() if i.available]
 
+    global FIO_ENV
+    if args.tls:
+        FIO_ENV = tls_home(args.tls)
     if args.scaling:
         servers = start_scaling(netimpl.default_impl() if not args.impl else impls[0])
         jobs = [("4k randread QD32 x4 jobs", "randread", "4k", 32)]
@@ -213,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {job: {srv: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                      for srv, runs in by_server.items()} for job, by_server in results.items()}
-    print(f"\nmedians of {args.rounds} x {args.seconds:g} s; server on CPU {SERVER_CPU}, fio on CPU {CLIENT_CPU}; "
-          "ratios against nbdkit in brackets")
+    where = ("nothing pinned, 4 fio jobs" if args.scaling else f"server on CPU {SERVER_CPU}, fio on CPU {CLIENT_CPU}")
+    print(f"\nmedians of {args.rounds} x {args.seconds:g} s; {where}; ratios against nbdkit in brackets")
     print(f"{'job':24s} {'server':20s} {'IOPS':>16s} {'MiB/s':>8s} {'p50/p99 µs':>14s} {'CPU µs/IO':>16s} "
           f"{'server CPU %':>12s}")
     for job, by_server in medians.items():
