@@ -58,31 +58,54 @@ def test_close_from_another_thread_with_operations_in_flight_is_refused_cleanly(
     lsock.close()
 
 
-def _served_pair():
-    lsock = netimpl.listen("127.0.0.1", 0, impl="uring")
-    client = netimpl.connect("127.0.0.1", lsock.getaddr()[1], impl="uring")
-    server = None
-    while server is None:
-        server = lsock.accept()
-    return lsock, client, server
+class Served:
+    """A connected uring pair in a group owned by a poller thread that has polled once (the ring exists)."""
 
+    def __init__(self) -> None:
+        self.lsock = netimpl.listen("127.0.0.1", 0, impl="uring")
+        self.client = netimpl.connect("127.0.0.1", self.lsock.getaddr()[1], impl="uring")
+        server = None
+        while server is None:
+            server = self.lsock.accept()
+        self.server = server
+        self.poller = Poller()
+        self.group = self.poller.call(netimpl.SockGroup)
+        self.got = bytearray()
+        self.poller.call(lambda: self.group.add_sock(server, self._on_read))
+        self.poller.call(lambda: self.group.add_sock(self.client, lambda g, s: None))
+        self.poller.call(self.group.poll)  # the ring now exists and belongs to the poller
 
-def test_every_call_from_a_thread_that_does_not_own_the_ring_is_refused_before_it_changes_anything():
-    """Issue 10, defect 2: poll, flush, writev_async (and the rest) from a second thread."""
-    lsock, client, server = _served_pair()
-    poller = Poller()
-    group = poller.call(netimpl.SockGroup)
-    got = bytearray()
-
-    def on_read(g, s):
-        buf = bytearray(4096)
+    def _on_read(self, g, s):
+        buf = bytearray(65536)
         n = s.recv_into(buf)
         if n:
-            got.extend(buf[:n])
+            self.got.extend(buf[:n])
 
-    poller.call(lambda: group.add_sock(server, on_read))
-    poller.call(lambda: group.add_sock(client, lambda g, s: None))
-    poller.call(group.poll)  # the ring now exists and belongs to the poller
+    def poll_until(self, done, polls: int) -> None:
+        for _ in range(polls):
+            if done():
+                break
+            self.poller.call(lambda: self.group.poll(timeout=0.01))
+
+    def close(self) -> None:
+        for s in (self.server, self.client):
+            self.poller.call(s.close)
+        self.poller.call(self.group.close)
+        self.poller.jobs.put(None)
+        self.poller.join(5)
+        self.lsock.close()
+
+
+@pytest.fixture
+def served():
+    pair = Served()
+    yield pair
+    pair.close()
+
+
+def test_every_call_from_a_thread_that_does_not_own_the_ring_is_refused_before_it_changes_anything(served):
+    """Issue 10, defect 2: poll, flush, writev_async (and the rest) from a second thread."""
+    client, server, group, poller = served.client, served.server, served.group, served.poller
     gi = client._group_impl
     before = (dict(gi._ops), dict(gi._dirty), dict(gi._unarmed), len(client._queued))
     req = netimpl.Request([b"refused"])
@@ -105,57 +128,22 @@ def test_every_call_from_a_thread_that_does_not_own_the_ring_is_refused_before_i
     for i in range(20):
         poller.call(lambda i=i: client.writev_async(netimpl.Request([b"%02d" % i])))
     want = b"".join(b"%02d" % i for i in range(20))
-    for _ in range(200):
-        if len(got) >= len(want):
-            break
-        poller.call(lambda: group.poll(timeout=0.01))
-    assert bytes(got) == want
-    for s in (server, client):
-        poller.call(s.close)
-    poller.call(group.close)
-    poller.jobs.put(None)
-    poller.join(5)
-    lsock.close()
+    served.poll_until(lambda: len(served.got) >= len(want), 200)
+    assert bytes(served.got) == want
 
 
-def test_a_refused_writev_async_is_never_sent():
+def test_a_refused_writev_async_is_never_sent(served):
     """Issue 10, defect 3: an exception from writev_async means it queued nothing, even at 64 iovecs."""
-    lsock, client, server = _served_pair()
-    poller = Poller()
-    group = poller.call(netimpl.SockGroup)
-    got = bytearray()
-
-    def on_read(g, s):
-        buf = bytearray(65536)
-        n = s.recv_into(buf)
-        if n:
-            got.extend(buf[:n])
-
-    poller.call(lambda: group.add_sock(server, on_read))
-    poller.call(lambda: group.add_sock(client, lambda g, s: None))
-    poller.call(group.poll)
+    client, poller = served.client, served.poller
     refused = netimpl.Request([b"X"] * 64)  # 64 iovecs: writev_async would flush at once
     with pytest.raises(OSError):
         client.writev_async(refused)
     assert not refused.in_flight and client.queued_bytes == 0
     poller.call(lambda: client.writev_async(netimpl.Request([b"ok"])))
-    for _ in range(100):
-        poller.call(lambda: group.poll(timeout=0.01))
-        if got:
-            break
-    for _ in range(5):
-        poller.call(lambda: group.poll(timeout=0.01))
-    assert bytes(got) == b"ok"  # the refused request never went out
+    served.poll_until(lambda: served.got, 100)
+    served.poll_until(lambda: False, 5)
+    assert bytes(served.got) == b"ok"  # the refused request never went out
     # And the caller may retry it on the right thread: it goes out exactly once.
     poller.call(lambda: client.writev_async(refused))
-    for _ in range(100):
-        poller.call(lambda: group.poll(timeout=0.01))
-        if len(got) == 66:
-            break
-    assert bytes(got) == b"ok" + b"X" * 64
-    for s in (server, client):
-        poller.call(s.close)
-    poller.call(group.close)
-    poller.jobs.put(None)
-    poller.join(5)
-    lsock.close()
+    served.poll_until(lambda: len(served.got) == 66, 100)
+    assert bytes(served.got) == b"ok" + b"X" * 64
