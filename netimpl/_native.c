@@ -50,6 +50,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_native.h"
+
 #include <errno.h>
 #include <string.h>
 #include <limits.h>
@@ -86,18 +88,6 @@ static PyObject *s_sys, *s_zc, *s_flush, *s_flush_py, *s_close_now, *s_send_fail
 /* Request                                                                  */
 /* ------------------------------------------------------------------------ */
 
-typedef struct Req {
-    PyObject_HEAD
-    PyObject *bufs;        /* a list of bytes, bytearray or byte memoryviews */
-    PyObject *cb;
-    PyObject *ctx;
-    Py_ssize_t nbytes;
-    Py_ssize_t offset;     /* bytes of it already handed to the kernel */
-    Py_ssize_t zc_wait;    /* zero-copy sends carrying its bytes not yet released */
-    int status;
-    int state;
-    struct Req *next;      /* the queue it is in, if any */
-} Req;
 
 static PyTypeObject ReqType;
 #define Req_Check(o) PyObject_TypeCheck(o, &ReqType)
@@ -311,12 +301,6 @@ static PyTypeObject ReqType = {
 /* SockStats                                                                */
 /* ------------------------------------------------------------------------ */
 
-typedef struct {
-    PyObject_HEAD
-    PyObject *impl;
-    Py_ssize_t bytes_sent, bytes_received, requests_completed, requests_aborted, zerocopy_sends,
-        zerocopy_copied, zerocopy_fallbacks, syscalls;
-} Stats;
 
 static PyTypeObject StatsType;
 
@@ -807,33 +791,7 @@ static PyTypeObject PipeType = {
 /* SockCore                                                                 */
 /* ------------------------------------------------------------------------ */
 
-typedef struct {
-    Req *head, *tail;
-    Py_ssize_t len;
-} ReqQueue;
 
-typedef struct {
-    PyObject_HEAD
-    ReqQueue queued;         /* each request in a queue holds one reference owned by the queue */
-    ReqQueue pending;
-    Py_ssize_t queued_iovcnt;
-    Py_ssize_t queued_bytes; /* bytes of requests whose callbacks have not run */
-    int cb_cnt;
-    int fd;
-    char closed;
-    char close_deferred;
-    char direct;             /* the backend reads and writes the fd with plain syscalls (posix) */
-    char read_paused;        /* SockGroup.pause_reading: no read callback */
-    PyObject *group_impl;
-    PyObject *dirty;         /* group_impl._dirty, a dict, or NULL */
-    Stats *stats;
-    /* Attributes of the generic layer and the posix backend kept here so the hot path reads them
-     * without a dict lookup; Python sees them as ordinary attributes. */
-    PyObject *group;         /* _group: the SockGroup */
-    PyObject *pipe;          /* _pipe: the recv pipe or None */
-    PyObject *sys;           /* _sys: the posix syscall seam */
-    PyObject *zc;            /* _zc: the posix zero-copy tracker or None */
-} Core;
 
 #define FIELD(o) ((o) != NULL ? (o) : Py_None)
 
@@ -1164,6 +1122,7 @@ core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->pipe);
     Py_VISIT(self->sys);
     Py_VISIT(self->zc);
+    Py_VISIT(self->send_iovs);
     return 0;
 }
 
@@ -1179,6 +1138,7 @@ core_clear(Core *self)
     Py_CLEAR(self->pipe);
     Py_CLEAR(self->sys);
     Py_CLEAR(self->zc);
+    Py_CLEAR(self->send_iovs);
     return 0;
 }
 
@@ -1385,7 +1345,7 @@ buf_ptr(PyObject *b, char **p, Py_ssize_t *len)
 
 /* Up to IOV_BATCH_SIZE iovecs from the queued requests, honouring the head's offset. */
 static int
-core_gather(Core *c, struct iovec *iov, int *cnt, Py_ssize_t *total)
+core_gather(Core *c, struct iovec *iov, int *cnt, Py_ssize_t *total, PyObject **held)
 {
     int k = 0;
     Py_ssize_t sum = 0;
@@ -1407,6 +1367,8 @@ core_gather(Core *c, struct iovec *iov, int *cnt, Py_ssize_t *total)
             }
             iov[k].iov_base = p;
             iov[k].iov_len = (size_t)len;
+            if (held != NULL)
+                held[k] = PyList_GET_ITEM(r->bufs, i);
             k++;
             sum += len;
             if (k == IOV_BATCH_SIZE)
@@ -1496,7 +1458,7 @@ core_posix_flush(Core *c, PyObject *unused)
     while (c->queued.head) {
         int cnt;
         Py_ssize_t total;
-        if (core_gather(c, iov, &cnt, &total) < 0)
+        if (core_gather(c, iov, &cnt, &total, NULL) < 0)
             goto error;
         if (total == 0) {
             core_requests_sent(c, 0, NULL);
@@ -1777,6 +1739,14 @@ static PyMemberDef core_members[] = {
     {"_pipe", T_OBJECT, offsetof(Core, pipe), 0, NULL},
     {"_sys", T_OBJECT, offsetof(Core, sys), 0, NULL},
     {"_zc", T_OBJECT, offsetof(Core, zc), 0, NULL},
+    /* The uring backend's (see _native.h). */
+    {"_send_ud", T_ULONGLONG, offsetof(Core, send_ud), 0, NULL},
+    {"_send_addr", T_ULONGLONG, offsetof(Core, send_addr), 0, NULL},
+    {"_send_total", T_PYSSIZET, offsetof(Core, send_total), 0, NULL},
+    {"_send_iovs", T_OBJECT, offsetof(Core, send_iovs), 0, NULL},
+    {"_rxq_addr", T_ULONGLONG, offsetof(Core, rxq_addr), 0, NULL},
+    {"_out_armed", T_BOOL, offsetof(Core, out_armed), 0, NULL},
+    {"_rx_pipe_first", T_BOOL, offsetof(Core, rx_pipe_first), 0, NULL},
     {"_queued_iovcnt", T_PYSSIZET, offsetof(Core, queued_iovcnt), READONLY, NULL},
     {"_queued_bytes", T_PYSSIZET, offsetof(Core, queued_bytes), READONLY, NULL},
     {NULL},
@@ -2381,6 +2351,21 @@ mod_set_default_sys(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+static unsigned long long
+api_completions(void)
+{
+    return completions;
+}
+
+static struct ni_core_api core_api = {
+    .version = NI_CORE_API_VERSION,
+    .core_type = &CoreType,
+    .gather = core_gather,
+    .requests_sent = core_requests_sent,
+    .complete_pending = core_complete_pending,
+    .completions = api_completions,
+};
+
 static PyMethodDef mod_methods[] = {
     {"flush_dirty", (PyCFunction)mod_flush_dirty, METH_O,
      "flush_dirty(group_impl): flush every socket in group_impl._dirty that is not inside a callback."},
@@ -2473,6 +2458,12 @@ PyInit__native(void)
         PyModule_AddObjectRef(m, "SockCore", (PyObject *)&CoreType) < 0 ||
         PyModule_AddObjectRef(m, "Pipe", (PyObject *)&PipeType) < 0 ||
         PyModule_AddIntConstant(m, "IOV_BATCH_SIZE", IOV_BATCH_SIZE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *capi = PyCapsule_New(&core_api, NI_CORE_API_NAME, NULL);
+    if (capi == NULL || PyModule_AddObject(m, "_C_API", capi) < 0) {
+        Py_XDECREF(capi);
         Py_DECREF(m);
         return NULL;
     }

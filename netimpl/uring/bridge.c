@@ -26,8 +26,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <limits.h>
+#include <time.h>
 #include <sys/socket.h>
 #include "ring.h"
+#include "../_native.h"
 
 static unsigned reap_gen;
 static PyObject *s_append;
@@ -166,9 +169,32 @@ static PyObject *b_reap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return n < 0 ? NULL : PyLong_FromLong(n);
 }
 
-/* enter(ring, wait, timeout_ns, out) -> int: submit what is prepared, wait (when asked and the CQ is
- * empty) up to timeout_ns for a completion, then reap everything into out. The SQEs taken, or -errno
- * for a failure other than a timeout, a signal or a CQ overflow. The GIL is released while waiting. */
+/* Submit what is prepared, wait (when asked and the CQ is empty) up to timeout_ns for a completion,
+ * then reap everything into out. The SQEs taken, or -errno for a failure other than a timeout, a
+ * signal or a CQ overflow, or ENTER_ERROR with a Python exception set (reaping ran out of memory). */
+#define ENTER_ERROR INT_MIN
+static int enter_reap(struct ni_ring *r, int wait, long long ns, PyObject *out)
+{
+    int rc;
+
+    if (wait && load_acquire(r->cq_ktail) != *r->cq_khead)
+        wait = 0;  /* completions are there already */
+    if (wait) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = ni_submit_inline(r, 1, ns);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = ni_submit_inline(r, 0, -1);
+    }
+    if (rc == -ETIME || rc == -EINTR || rc == -EBUSY)
+        rc = 0;
+    if (reap_all(r, out) < 0)
+        return ENTER_ERROR;
+    return rc;
+}
+
+/* enter(ring, wait, timeout_ns, out) -> int: enter_reap, one call per poll pass. The SQEs taken, or
+ * -errno. The GIL is released while waiting. */
 static PyObject *b_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     struct ni_ring *r;
@@ -185,20 +211,8 @@ static PyObject *b_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     ns = PyLong_AsLongLong(args[2]);
     if (wait < 0 || (ns == -1 && PyErr_Occurred()))
         return NULL;
-    if (wait && load_acquire(r->cq_ktail) != *r->cq_khead)
-        wait = 0;  /* completions are there already */
-    if (wait) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = ni_submit_inline(r, 1, ns);
-        Py_END_ALLOW_THREADS
-    } else {
-        rc = ni_submit_inline(r, 0, -1);
-    }
-    if (rc == -ETIME || rc == -EINTR || rc == -EBUSY)
-        rc = 0;
-    if (reap_all(r, args[3]) < 0)
-        return NULL;
-    return PyLong_FromLong(rc);
+    rc = enter_reap(r, wait, ns, args[3]);
+    return rc == ENTER_ERROR ? NULL : PyLong_FromLong(rc);
 }
 
 /* prep_send(ring, send, bufs) -> int: 0, or -errno (-EBUSY: the SQ is full) */
@@ -272,31 +286,21 @@ static PyObject *rx_nothing_held(struct ni_rxq *q, char *dst, size_t n)
     }
 }
 
-/* rx_copy(rxq, buf) -> int | None */
-static PyObject *b_rx_copy(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* Up to len(buf) held bytes into buf: the count, 0 at EOF, None when nothing is readable now. */
+static PyObject *rx_copy(struct ni_rxq *q, PyObject *buf)
 {
-    struct ni_rxq *q;
     Py_buffer view;
     PyObject *res;
-    size_t got;
 
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "rx_copy(rxq_address, buffer)");
-        return NULL;
-    }
-    if (!(q = addr_arg(args[0], "rx_copy")))
-        return NULL;
-    if (PyByteArray_CheckExact(args[1])) {
-        char *dst = PyByteArray_AS_STRING(args[1]);
-        size_t n = (size_t)PyByteArray_GET_SIZE(args[1]);
+    if (PyByteArray_CheckExact(buf)) {
+        char *dst = PyByteArray_AS_STRING(buf);
+        size_t n = (size_t)PyByteArray_GET_SIZE(buf);
 
-        if (q->count) {
-            got = ni_rxq_copy(q, dst, n);
-            return PyLong_FromSize_t(got);
-        }
+        if (q->count)
+            return PyLong_FromSize_t(ni_rxq_copy(q, dst, n));
         return rx_nothing_held(q, dst, n);
     }
-    if (get_dest(args[1], &view) < 0)
+    if (get_dest(buf, &view) < 0)
         return NULL;
     if (q->count)
         res = PyLong_FromSize_t(ni_rxq_copy(q, view.buf, (size_t)view.len));
@@ -304,6 +308,20 @@ static PyObject *b_rx_copy(PyObject *self, PyObject *const *args, Py_ssize_t nar
         res = rx_nothing_held(q, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     return res;
+}
+
+/* rx_copy(rxq, buf) -> int | None */
+static PyObject *b_rx_copy(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    struct ni_rxq *q;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rx_copy(rxq_address, buffer)");
+        return NULL;
+    }
+    if (!(q = addr_arg(args[0], "rx_copy")))
+        return NULL;
+    return rx_copy(q, args[1]);
 }
 
 /* rx_copyv(rxq, bufs) -> int | None: fills the buffers in order, stopping at the first not filled.
@@ -378,6 +396,673 @@ static PyObject *b_rx_drain(PyObject *self, PyObject *const *args, Py_ssize_t na
     return b;
 }
 
+/* ------------------------------------------------------------------------ */
+/* The group's hot path on the compiled core's sockets                      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * UringGroupImpl's poll, flush_dirty, _prep_dirty and flush_sock, and
+ * UringSock's recv_into and _has_buffered, in C, for sockets of the compiled
+ * core (netimpl._native.SockCore; use_core() hands over its C interface).
+ * Each is a translation of the Python method of the same name in group.py
+ * or sock.py, which stays the reference (it runs under NETIMPL_NATIVE=0)
+ * and the slow path: the C runs the common cases itself, a send completed
+ * whole and a multishot receive still armed, and hands everything else
+ * (short or failed sends, zero-copy, polls, accepts, cancels, a socket
+ * leaving) to the Python method, which keeps one implementation of each.
+ * The group's Python state (its op table, in-flight counts, backlog) is
+ * shared as it is: the CQEs go through the same backlog deque, so a
+ * removal from inside a callback sees every CQE not yet dispatched.
+ */
+
+static const struct ni_core_api *core;   /* NULL until use_core(): then these functions refuse */
+static long K_SEND, K_RECV;              /* group.SEND, group.RECV: the op kinds */
+static PyObject *s_ring, *s_addr, *s_ops, *s_next_ud, *s_inflight, *s_removing, *s_backlog, *s_carry,
+    *s_dirty, *s_dispatch, *s_popleft, *s_owner, *s_efd, *s_unarmed, *s_starved, *s_orphans_armed,
+    *s_impl, *s_orphanage, *s_arm_polls, *s_poll_py, *s_prep_dirty_py, *s_flush_sock_py, *s_recv_other,
+    *s_has_buffered_py, *s_bytes_available;
+
+#define IS_CORE(o) (core != NULL && PyObject_TypeCheck((o), core->core_type))
+
+/* Py_None, False or True attribute values, and ints, read without keeping a reference. */
+static int attr_true(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    int t = v ? PyObject_IsTrue(v) : -1;
+
+    Py_XDECREF(v);
+    return t;
+}
+
+static Py_ssize_t attr_len(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    Py_ssize_t n = v ? PyObject_Size(v) : -1;
+
+    Py_XDECREF(v);
+    return n;
+}
+
+/* The group's ring, NULL (no exception) when it has none or it was closed. */
+static struct ni_ring *group_ring(PyObject *gi)
+{
+    PyObject *ring = PyObject_GetAttr(gi, s_ring), *a;
+    void *p = NULL;
+
+    if (ring == NULL)
+        return NULL;
+    if (ring != Py_None && (a = PyObject_GetAttr(ring, s_addr)) != NULL) {
+        p = PyLong_AsVoidPtr(a);
+        Py_DECREF(a);
+    }
+    Py_DECREF(ring);
+    return p;
+}
+
+static int in_set(PyObject *set, PyObject *o)
+{
+    return PySet_GET_SIZE(set) ? PySet_Contains(set, o) : 0;
+}
+
+/* counts[sock] += d */
+static int count_add(PyObject *counts, PyObject *sock, long d, long dflt)
+{
+    PyObject *v = PyDict_GetItemWithError(counts, sock), *n;
+    long cur = dflt;
+    int rc;
+
+    if (v == NULL && PyErr_Occurred())
+        return -1;
+    if (v != NULL && (cur = PyLong_AsLong(v)) == -1 && PyErr_Occurred())
+        return -1;
+    if ((n = PyLong_FromLong(cur + d)) == NULL)
+        return -1;
+    rc = PyDict_SetItem(counts, sock, n);
+    Py_DECREF(n);
+    return rc;
+}
+
+/* The submit of Ring.submit(): a timeout, a signal or a CQ overflow is not an error. */
+static int submit_now(struct ni_ring *r)
+{
+    int rc = ni_submit_inline(r, 0, -1);
+
+    if (rc >= 0 || rc == -ETIME || rc == -EINTR || rc == -EBUSY)
+        return 0;
+    errno = -rc;
+    PyErr_SetFromErrnoWithFilename(PyExc_OSError, "io_uring_enter");
+    return -1;
+}
+
+/* UringGroupImpl.flush_sock: start the socket's write task if none is in flight; submit if asked. */
+static int flush_one(PyObject *gi, PyObject *sock, int submit)
+{
+    Core *c = (Core *)sock;
+    PyObject *removing, *ops, *inflight, *nud, *held_t, *key, *op;
+    PyObject *held[NI_IOV_MAX];
+    struct ni_ring *r;
+    struct ni_send *s;
+    unsigned long long ud;
+    Py_ssize_t total;
+    int cnt, rc = -1;
+
+    if (!IS_CORE(sock))
+        goto python;
+    if (c->send_ud || c->out_armed || c->queued.head == NULL || c->cb_cnt)
+        return 0;
+    if ((c->zc != NULL && c->zc != Py_None) || !c->send_addr)
+        goto python;  /* zero-copy's choice and bookkeeping, or the first send's struct: Python's */
+    if ((removing = PyObject_GetAttr(gi, s_removing)) == NULL)
+        return -1;
+    rc = PySet_Check(removing) ? in_set(removing, sock) : -2;
+    Py_DECREF(removing);
+    if (rc == -2)
+        goto python;
+    if (rc)
+        return rc < 0 ? -1 : 0;
+    if ((r = group_ring(gi)) == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        goto python;  /* made on first use, by Python */
+    }
+    s = (struct ni_send *)(uintptr_t)c->send_addr;
+    if (core->gather(c, s->iov, &cnt, &total, held) < 0)
+        return -1;
+    if (total == 0) {
+        if (core->requests_sent(c, 0, NULL) < 0)
+            return -1;
+        return core->complete_pending(c);
+    }
+    if (r->sqe_tail - load_acquire(r->sq_khead) >= r->sq_entries && submit_now(r) < 0)
+        return -1;
+    if (r->sqe_tail - load_acquire(r->sq_khead) >= r->sq_entries) {
+        errno = EBUSY;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, "prep_send");
+        return -1;
+    }
+    /* The kernel reads the buffers until the CQE: hold them (a request aborted meanwhile lets go of its own). */
+    if ((held_t = PyTuple_New(cnt)) == NULL)
+        return -1;
+    for (int i = 0; i < cnt; i++) {
+        Py_INCREF(held[i]);
+        PyTuple_SET_ITEM(held_t, i, held[i]);
+    }
+    rc = -1;
+    key = op = ops = inflight = NULL;
+    if ((nud = PyObject_GetAttr(gi, s_next_ud)) == NULL)
+        goto out;
+    ud = PyLong_AsUnsignedLongLong(nud);
+    key = nud;
+    if (ud == (unsigned long long)-1 && PyErr_Occurred())
+        goto out;
+    if ((nud = PyLong_FromUnsignedLongLong(ud + 1)) == NULL)
+        goto out;
+    rc = PyObject_SetAttr(gi, s_next_ud, nud);
+    Py_DECREF(nud);
+    if (rc < 0)
+        goto out;
+    rc = -1;
+    if ((ops = PyObject_GetAttr(gi, s_ops)) == NULL || (inflight = PyObject_GetAttr(gi, s_inflight)) == NULL)
+        goto out;
+    if ((op = Py_BuildValue("(lOO)", K_SEND, sock, Py_False)) == NULL || PyObject_SetItem(ops, key, op) < 0)
+        goto out;
+    s->iovcnt = (unsigned)cnt;
+    s->zerocopy = 0;
+    s->user_data = ud;
+    if (ni_prep_send_inline(r, s) < 0) {
+        PyObject_DelItem(ops, key);
+        errno = EINVAL;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, "prep_send");
+        goto out;
+    }
+    Py_XSETREF(c->send_iovs, held_t);
+    held_t = NULL;
+    c->send_total = total;
+    c->send_ud = ud;
+    if (c->dirty != NULL && PyDict_DelItem(c->dirty, sock) < 0)
+        PyErr_Clear();  /* not there */
+    if (count_add(inflight, sock, 1, 0) < 0)
+        goto out;
+    if (submit) {
+        c->stats->syscalls++;
+        if (submit_now(r) < 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    Py_XDECREF(held_t);
+    Py_XDECREF(key);
+    Py_XDECREF(op);
+    Py_XDECREF(ops);
+    Py_XDECREF(inflight);
+    return rc;
+python:
+    {
+        PyObject *res = PyObject_CallMethodObjArgs(gi, s_flush_sock_py, sock, submit ? Py_True : Py_False, NULL);
+
+        Py_XDECREF(res);
+        return res ? 0 : -1;
+    }
+}
+
+/* UringGroupImpl._prep_dirty: a write task for every dirty socket that has none in flight. */
+static int prep_dirty(PyObject *gi)
+{
+    PyObject *dirty = PyObject_GetAttr(gi, s_dirty), *socks;
+    Py_ssize_t n, i;
+    int rc = 0;
+
+    if (dirty == NULL)
+        return -1;
+    if (!PyDict_Check(dirty) || PyDict_GET_SIZE(dirty) == 0) {
+        Py_DECREF(dirty);
+        return 0;
+    }
+    socks = PyDict_Keys(dirty);
+    if (socks == NULL) {
+        Py_DECREF(dirty);
+        return -1;
+    }
+    n = PyList_GET_SIZE(socks);
+    for (i = 0; i < n && rc == 0; i++) {
+        PyObject *sock = PyList_GET_ITEM(socks, i);
+        Core *c = (Core *)sock;
+
+        if (!IS_CORE(sock)) {
+            PyObject *res = PyObject_CallMethodNoArgs(gi, s_prep_dirty_py);
+
+            Py_XDECREF(res);
+            rc = res ? 0 : -1;
+            break;
+        }
+        if (c->send_ud || c->out_armed || c->queued.head == NULL) {
+            if (PyDict_DelItem(dirty, sock) < 0)
+                PyErr_Clear();
+        } else if (!(c->cb_cnt || c->closed)) {
+            rc = flush_one(gi, sock, 0);
+        }
+    }
+    Py_DECREF(socks);
+    Py_DECREF(dirty);
+    return rc;
+}
+
+/* UringGroupImpl._dispatch for one CQE of the backlog: a send completed whole and a multishot
+ * receive's report are served here, everything else by the Python method. */
+static int dispatch_one(PyObject *gi, PyObject *ops, PyObject *removing, PyObject *ent, PyObject *ready)
+{
+    int res;
+    unsigned flags;
+    PyObject *key, *op, *sock, *r;
+    Core *c;
+
+    if (!PyTuple_CheckExact(ent) || PyTuple_GET_SIZE(ent) != 3)
+        goto python;
+    key = PyTuple_GET_ITEM(ent, 0);
+    res = _PyLong_AsInt(PyTuple_GET_ITEM(ent, 1));
+    flags = (unsigned)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(ent, 2));
+    if (PyErr_Occurred())
+        return -1;
+    op = PyDict_GetItemWithError(ops, key);
+    if (op == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        goto python;  /* it logs the stray */
+    }
+    if (!PyTuple_CheckExact(op) || PyTuple_GET_SIZE(op) != 3)
+        goto python;
+    sock = PyTuple_GET_ITEM(op, 1);
+    if (!IS_CORE(sock))
+        goto python;
+    c = (Core *)sock;
+    if (c->group_impl != gi || c->closed)
+        goto python;
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(op, 0));
+    if (kind == -1 && PyErr_Occurred())
+        return -1;
+    if (kind == K_SEND && !(flags & IORING_CQE_F_NOTIF) && PyTuple_GET_ITEM(op, 2) == Py_False && res >= 0 &&
+        res == c->send_total) {
+        int rm = in_set(removing, sock), rc = -1;
+        PyObject *inflight;
+
+        if (rm)
+            goto python_or_error;
+        Py_INCREF(sock);
+        if ((inflight = PyObject_GetAttr(gi, s_inflight)) == NULL)
+            goto send_out;
+        c->send_ud = 0;
+        Py_CLEAR(c->send_iovs);
+        if (count_add(inflight, sock, -1, 1) < 0)
+            goto send_out;
+        c->stats->bytes_sent += res;
+        if (core->requests_sent(c, res, NULL) < 0)
+            goto send_out;
+        /* The op table is made consistent before any callback runs (a callback may close or remove). */
+        if (PyDict_DelItem(ops, key) < 0)
+            goto send_out;
+        if (core->complete_pending(c) < 0)
+            goto send_out;
+        if (c->queued.head && !c->out_armed && !c->closed && c->group_impl == gi) {
+            rm = in_set(removing, sock);
+            if (rm < 0 || (!rm && c->dirty != NULL && PyDict_SetItem(c->dirty, sock, Py_None) < 0))
+                goto send_out;
+        }
+        rc = 0;
+    send_out:
+        Py_XDECREF(inflight);
+        Py_DECREF(sock);
+        return rc;
+    }
+    if (kind == K_RECV && (flags & IORING_CQE_F_MORE) && c->rxq_addr && !c->read_paused) {
+        struct ni_rxq *q = (struct ni_rxq *)(uintptr_t)c->rxq_addr;
+        int rm = in_set(removing, sock);
+
+        if (rm)
+            goto python_or_error;
+        if (q->bytes || q->end)
+            return PyList_Append(ready, sock);
+        return 0;
+    }
+python:
+    r = PyObject_CallMethodObjArgs(gi, s_dispatch, PyTuple_GET_ITEM(ent, 0), PyTuple_GET_ITEM(ent, 1),
+                                   PyTuple_GET_ITEM(ent, 2), ready, NULL);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+python_or_error:
+    if (PyErr_Occurred())
+        return -1;
+    goto python;
+}
+
+/* Dispatch the backlog, oldest first, into ready (a list). */
+static int drain(PyObject *gi, PyObject *backlog, PyObject *ready)
+{
+    PyObject *ops, *removing;
+    int rc = 0;
+
+    if (PyObject_Size(backlog) <= 0)
+        return PyErr_Occurred() ? -1 : 0;
+    ops = PyObject_GetAttr(gi, s_ops);
+    removing = ops ? PyObject_GetAttr(gi, s_removing) : NULL;
+    if (removing == NULL) {
+        Py_XDECREF(ops);
+        return -1;
+    }
+    if (!PyDict_Check(ops) || !PyAnySet_Check(removing)) {
+        PyErr_SetString(PyExc_TypeError, "UringGroupImpl: _ops or _removing of the wrong type");
+        rc = -1;
+    }
+    while (rc == 0) {
+        Py_ssize_t n = PyObject_Size(backlog);
+        PyObject *ent;
+
+        if (n <= 0) {
+            rc = n < 0 ? -1 : 0;
+            break;
+        }
+        if ((ent = PyObject_CallMethodNoArgs(backlog, s_popleft)) == NULL) {
+            rc = -1;
+            break;
+        }
+        rc = dispatch_one(gi, ops, removing, ent, ready);
+        Py_DECREF(ent);
+    }
+    Py_DECREF(ops);
+    Py_DECREF(removing);
+    return rc;
+}
+
+/* Reset the group's eventfd (if fileno() made one): what completes from here on signals it again. */
+static int reset_efd(PyObject *gi)
+{
+    PyObject *v = PyObject_GetAttr(gi, s_efd);
+    long efd = v ? PyLong_AsLong(v) : -1;
+    uint64_t count;
+
+    Py_XDECREF(v);
+    if (v == NULL || (efd == -1 && PyErr_Occurred()))
+        return -1;
+    if (efd >= 0 && read((int)efd, &count, sizeof count) < 0 && errno != EAGAIN) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+/* _arm_polls has work: sockets to arm, starved receives, an orphanage not watched. */
+static int arm_needed(PyObject *gi)
+{
+    Py_ssize_t n;
+    int armed;
+    PyObject *impl, *orph;
+
+    if ((n = attr_len(gi, s_unarmed)) != 0 || (n = attr_len(gi, s_starved)) != 0)
+        return n < 0 ? -1 : 1;
+    if ((impl = PyObject_GetAttr(gi, s_impl)) == NULL)
+        return -1;
+    orph = PyObject_GetAttr(impl, s_orphanage);
+    Py_DECREF(impl);
+    n = orph ? PyObject_Size(orph) : -1;
+    Py_XDECREF(orph);
+    if (n <= 0)
+        return n < 0 ? -1 : 0;
+    armed = attr_true(gi, s_orphans_armed);
+    return armed < 0 ? -1 : !armed;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int call0(PyObject *o, PyObject *name)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(o, name);
+
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* poll(group_impl, max_events, timeout) -> list: UringGroupImpl.poll. */
+static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *gi, *ready = NULL, *backlog = NULL, *dirty = NULL, *fresh, *owner;
+    struct ni_ring *r;
+    double timeout, deadline = 0.0;
+    unsigned long long before;
+    int fast;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "poll(group_impl, max_events, timeout)");
+        return NULL;
+    }
+    gi = args[0];
+    timeout = PyFloat_AsDouble(args[2]);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    /* The first poll (it makes the ring), another thread's (refused there): the Python method. */
+    if ((owner = PyObject_GetAttr(gi, s_owner)) == NULL)
+        return NULL;
+    fast = PyLong_Check(owner) && PyLong_AsUnsignedLong(owner) == PyThread_get_thread_ident();
+    Py_DECREF(owner);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!fast || core == NULL || (r = group_ring(gi)) == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_CallMethodObjArgs(gi, s_poll_py, args[1], args[2], NULL);
+    }
+    if (reset_efd(gi) < 0)
+        return NULL;
+    if ((dirty = PyObject_GetAttr(gi, s_dirty)) == NULL)
+        return NULL;
+    if (PyObject_Size(dirty) > 0 && prep_dirty(gi) < 0)
+        goto error;
+    /* What flush_dirty found readable since the last poll. */
+    if ((ready = PyObject_GetAttr(gi, s_carry)) == NULL || (fresh = PyList_New(0)) == NULL)
+        goto error;
+    if (PyObject_SetAttr(gi, s_carry, fresh) < 0) {
+        Py_DECREF(fresh);
+        goto error;
+    }
+    Py_DECREF(fresh);
+    if (!PyList_Check(ready)) {
+        PyErr_SetString(PyExc_TypeError, "UringGroupImpl._carry must be a list");
+        goto error;
+    }
+    if ((backlog = PyObject_GetAttr(gi, s_backlog)) == NULL)
+        goto error;
+    before = core->completions();
+    for (;;) {
+        Py_ssize_t nb;
+        int wait, need, rc;
+
+        if ((need = arm_needed(gi)) < 0 || (need && call0(gi, s_arm_polls) < 0))
+            goto error;
+        if ((nb = PyObject_Size(backlog)) < 0)
+            goto error;
+        wait = timeout > 0 && PyList_GET_SIZE(ready) == 0 && nb == 0;
+        if (wait && deadline == 0.0)
+            deadline = now_s() + timeout;
+        if ((r = group_ring(gi)) == NULL) {
+            if (PyErr_Occurred())
+                goto error;
+            break;  /* closed by a callback */
+        }
+        rc = enter_reap(r, wait, wait ? (long long)(timeout * 1e9) : -1, backlog);
+        if (rc == ENTER_ERROR)
+            goto error;
+        if (rc < 0) {
+            errno = -rc;
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, "io_uring_enter");
+            goto error;
+        }
+        if (drain(gi, backlog, ready) < 0)
+            goto error;
+        if (PyObject_Size(dirty) > 0 && prep_dirty(gi) < 0)
+            goto error;
+        if (PyList_GET_SIZE(ready) || !wait || core->completions() != before)
+            break;
+        /* Only completions the caller cannot see: wait on for what is left of the timeout. */
+        timeout = deadline - now_s();
+        if (timeout <= 0.0005)
+            break;
+    }
+    Py_DECREF(dirty);
+    Py_DECREF(backlog);
+    return ready;
+error:
+    Py_XDECREF(dirty);
+    Py_XDECREF(backlog);
+    Py_XDECREF(ready);
+    return NULL;
+}
+
+/* flush_dirty(group_impl): UringGroupImpl.flush_dirty. */
+static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
+{
+    struct ni_ring *r;
+    PyObject *backlog, *carry;
+    int rc;
+
+    if (core == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "flush_dirty: use_core() was not called");
+        return NULL;
+    }
+    if (prep_dirty(gi) < 0)
+        return NULL;
+    if ((r = group_ring(gi)) == NULL || r->sqe_tail == load_acquire(r->sq_khead)) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    /* Before the enter, as in poll: task work queued after this signals it again. */
+    if (reset_efd(gi) < 0)
+        return NULL;
+    if ((backlog = PyObject_GetAttr(gi, s_backlog)) == NULL)
+        return NULL;
+    rc = enter_reap(r, 0, -1, backlog);
+    if (rc == ENTER_ERROR || rc < 0) {
+        if (rc != ENTER_ERROR) {
+            errno = -rc;
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, "io_uring_enter");
+        }
+        Py_DECREF(backlog);
+        return NULL;
+    }
+    carry = PyObject_GetAttr(gi, s_carry);
+    rc = carry == NULL ? -1 : !PyList_Check(carry) ? (PyErr_SetString(PyExc_TypeError, "_carry must be a list"), -1)
+                                                   : drain(gi, backlog, carry);
+    Py_XDECREF(carry);
+    Py_DECREF(backlog);
+    if (rc < 0 || prep_dirty(gi) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* prep_dirty(group_impl): UringGroupImpl._prep_dirty. */
+static PyObject *b_prep_dirty(PyObject *self, PyObject *gi)
+{
+    if (core == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "prep_dirty: use_core() was not called");
+        return NULL;
+    }
+    if (prep_dirty(gi) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* flush_sock(group_impl, sock, submit): UringGroupImpl.flush_sock. */
+static PyObject *b_flush_sock(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int submit;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "flush_sock(group_impl, sock, submit)");
+        return NULL;
+    }
+    if ((submit = PyObject_IsTrue(args[2])) < 0)
+        return NULL;
+    if (core == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "flush_sock: use_core() was not called");
+        return NULL;
+    }
+    if (flush_one(args[0], args[1], submit) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* sock_recv_into(sock, buf): UringSock.recv_into. */
+static PyObject *b_sock_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *res;
+    Core *c;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_into(buf)");
+        return NULL;
+    }
+    c = (Core *)args[0];
+    if (IS_CORE(args[0]) && c->rxq_addr && !c->rx_pipe_first) {
+        res = rx_copy((struct ni_rxq *)(uintptr_t)c->rxq_addr, args[1]);
+        if (res != NULL && PyLong_CheckExact(res))
+            c->stats->bytes_received += PyLong_AsSsize_t(res);
+        return res;
+    }
+    return PyObject_CallMethodObjArgs(args[0], s_recv_other, args[1], Py_False, NULL);
+}
+
+/* sock_has_buffered(sock): UringSock._has_buffered. */
+static PyObject *b_sock_has_buffered(PyObject *self, PyObject *sock)
+{
+    Core *c = (Core *)sock;
+
+    if (IS_CORE(sock) && c->rxq_addr) {
+        struct ni_rxq *q = (struct ni_rxq *)(uintptr_t)c->rxq_addr;
+
+        PyObject *n;
+        int t;
+
+        if (q->bytes || q->end)
+            Py_RETURN_TRUE;
+        /* A socket with a receive queue is no listener (nothing accepted): only its recv pipe is left. */
+        if (c->pipe == NULL || c->pipe == Py_None)
+            Py_RETURN_FALSE;
+        if ((n = PyObject_CallMethodNoArgs(c->pipe, s_bytes_available)) == NULL || (t = PyObject_IsTrue(n)) < 0) {
+            Py_XDECREF(n);
+            return NULL;
+        }
+        Py_DECREF(n);
+        return PyBool_FromLong(t);
+    }
+    return PyObject_CallMethodNoArgs(sock, s_has_buffered_py);
+}
+
+/* use_core(capsule, SEND, RECV) -> bool: the compiled core's C interface; False if it does not pair. */
+static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    const struct ni_core_api *api;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "use_core(capsule, SEND, RECV)");
+        return NULL;
+    }
+    api = PyCapsule_GetPointer(args[0], NI_CORE_API_NAME);
+    if (api == NULL)
+        return NULL;
+    K_SEND = PyLong_AsLong(args[1]);
+    K_RECV = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (api->version != NI_CORE_API_VERSION)
+        Py_RETURN_FALSE;
+    core = api;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef bridge_methods[] = {
     {"reap", (PyCFunction)(void (*)(void))b_reap, METH_FASTCALL,
      "reap(ring, out, max) -> n: up to max CQEs; multishot receives go to their rxq, one entry per socket."},
@@ -391,6 +1076,18 @@ static PyMethodDef bridge_methods[] = {
      "rx_copyv(rxq, bufs) -> as rx_copy, filling the buffers in order."},
     {"rx_drain", (PyCFunction)(void (*)(void))b_rx_drain, METH_FASTCALL,
      "rx_drain(rxq) -> bytes: everything the receive holds."},
+    {"use_core", (PyCFunction)(void (*)(void))b_use_core, METH_FASTCALL,
+     "use_core(netimpl._native._C_API, SEND, RECV) -> bool: serve the compiled core's sockets in C."},
+    {"poll", (PyCFunction)(void (*)(void))b_poll, METH_FASTCALL,
+     "poll(group_impl, max_events, timeout) -> list: UringGroupImpl.poll, compiled."},
+    {"flush_dirty", (PyCFunction)b_flush_dirty, METH_O, "flush_dirty(group_impl): UringGroupImpl.flush_dirty, compiled."},
+    {"prep_dirty", (PyCFunction)b_prep_dirty, METH_O, "prep_dirty(group_impl): UringGroupImpl._prep_dirty, compiled."},
+    {"flush_sock", (PyCFunction)(void (*)(void))b_flush_sock, METH_FASTCALL,
+     "flush_sock(group_impl, sock, submit): UringGroupImpl.flush_sock, compiled."},
+    {"sock_recv_into", (PyCFunction)(void (*)(void))b_sock_recv_into, METH_FASTCALL,
+     "sock_recv_into(sock, buf): UringSock.recv_into, compiled."},
+    {"sock_has_buffered", (PyCFunction)b_sock_has_buffered, METH_O,
+     "sock_has_buffered(sock): UringSock._has_buffered, compiled."},
     {NULL},
 };
 
@@ -403,9 +1100,21 @@ PyMODINIT_FUNC PyInit__bridge(void)
 {
     PyObject *m;
 
-    s_append = PyUnicode_InternFromString("append");
-    if (s_append == NULL)
-        return NULL;
+    static const struct { PyObject **var; const char *s; } names[] = {
+        {&s_append, "append"}, {&s_ring, "_ring"}, {&s_addr, "addr"}, {&s_ops, "_ops"},
+        {&s_next_ud, "_next_ud"}, {&s_inflight, "_inflight"}, {&s_removing, "_removing"},
+        {&s_backlog, "_backlog"}, {&s_carry, "_carry"}, {&s_dirty, "_dirty"}, {&s_dispatch, "_dispatch"},
+        {&s_popleft, "popleft"}, {&s_owner, "_owner"}, {&s_efd, "_efd"}, {&s_unarmed, "_unarmed"},
+        {&s_starved, "_starved"}, {&s_orphans_armed, "_orphans_armed"}, {&s_impl, "impl"},
+        {&s_orphanage, "orphanage"}, {&s_arm_polls, "_arm_polls"}, {&s_poll_py, "_poll_py"},
+        {&s_prep_dirty_py, "_prep_dirty_py"}, {&s_flush_sock_py, "_flush_sock_py"},
+        {&s_recv_other, "_recv_other"}, {&s_has_buffered_py, "_has_buffered_py"},
+        {&s_bytes_available, "bytes_available"},
+    };
+
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((*names[i].var = PyUnicode_InternFromString(names[i].s)) == NULL)
+            return NULL;
     m = PyModule_Create(&bridge_module);
 
     if (m && (PyModule_AddIntConstant(m, "UD_RECV_BIT", 63) < 0 || PyModule_AddIntConstant(m, "RX_EOF", NI_RX_EOF) < 0)) {

@@ -84,6 +84,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .. import accel
 from ..errors import logger, wrong_thread
 from ..impl import GroupImpl
 from ..posix.sock import _SEND_FLAGS, _gather
@@ -96,6 +97,11 @@ if TYPE_CHECKING:
     from .sock import UringSock
 
 POLL, SEND, CANCEL, ORPHANS, WRITABLE, RECV, ACCEPT = range(7)
+
+#: The group's hot path runs compiled (bridge.c on netimpl._native's sockets), else the Python below.
+_compiled = (_bridge is not None and accel.native is not None and hasattr(_bridge, "use_core")
+             and _bridge.use_core(accel.native._C_API, SEND, RECV))
+_as_method = accel.native.as_method if _compiled else None  # type: ignore[union-attr]
 
 POLL_MASK = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLRDHUP
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLRDHUP
@@ -286,7 +292,7 @@ class UringGroupImpl(GroupImpl):
 
     # -- sending -------------------------------------------------------------
 
-    def flush_dirty(self) -> None:
+    def _flush_dirty_py(self) -> None:
         """Start a write task for every dirty socket that has none in flight, and submit them now.
 
         Called outside :meth:`poll` (the group serves this after the read
@@ -315,7 +321,7 @@ class UringGroupImpl(GroupImpl):
             if self._dirty:
                 self._prep_dirty()  # callbacks queued more: with the next enter
 
-    def _prep_dirty(self) -> None:
+    def _prep_dirty_py(self) -> None:
         """Prepare a write task for every dirty socket that has none in flight.
 
         A socket leaves ``_dirty`` when its write task starts; the task's
@@ -326,9 +332,9 @@ class UringGroupImpl(GroupImpl):
             if sock._send_ud or sock._out_armed or not sock._queued:  # type: ignore[attr-defined]
                 dirty.pop(sock, None)
             elif not (sock._cb_cnt or sock._closed):
-                self.flush_sock(sock, submit=False)  # type: ignore[arg-type]
+                self.flush_sock(sock, False)  # type: ignore[arg-type]
 
-    def flush_sock(self, sock: "UringSock", submit: bool) -> None:
+    def _flush_sock_py(self, sock: "UringSock", submit: bool) -> None:
         """Start the socket's write task if none is in flight; submit now if asked."""
         if sock._send_ud or sock._out_armed or not sock._queued or sock._cb_cnt or sock in self._removing:
             return
@@ -359,7 +365,7 @@ class UringGroupImpl(GroupImpl):
 
     # -- the poll --------------------------------------------------------------
 
-    def poll(self, max_events: int, timeout: float) -> list["UringSock"]:  # type: ignore[override]
+    def _poll_py(self, max_events: int, timeout: float) -> list["UringSock"]:
         if self._owner and self._owner != threading.get_ident():
             raise wrong_thread(self, "poll")
         ring = self._ring or self.ring
@@ -639,6 +645,19 @@ class UringGroupImpl(GroupImpl):
         for req in touched:
             sock._zc_released(req)
         sock._complete_pending()
+
+    # The hot four, compiled (bridge.c) for the compiled core's sockets; the methods above are their
+    # reference, run under NETIMPL_NATIVE=0, and the compiled ones' slow paths.
+    if _compiled:
+        poll = _as_method(_bridge.poll)
+        flush_dirty = _as_method(_bridge.flush_dirty)
+        _prep_dirty = _as_method(_bridge.prep_dirty)
+        flush_sock = _as_method(_bridge.flush_sock)
+    else:
+        poll = _poll_py  # type: ignore[assignment]
+        flush_dirty = _flush_dirty_py  # type: ignore[assignment]
+        _prep_dirty = _prep_dirty_py
+        flush_sock = _flush_sock_py
 
     def close(self) -> None:
         ring = self._ring

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..posix.sock import PosixSock
 from ..tcp import configure_accepted
-from .group import ACCEPT
+from .group import ACCEPT, _as_method, _compiled
 from .ring import _bridge
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class UringSock(PosixSock):
 
     # -- receive ------------------------------------------------------------
 
-    def recv_into(self, buf: Any) -> int | None:
+    def _recv_into_py(self, buf: Any) -> int | None:
         addr = self._rxq_addr
         if addr and not self._rx_pipe_first:
             n = _rx_copy(addr, buf)  # type: ignore[misc]
@@ -115,11 +115,19 @@ class UringSock(PosixSock):
             self._raise_rx_error()
         return PosixSock._read_into(self, buf)
 
-    def _has_buffered(self) -> bool:
+    def _has_buffered_py(self) -> bool:
         q = self._rxq
         if q is not None and (q.bytes or q.end):
             return True
         return bool(self._accepted) or PosixSock._has_buffered(self)
+
+    # Compiled (bridge.c) with the group's hot path; the two above are their reference and slow paths.
+    if _compiled:
+        recv_into = _as_method(_bridge.sock_recv_into)
+        _has_buffered = _as_method(_bridge.sock_has_buffered)
+    else:
+        recv_into = _recv_into_py  # type: ignore[assignment]
+        _has_buffered = _has_buffered_py
 
     # -- accept -------------------------------------------------------------
 
@@ -146,7 +154,7 @@ class UringSock(PosixSock):
         if gi is None:
             PosixSock._flush(self)
         else:
-            gi.flush_sock(self, submit=True)
+            gi.flush_sock(self, True)
 
     def _close(self) -> None:
         while self._accepted:

@@ -1,0 +1,95 @@
+/*
+ * netimpl/_native.h: the compiled core's layouts and the C interface it
+ * offers other netimpl extensions.
+ *
+ * netimpl._native owns Request, SockStats and SockCore (netimpl/_native.c).
+ * The io_uring bridge (netimpl/uring/bridge.c) runs its completion loop on
+ * the same sockets, so it needs their queues and counters in C: it includes
+ * this header for the layouts and takes the functions from the capsule
+ * netimpl._native._C_API (a struct ni_core_api), as CPython's own
+ * extensions share a C API (datetime.datetime_CAPI). Nothing else crosses:
+ * no id() casts, and one implementation of each mechanism.
+ */
+#ifndef NETIMPL_NATIVE_H
+#define NETIMPL_NATIVE_H
+
+#include <Python.h>
+#include <sys/uio.h>
+
+#define NI_CORE_API_NAME "netimpl._native._C_API"
+/* Bumped whenever a layout below or the table changes: a stale build refuses to pair. */
+#define NI_CORE_API_VERSION 1
+
+typedef struct Req {
+    PyObject_HEAD
+    PyObject *bufs;        /* a list of bytes, bytearray or byte memoryviews */
+    PyObject *cb;
+    PyObject *ctx;
+    Py_ssize_t nbytes;
+    Py_ssize_t offset;     /* bytes of it already handed to the kernel */
+    Py_ssize_t zc_wait;    /* zero-copy sends carrying its bytes not yet released */
+    int status;
+    int state;
+    struct Req *next;      /* the queue it is in, if any */
+} Req;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *impl;
+    Py_ssize_t bytes_sent, bytes_received, requests_completed, requests_aborted, zerocopy_sends,
+        zerocopy_copied, zerocopy_fallbacks, syscalls;
+} Stats;
+
+typedef struct {
+    Req *head, *tail;
+    Py_ssize_t len;
+} ReqQueue;
+
+typedef struct {
+    PyObject_HEAD
+    ReqQueue queued;         /* each request in a queue holds one reference owned by the queue */
+    ReqQueue pending;
+    Py_ssize_t queued_iovcnt;
+    Py_ssize_t queued_bytes; /* bytes of requests whose callbacks have not run */
+    int cb_cnt;
+    int fd;
+    char closed;
+    char close_deferred;
+    char direct;             /* the backend reads and writes the fd with plain syscalls (posix) */
+    char read_paused;        /* SockGroup.pause_reading: no read callback */
+    PyObject *group_impl;
+    PyObject *dirty;         /* group_impl._dirty, a dict, or NULL */
+    Stats *stats;
+    /* Attributes of the generic layer and the posix backend kept here so the hot path reads them
+     * without a dict lookup; Python sees them as ordinary attributes. */
+    PyObject *group;         /* _group: the SockGroup */
+    PyObject *pipe;          /* _pipe: the recv pipe or None */
+    PyObject *sys;           /* _sys: the posix syscall seam */
+    PyObject *zc;            /* _zc: the posix zero-copy tracker or None */
+    /* The uring backend's per-socket state (netimpl/uring/sock.py names each), here for the same
+     * reason: its completion loop (bridge.c) reads it per request. */
+    unsigned long long send_ud;   /* _send_ud: the write task in flight, 0 when none */
+    unsigned long long send_addr; /* _send_addr: its struct ni_send */
+    Py_ssize_t send_total;        /* _send_total: bytes that task asked the kernel to take */
+    PyObject *send_iovs;          /* _send_iovs: what its iovecs point into, held until the CQE */
+    unsigned long long rxq_addr;  /* _rxq_addr: the struct ni_rxq of its multishot receive, 0 when none */
+    char out_armed;               /* _out_armed: waiting for write space */
+    char rx_pipe_first;           /* _rx_pipe_first: the recv pipe holds older bytes than the rxq */
+} Core;
+
+/* What netimpl._native lends: each is the very function its own paths use. */
+struct ni_core_api {
+    int version;
+    PyTypeObject *core_type;
+    /* Up to 64 iovecs from the queued requests, honouring the head's offset; with held, the buffer
+     * object behind each iovec (borrowed references). 0, or -1 with an exception. */
+    int (*gather)(Core *c, struct iovec *iov, int *cnt, Py_ssize_t *total, PyObject **held);
+    /* n bytes handed to the kernel (no zero-copy): requests sent whole move to the pending list. */
+    int (*requests_sent)(Core *c, Py_ssize_t n, PyObject *touched);
+    /* Run the callbacks of pending requests in order (and a close deferred until they ran). */
+    int (*complete_pending)(Core *c);
+    /* Requests completed in this process (netimpl.sock.completions()). */
+    unsigned long long (*completions)(void);
+};
+
+#endif
