@@ -420,7 +420,7 @@ static long K_SEND, K_RECV;              /* group.SEND, group.RECV: the op kinds
 static PyObject *s_ring, *s_addr, *s_ops, *s_next_ud, *s_inflight, *s_removing, *s_backlog, *s_carry,
     *s_dirty, *s_dispatch, *s_popleft, *s_owner, *s_efd, *s_unarmed, *s_starved, *s_orphans_armed,
     *s_impl, *s_orphanage, *s_arm_polls, *s_poll_py, *s_prep_dirty_py, *s_flush_sock_py, *s_recv_other,
-    *s_has_buffered_py, *s_bytes_available;
+    *s_has_buffered_py, *s_bytes_available, *s_socks;
 
 #define IS_CORE(o) (core != NULL && PyObject_TypeCheck((o), core->core_type))
 
@@ -798,11 +798,16 @@ static int arm_needed(PyObject *gi)
 
     if ((n = attr_len(gi, s_unarmed)) != 0 || (n = attr_len(gi, s_starved)) != 0)
         return n < 0 ? -1 : 1;
+    /* impl._orphanage (made on first use, None before) and its _socks: read, not called (no Python runs). */
     if ((impl = PyObject_GetAttr(gi, s_impl)) == NULL)
         return -1;
     orph = PyObject_GetAttr(impl, s_orphanage);
     Py_DECREF(impl);
-    n = orph ? PyObject_Size(orph) : -1;
+    if (orph == Py_None) {
+        Py_DECREF(orph);
+        return 0;
+    }
+    n = orph ? attr_len(orph, s_socks) : -1;
     Py_XDECREF(orph);
     if (n <= 0)
         return n < 0 ? -1 : 0;
@@ -1106,7 +1111,7 @@ PyMODINIT_FUNC PyInit__bridge(void)
         {&s_backlog, "_backlog"}, {&s_carry, "_carry"}, {&s_dirty, "_dirty"}, {&s_dispatch, "_dispatch"},
         {&s_popleft, "popleft"}, {&s_owner, "_owner"}, {&s_efd, "_efd"}, {&s_unarmed, "_unarmed"},
         {&s_starved, "_starved"}, {&s_orphans_armed, "_orphans_armed"}, {&s_impl, "impl"},
-        {&s_orphanage, "orphanage"}, {&s_arm_polls, "_arm_polls"}, {&s_poll_py, "_poll_py"},
+        {&s_orphanage, "_orphanage"}, {&s_socks, "_socks"}, {&s_arm_polls, "_arm_polls"}, {&s_poll_py, "_poll_py"},
         {&s_prep_dirty_py, "_prep_dirty_py"}, {&s_flush_sock_py, "_flush_sock_py"},
         {&s_recv_other, "_recv_other"}, {&s_has_buffered_py, "_has_buffered_py"},
         {&s_bytes_available, "bytes_available"},

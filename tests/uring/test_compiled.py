@@ -1,0 +1,165 @@
+"""The uring group's compiled hot path (bridge.c): in use on the compiled core, Python only for callbacks.
+
+The conformance suite checks what the group does on both paths (it runs
+once on the compiled core and once under ``NETIMPL_NATIVE=0``); these check
+what only the compiled path promises: that it is the one running, that a
+poll runs no Python but the application's callbacks, and that a send in
+flight keeps its buffers alive until its completion.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import sys
+import weakref
+
+import pytest
+
+import netimpl
+from netimpl import accel
+from netimpl.uring import group as ugroup
+from netimpl.uring import sock as usock
+from netimpl.uring.ring import _bridge
+from tests.conftest import need
+from tests.uring.test_multishot import gi_of, pair, poll_until
+
+
+@pytest.fixture
+def compiled():
+    if os.environ.get(accel.ENV_VAR, "1") == "0":
+        pytest.skip("the Python twin runs (NETIMPL_NATIVE=0): the reference methods serve, checked by the suite")
+    need(accel.reason and f"the compiled core is not in use: {accel.reason}")
+
+
+def test_the_compiled_hot_path_serves_uring_groups_on_the_compiled_core():
+    impl = ugroup.UringGroupImpl
+    if os.environ.get(accel.ENV_VAR, "1") == "0":
+        assert not ugroup._compiled
+        assert impl.poll is impl._poll_py and impl.flush_sock is impl._flush_sock_py
+        assert usock.UringSock.recv_into is usock.UringSock._recv_into_py
+        return
+    need(accel.reason and f"the compiled core is not in use: {accel.reason}")
+    assert ugroup._compiled
+    for name, fn in [("poll", _bridge.poll), ("flush_dirty", _bridge.flush_dirty),
+                     ("_prep_dirty", _bridge.prep_dirty), ("flush_sock", _bridge.flush_sock)]:
+        assert impl.__dict__[name].__func__ is fn, name
+    assert usock.UringSock.__dict__["recv_into"].__func__ is _bridge.sock_recv_into
+    assert usock.UringSock.__dict__["_has_buffered"].__func__ is _bridge.sock_has_buffered
+
+
+def test_a_poll_runs_python_only_for_the_callbacks(request, compiled):
+    """An echo at queue depth 1: per request, the read callback and the request's callback."""
+    group = netimpl.SockGroup()
+    request.addfinalizer(group.close)
+    buf = bytearray(4096)
+
+    def done(req, status):
+        assert status == 0
+
+    def on_read(g, sock):
+        n = sock.recv_into(buf)
+        if n:
+            sock.writev_async(netimpl.Request([bytes(buf[:n])], done))
+
+    server, client = pair(request, group, on_read)
+    for _ in range(20):  # warm up: the ring, the first send's struct (made in Python, once)
+        client.writev([b"x" * 64])
+        poll_until(group, lambda: client.recv_into(bytearray(64)))
+
+    calls: dict[str, int] = {}
+
+    def prof(frame, event, arg):
+        if event == "call":
+            name = frame.f_code.co_name
+            calls[name] = calls.get(name, 0) + 1
+
+    rounds = 200
+    reply = bytearray(64)
+    got = 0
+    for _ in range(rounds):
+        client.writev([b"y" * 64])
+        while True:
+            sys.setprofile(prof)
+            try:
+                group.poll(timeout=1.0)
+            finally:
+                sys.setprofile(None)
+            n = client.recv_into(reply)
+            if n:
+                got += n
+                break
+    assert got == rounds * 64
+    app = calls.pop("on_read", 0) + calls.pop("done", 0)
+    assert app >= 2 * rounds
+    # Nothing of netimpl's Python runs per request (a rare slow path may run a handful of times).
+    assert sum(calls.values()) <= rounds // 10, calls
+
+
+def test_a_send_in_flight_holds_its_buffers_until_its_completion(request, compiled):
+    group = netimpl.SockGroup()
+    request.addfinalizer(group.close)
+    server, client = pair(request, group, lambda g, s: None)
+    group.poll(timeout=0)
+    done: list[int] = []
+    warm = netimpl.Request([b"warm"], lambda r, st: done.append(st))
+    server.writev_async(warm)
+    poll_until(group, lambda: done)  # the first send (Python makes its struct) is behind us
+
+    class Buf(bytearray):
+        pass
+
+    body = Buf(b"z" * 1000)
+    ref = weakref.ref(body)
+    server.writev_async(netimpl.Request([body], lambda r, st: done.append(st)))
+    server.flush()  # submitted now; its completion is reaped by the next poll
+    assert server._send_ud and server._send_iovs == (body,)
+    del body
+    gc.collect()
+    assert ref() is not None  # the kernel may still read it
+    poll_until(group, lambda: len(done) == 2)
+    assert done == [0, 0] and server._send_ud == 0 and server._send_iovs is None
+    gc.collect()
+    assert ref() is None
+    got = bytearray()
+    while len(got) < 1004:
+        n = client.recv_into(chunk := bytearray(2048))
+        if n:
+            got += chunk[:n]
+    assert bytes(got) == b"warm" + b"z" * 1000
+
+
+def test_a_short_send_takes_the_reference_path_and_loses_nothing(request, compiled):
+    """A reply larger than the socket takes at once: the C hands the short completion to Python."""
+    group = netimpl.SockGroup()
+    request.addfinalizer(group.close)
+    server, client = pair(request, group, lambda g, s: None)
+    server._s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    done: list[int] = []
+    server.writev_async(netimpl.Request([b"warm"], lambda r, st: done.append(st)))
+    poll_until(group, lambda: done)  # the ring and the first send's struct (Python makes both, once)
+    assert client.recv_into(bytearray(4)) == 4
+    done.clear()
+    gi = gi_of(group)
+    short: list[tuple[int, int]] = []
+    on_send = gi._on_send
+
+    def spy(ud, sock, zc, res, flags):
+        short.append((res, sock._send_total))
+        on_send(ud, sock, zc, res, flags)
+
+    gi._on_send = spy  # the Python method the C hands this completion to
+    data = bytes(range(256)) * 4096  # 1 MiB
+    server.writev_async(netimpl.Request([data[: len(data) // 2], data[len(data) // 2:]], lambda r, st: done.append(st)))
+    got = bytearray()
+    buf = bytearray(65536)
+    while not done or len(got) < len(data):
+        group.poll(timeout=0.01)
+        n = client.recv_into(buf)
+        if n:
+            got += buf[:n]
+    assert done == [0] and bytes(got) == data
+    assert short and all(0 <= res < total for res, total in short), short[-3:]  # only the short ones reached Python
+    assert server.stats.bytes_sent == 4 + len(data)
+    assert server._send_ud == 0 and not any(op[0] == ugroup.SEND for op in gi_of(group)._ops.values())
