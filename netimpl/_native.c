@@ -176,7 +176,7 @@ req_init(Req *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->cb, cb);
     Py_INCREF(ctx);
     Py_XSETREF(self->ctx, ctx);
-    self->offset = self->zc_wait = 0;
+    self->offset = self->iov_idx = self->iov_off = self->zc_wait = 0;
     self->status = 0;
     return req_set_bufs_impl(self, bufs);
 }
@@ -273,6 +273,8 @@ static PyMemberDef req_members[] = {
     {"_bufs", T_OBJECT, offsetof(Req, bufs), READONLY, NULL},
     {"_nbytes", T_PYSSIZET, offsetof(Req, nbytes), READONLY, NULL},
     {"_offset", T_PYSSIZET, offsetof(Req, offset), 0, NULL},
+    {"_iov_idx", T_PYSSIZET, offsetof(Req, iov_idx), READONLY, NULL},
+    {"_iov_off", T_PYSSIZET, offsetof(Req, iov_off), READONLY, NULL},
     {"_zc_wait", T_PYSSIZET, offsetof(Req, zc_wait), 0, NULL},
     {"_status", T_INT, offsetof(Req, status), 0, NULL},
     {"_state", T_INT, offsetof(Req, state), READONLY, NULL},
@@ -1001,6 +1003,30 @@ core_move_to_pending(Core *c)
     q_push(&c->pending, r);
 }
 
+/* Move a partly sent request's send cursor n bytes on: each gather then starts at its first unsent
+ * buffer, so a request of many iovecs costs O(iovecs) to send, not O(iovecs^2 / 64). */
+static int buf_ptr(PyObject *b, char **p, Py_ssize_t *len);
+
+static void
+req_advance_cursor(Req *r, Py_ssize_t n)
+{
+    Py_ssize_t i = r->iov_idx, nb = PyList_GET_SIZE(r->bufs), off = r->iov_off + n;
+    while (i < nb) {
+        char *p;
+        Py_ssize_t len;
+        if (buf_ptr(PyList_GET_ITEM(r->bufs, i), &p, &len) < 0) {
+            PyErr_Clear();  /* a released view: the next gather reports it */
+            break;
+        }
+        if (off < len)
+            break;
+        off -= len;
+        i++;
+    }
+    r->iov_idx = i;
+    r->iov_off = off;
+}
+
 /* Account n bytes handed to the kernel; with touched (zero-copy), list the requests the send carried. */
 static int
 core_requests_sent(Core *c, Py_ssize_t n, PyObject *touched)
@@ -1015,6 +1041,7 @@ core_requests_sent(Core *c, Py_ssize_t n, PyObject *touched)
         }
         if (n < left) {
             r->offset += n;
+            req_advance_cursor(r, n);
             break;
         }
         n -= left;
@@ -1196,7 +1223,7 @@ core_writev_async(Core *self, PyObject *arg)
             return raise_made(PyObject_CallFunction(wrong_thread_fn, "Os", (PyObject *)self, "writev_async"));
     }
     r->state = REQ_QUEUED;
-    r->offset = 0;
+    r->offset = r->iov_idx = r->iov_off = 0;
     r->zc_wait = 0;
     r->status = 0;
     Py_INCREF(r);
@@ -1350,8 +1377,8 @@ core_gather(Core *c, struct iovec *iov, int *cnt, Py_ssize_t *total, PyObject **
     int k = 0;
     Py_ssize_t sum = 0;
     for (Req *r = c->queued.head; r; r = r->next) {
-        Py_ssize_t nb = PyList_GET_SIZE(r->bufs), off = r->offset;
-        for (Py_ssize_t i = 0; i < nb; i++) {
+        Py_ssize_t nb = PyList_GET_SIZE(r->bufs), off = r->iov_off;
+        for (Py_ssize_t i = r->iov_idx; i < nb; i++) {
             char *p;
             Py_ssize_t len;
             if (buf_ptr(PyList_GET_ITEM(r->bufs, i), &p, &len) < 0)

@@ -27,6 +27,8 @@ typedef struct Req {
     PyObject *ctx;
     Py_ssize_t nbytes;
     Py_ssize_t offset;     /* bytes of it already handed to the kernel */
+    Py_ssize_t iov_idx;    /* the send cursor: its first buffer not sent whole... */
+    Py_ssize_t iov_off;    /* ...and the bytes of that one sent (gathers start there) */
     Py_ssize_t zc_wait;    /* zero-copy sends carrying its bytes not yet released */
     int status;
     int state;

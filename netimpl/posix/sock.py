@@ -288,8 +288,8 @@ def _gather(queued) -> tuple[list[Any], int]:
     """Up to IOV_BATCH_SIZE iovecs from the queued requests, honouring each one's offset.
 
     A request not yet started that fits is taken whole with ``list.extend``;
-    only a partly sent one, or the one that overflows the batch, is walked
-    buffer by buffer.
+    a partly sent one is walked from its send cursor (its first buffer not
+    sent whole), and the one that overflows the batch buffer by buffer.
     """
     iovs: list[Any] = []
     total = 0
@@ -302,13 +302,11 @@ def _gather(queued) -> tuple[list[Any], int]:
             if len(bufs) == room:
                 return iovs, total
             continue
-        off = req._offset
-        for b in bufs:
+        off = req._iov_off
+        for i in range(req._iov_idx, len(bufs)):
+            b = bufs[i]
             n = len(b)
             if off:
-                if off >= n:
-                    off -= n
-                    continue
                 b = memoryview(b)[off:]
                 n -= off
                 off = 0

@@ -165,3 +165,45 @@ def test_reads_of_a_kib_or_more_skip_an_empty_pipe_and_smaller_ones_fill_it(pair
     assert len(seen) == calls                                 # a large read drains the pipe first, no syscall
     assert server.recv_into(bytearray(8)) is None
     assert len(seen) == calls + 1                             # then the kernel: EAGAIN
+
+
+def test_a_request_of_many_iovecs_resumes_at_its_send_cursor(pair):
+    """Every gather of a partly sent request starts at its first unsent buffer (not a walk from its
+    first one), with the right offset into it, through buffers of every size (empty ones too)."""
+    import random
+
+    rng = random.Random(7)
+    client, _ = pair
+    sizes = [rng.choice([0, 1, 5, 64, 700, 4096]) for _ in range(1500)]
+    bufs = [data(n, i) for i, n in enumerate(sizes)]
+    payload = b"".join(bufs)
+    script = client._sys = Scripted(sends=[rng.randint(1, 20000) for _ in range(len(payload) // 1000 + 10)])
+    before: list[int] = []  # bytes on the wire before each sendmsg
+    sendmsg = script.sendmsg
+
+    def spy(*args):
+        before.append(len(script.wire))
+        return sendmsg(*args)
+
+    script.sendmsg = spy
+    log: list[int] = []
+    req = Request(bufs, cb=lambda r, st: log.append(st))
+    client.writev_async(req)
+    cursors = []
+    while not log:
+        client.flush()
+        cursors.append((len(script.wire), req._iov_idx, req._iov_off))
+    assert log == [0] and bytes(script.wire) == payload
+
+    def cursor(sent: int) -> tuple[int, int]:
+        idx = acc = 0
+        while idx < len(sizes) and acc + sizes[idx] <= sent:
+            acc += sizes[idx]
+            idx += 1
+        return idx, sent - acc
+
+    for call, sent in zip(script.calls, before):
+        idx, off = cursor(sent)
+        assert call["iovs"] == ([sizes[idx] - off] + sizes[idx + 1:idx + 64])[:64], sent
+    for sent, idx, off in cursors[:-1]:  # while it is partly sent, the request's cursor is where its bytes end
+        assert (idx, off) == cursor(sent)
