@@ -47,10 +47,10 @@ class runtime_build_py(build_py):
 setup(
     # netimpl.uring._bridge: the uring core's C that reads Python objects (declared arguments, C API).
     ext_modules=[Extension("netimpl.uring._bridge", ["netimpl/uring/bridge.c"],
-                           depends=["netimpl/uring/ring.h", "netimpl/_native.h"],
+                           depends=["netimpl/uring/ring.h", "netimpl/_native.h", "netimpl/copy.h"],
                            optional=True, extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
                  # netimpl._native: the compiled request life cycle, posix hot path and group poll.
-                 Extension("netimpl._native", ["netimpl/_native.c"], depends=["netimpl/_native.h"], optional=True,
+                 Extension("netimpl._native", ["netimpl/_native.c"], depends=["netimpl/_native.h", "netimpl/copy.h"], optional=True,
                            extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"])],
     cffi_modules=["netimpl/uring/build_ring.py:ffibuilder", "netimpl/bench/build_loadgen.py:ffibuilder",
                   "netimpl/bench/build_floor.py:ffibuilder"],

@@ -51,6 +51,7 @@
 #include <structmember.h>
 
 #include "_native.h"
+#include "copy.h"
 
 #include <errno.h>
 #include <string.h>
@@ -490,7 +491,7 @@ pipe_copy_out(PipeObj *p, char *dst, Py_ssize_t len)
     int cnt = pipe_data_iov(p, len, iov);
     Py_ssize_t got = 0;
     for (int i = 0; i < cnt; i++) {
-        memcpy(dst + got, iov[i].iov_base, iov[i].iov_len);
+        ni_copy(dst + got, iov[i].iov_base, iov[i].iov_len);
         got += (Py_ssize_t)iov[i].iov_len;
     }
     pipe_reader_commit(p, got);

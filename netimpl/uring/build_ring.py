@@ -14,7 +14,7 @@ ffibuilder.set_source(
     "netimpl.uring._ring",
     (_here / "ring.c").read_text(),
     include_dirs=[str(_here)],  # ring.h, shared with bridge.c
-    depends=[str(_here / "ring.h")],
+    depends=[str(_here / "ring.h"), str(_here.parent / "copy.h")],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
     py_limited_api=False,  # the module's file name as before, so a rebuild replaces it
 )

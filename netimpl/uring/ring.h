@@ -34,6 +34,8 @@
 #include <unistd.h>
 #include <linux/io_uring.h>
 
+#include "../copy.h"
+
 /* What the 6.1 uapi headers on the build machine may lack. */
 #ifndef IORING_SETUP_SINGLE_ISSUER
 #define IORING_SETUP_SINGLE_ISSUER (1U << 12)
@@ -280,7 +282,7 @@ static inline size_t ni_rxq_copy(struct ni_rxq *q, char *dst, size_t n)
         uint32_t left = q->len[h] - q->off;
         size_t k = n - got < left ? n - got : left;
 
-        memcpy(dst + got, q->br->bufs + (size_t)q->bid[h] * q->br->buf_size + q->off, k);
+        ni_copy(dst + got, q->br->bufs + (size_t)q->bid[h] * q->br->buf_size + q->off, k);
         got += k;
         if (k == left) {
             ni_bufring_put(q->br, q->bid[h]);

@@ -86,6 +86,33 @@ def test_more_data_than_one_buffer_arrives_whole_and_in_order(request, small_buf
     group.close()
 
 
+def test_large_reads_at_every_alignment_arrive_byte_exact(request, small_buffers):
+    """Copies out of the provided buffers into destinations at every skew against them (the copy
+    changes method inside a window of skews, copy.h): every byte where it belongs."""
+    small_buffers(64, 16384)
+    group = netimpl.SockGroup()
+    got = bytearray()
+    backing = bytearray(70000)
+    skews = iter(range(10**6))
+
+    def on_read(g, s):
+        k = next(skews) % 80
+        view = memoryview(backing)[k:k + 60000]
+        n = s.recv_into(view)
+        if n:
+            got.extend(view[:n])
+
+    server, client = pair(request, group, on_read)
+    data = payload(3 << 20, 5)
+    client.writev_async(netimpl.Request([data]))
+    while len(got) < len(data):
+        client.flush()
+        group.poll(timeout=0.05)
+    assert len(got) == len(data) and bytes(got) == data
+    group.remove_sock(server)
+    group.close()
+
+
 def test_readv_fills_buffers_in_order_from_the_held_buffers(request, small_buffers):
     small_buffers(16, 256)
     group = netimpl.SockGroup()
