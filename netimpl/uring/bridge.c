@@ -20,8 +20,11 @@
  *              direct recv(2) only when no multishot is armed and nothing is
  *              held.
  *  rx_drain    everything held, as bytes (a socket leaving its group).
+ *  poll, flush_dirty, prep_dirty, flush_sock, sock_recv_into, sock_has_buffered
+ *              the group's hot path on the compiled core's sockets (see the
+ *              section below): one C call per poll, Python only for callbacks.
  *
- * The GIL is held throughout: nothing here blocks.
+ * The GIL is held throughout, except while an enter waits: nothing else blocks.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1,5 +1,12 @@
 """UringGroupImpl: the uring sockets of a group, served by one io_uring.
 
+On the compiled core, :meth:`poll`, :meth:`flush_dirty`, ``_prep_dirty``
+and :meth:`flush_sock` are C (``_bridge``, netimpl/uring/bridge.c): the
+common completions (a send completed whole, a multishot receive's report)
+are dispatched there, and everything else reaches the Python methods
+below (``_poll_py``, ``_dispatch``...), which are their reference and run
+whole under ``NETIMPL_NATIVE=0``. Both share this object's state.
+
 Facts that shape it:
 
 * One ``io_uring_enter`` per poll submits every prepared SQE (the sends of
