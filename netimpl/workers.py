@@ -168,7 +168,10 @@ class WorkerPool:
                 if index is None:
                     continue
                 code = os.waitstatus_to_exitcode(wstatus)
-                if self._stopping or code == 0:
+                if self._stopping:
+                    continue
+                if code == 0:
+                    logger.warning("worker %d (pid %d) ended by itself (exit status 0); not replaced", index, pid)
                     continue
                 how = f"signal {-code}" if code < 0 else f"exit status {code}"
                 now = time.monotonic()

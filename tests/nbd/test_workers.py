@@ -105,7 +105,13 @@ def test_workers_share_the_port_and_the_exports(impl, tmp_path, export):
         deadline = time.monotonic() + 10
         while (len(w.pids()) < 2 or victim in w.pids()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(w.pids()) == 2 and victim not in w.pids()
+        if len(w.pids()) != 2 or victim in w.pids():
+            left = w.pids()
+            w.proc.kill()
+            _, err = w.proc.communicate(timeout=30)
+            states = {p: open(f"/proc/{p}/stat").read().split()[2] for p in left if os.path.exists(f"/proc/{p}")}
+            raise AssertionError(f"killed {victim} of {sorted(before)}; 10 s later: {states} (pid: state); "
+                                 f"the pool said: {err[-3000:]!r}")
         a, b = w.clients_on_both()
         assert a.read(12345, len(data)) == data and b.read(12345, len(data)) == data
         a.close()
