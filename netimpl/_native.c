@@ -63,7 +63,7 @@
 #include <sys/uio.h>
 #include <time.h>
 
-#define IOV_BATCH_SIZE 64
+#define IOV_BATCH_SIZE NI_GATHER_MAX
 #define MIN_SOCK_PIPE_SIZE 1024
 
 enum { REQ_FREE = 0, REQ_QUEUED = 1, REQ_PENDING = 2 };

@@ -19,6 +19,8 @@
 #define NI_CORE_API_NAME "netimpl._native._C_API"
 /* Bumped whenever a layout below or the table changes: a stale build refuses to pair. */
 #define NI_CORE_API_VERSION 1
+/* The most iovecs one gather fills (IOV_BATCH_SIZE in the Python core). */
+#define NI_GATHER_MAX 64
 
 typedef struct Req {
     PyObject_HEAD
@@ -83,7 +85,7 @@ typedef struct {
 struct ni_core_api {
     int version;
     PyTypeObject *core_type;
-    /* Up to 64 iovecs from the queued requests, honouring the head's offset; with held, the buffer
+    /* Up to NI_GATHER_MAX iovecs from the queued requests, honouring the head's offset; with held, the buffer
      * object behind each iovec (borrowed references). 0, or -1 with an exception. */
     int (*gather)(Core *c, struct iovec *iov, int *cnt, Py_ssize_t *total, PyObject **held);
     /* n bytes handed to the kernel (no zero-copy): requests sent whole move to the pending list. */

@@ -423,9 +423,11 @@ static long K_SEND, K_RECV;              /* group.SEND, group.RECV: the op kinds
 static PyObject *s_ring, *s_addr, *s_ops, *s_next_ud, *s_inflight, *s_removing, *s_backlog, *s_carry,
     *s_dirty, *s_dispatch, *s_popleft, *s_owner, *s_efd, *s_unarmed, *s_starved, *s_orphans_armed,
     *s_impl, *s_orphanage, *s_arm_polls, *s_poll_py, *s_prep_dirty_py, *s_flush_sock_py, *s_recv_other,
-    *s_has_buffered_py, *s_bytes_available, *s_socks;
+    *s_has_buffered_py, *s_bytes_available, *s_socks, *s_recv_into_py;
 
 #define IS_CORE(o) (core != NULL && PyObject_TypeCheck((o), core->core_type))
+
+_Static_assert(NI_GATHER_MAX <= NI_IOV_MAX, "a gather must fit a struct ni_send");
 
 /* Py_None, False or True attribute values, and ints, read without keeping a reference. */
 static int attr_true(PyObject *o, PyObject *name)
@@ -485,6 +487,39 @@ static int count_add(PyObject *counts, PyObject *sock, long d, long dflt)
     return rc;
 }
 
+/* gi._dirty[sock] = None (the socket's cached dict, or the attribute when it has none cached). */
+static int mark_dirty(PyObject *gi, Core *c)
+{
+    PyObject *d;
+    int rc;
+
+    if (c->dirty != NULL)
+        return PyDict_SetItem(c->dirty, (PyObject *)c, Py_None);
+    if ((d = PyObject_GetAttr(gi, s_dirty)) == NULL)
+        return -1;
+    rc = PyObject_SetItem(d, (PyObject *)c, Py_None);
+    Py_DECREF(d);
+    return rc;
+}
+
+/* dict.pop(sock, None) on gi._dirty. */
+static int unmark_dirty(PyObject *gi, Core *c)
+{
+    PyObject *d = c->dirty, *r;
+
+    if (d != NULL) {
+        if (PyDict_DelItem(d, (PyObject *)c) < 0)
+            PyErr_Clear();  /* not there */
+        return 0;
+    }
+    if ((d = PyObject_GetAttr(gi, s_dirty)) == NULL)
+        return -1;
+    r = PyObject_CallMethod(d, "pop", "OO", (PyObject *)c, Py_None);
+    Py_DECREF(d);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 /* The submit of Ring.submit(): a timeout, a signal or a CQ overflow is not an error. */
 static int submit_now(struct ni_ring *r)
 {
@@ -531,24 +566,33 @@ static int flush_one(PyObject *gi, PyObject *sock, int submit)
     s = (struct ni_send *)(uintptr_t)c->send_addr;
     if (core->gather(c, s->iov, &cnt, &total, held) < 0)
         return -1;
+    /* Owned before anything allocates (a GC pass could run a finalizer that aborts these requests). */
+    for (int i = 0; i < cnt; i++)
+        Py_INCREF(held[i]);
     if (total == 0) {
+        for (int i = 0; i < cnt; i++)
+            Py_DECREF(held[i]);
         if (core->requests_sent(c, 0, NULL) < 0)
             return -1;
         return core->complete_pending(c);
     }
-    if (r->sqe_tail - load_acquire(r->sq_khead) >= r->sq_entries && submit_now(r) < 0)
+    /* The kernel reads the buffers until the CQE: the tuple holds them (an aborted request lets go of its own). */
+    if ((held_t = PyTuple_New(cnt)) == NULL) {
+        for (int i = 0; i < cnt; i++)
+            Py_DECREF(held[i]);
         return -1;
+    }
+    for (int i = 0; i < cnt; i++)
+        PyTuple_SET_ITEM(held_t, i, held[i]);
+    if (r->sqe_tail - load_acquire(r->sq_khead) >= r->sq_entries && submit_now(r) < 0) {
+        Py_DECREF(held_t);
+        return -1;
+    }
     if (r->sqe_tail - load_acquire(r->sq_khead) >= r->sq_entries) {
+        Py_DECREF(held_t);
         errno = EBUSY;
         PyErr_SetFromErrnoWithFilename(PyExc_OSError, "prep_send");
         return -1;
-    }
-    /* The kernel reads the buffers until the CQE: hold them (a request aborted meanwhile lets go of its own). */
-    if ((held_t = PyTuple_New(cnt)) == NULL)
-        return -1;
-    for (int i = 0; i < cnt; i++) {
-        Py_INCREF(held[i]);
-        PyTuple_SET_ITEM(held_t, i, held[i]);
     }
     rc = -1;
     key = op = ops = inflight = NULL;
@@ -572,9 +616,9 @@ static int flush_one(PyObject *gi, PyObject *sock, int submit)
     s->iovcnt = (unsigned)cnt;
     s->zerocopy = 0;
     s->user_data = ud;
-    if (ni_prep_send_inline(r, s) < 0) {
+    if ((rc = ni_prep_send_inline(r, s)) < 0) {
         PyObject_DelItem(ops, key);
-        errno = EINVAL;
+        errno = -rc;
         PyErr_SetFromErrnoWithFilename(PyExc_OSError, "prep_send");
         goto out;
     }
@@ -582,9 +626,7 @@ static int flush_one(PyObject *gi, PyObject *sock, int submit)
     held_t = NULL;
     c->send_total = total;
     c->send_ud = ud;
-    if (c->dirty != NULL && PyDict_DelItem(c->dirty, sock) < 0)
-        PyErr_Clear();  /* not there */
-    if (count_add(inflight, sock, 1, 0) < 0)
+    if (unmark_dirty(gi, c) < 0 || count_add(inflight, sock, 1, 0) < 0)
         goto out;
     if (submit) {
         c->stats->syscalls++;
@@ -659,8 +701,10 @@ static int dispatch_one(PyObject *gi, PyObject *ops, PyObject *removing, PyObjec
     PyObject *key, *op, *sock, *r;
     Core *c;
 
-    if (!PyTuple_CheckExact(ent) || PyTuple_GET_SIZE(ent) != 3)
-        goto python;
+    if (!PyTuple_CheckExact(ent) || PyTuple_GET_SIZE(ent) != 3) {
+        PyErr_Format(PyExc_TypeError, "a backlog entry must be (user_data, res, flags), not %.60R", ent);
+        return -1;
+    }
     key = PyTuple_GET_ITEM(ent, 0);
     res = _PyLong_AsInt(PyTuple_GET_ITEM(ent, 1));
     flags = (unsigned)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(ent, 2));
@@ -707,7 +751,7 @@ static int dispatch_one(PyObject *gi, PyObject *ops, PyObject *removing, PyObjec
             goto send_out;
         if (c->queued.head && !c->out_armed && !c->closed && c->group_impl == gi) {
             rm = in_set(removing, sock);
-            if (rm < 0 || (!rm && c->dirty != NULL && PyDict_SetItem(c->dirty, sock, Py_None) < 0))
+            if (rm < 0 || (!rm && mark_dirty(gi, c) < 0))
                 goto send_out;
         }
         rc = 0;
@@ -785,9 +829,13 @@ static int reset_efd(PyObject *gi)
     Py_XDECREF(v);
     if (v == NULL || (efd == -1 && PyErr_Occurred()))
         return -1;
-    if (efd >= 0 && read((int)efd, &count, sizeof count) < 0 && errno != EAGAIN) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
+    while (efd >= 0 && read((int)efd, &count, sizeof count) < 0 && errno != EAGAIN) {
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0)
+            return -1;
     }
     return 0;
 }
@@ -816,6 +864,12 @@ static int arm_needed(PyObject *gi)
         return n < 0 ? -1 : 0;
     armed = attr_true(gi, s_orphans_armed);
     return armed < 0 ? -1 : !armed;
+}
+
+/* A dict (or any sized container) holds something; -1 sizes leave their exception for the caller. */
+static int dict_busy(PyObject *o)
+{
+    return PyDict_Check(o) ? PyDict_GET_SIZE(o) > 0 : PyObject_Size(o) > 0;
 }
 
 static double now_s(void)
@@ -867,20 +921,24 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((dirty = PyObject_GetAttr(gi, s_dirty)) == NULL)
         return NULL;
-    if (PyObject_Size(dirty) > 0 && prep_dirty(gi) < 0)
+    if (dict_busy(dirty) && prep_dirty(gi) < 0)
+        goto error;
+    if (PyErr_Occurred())
         goto error;
     /* What flush_dirty found readable since the last poll. */
-    if ((ready = PyObject_GetAttr(gi, s_carry)) == NULL || (fresh = PyList_New(0)) == NULL)
+    if ((ready = PyObject_GetAttr(gi, s_carry)) == NULL)
+        goto error;
+    if (!PyList_Check(ready)) {
+        PyErr_SetString(PyExc_TypeError, "UringGroupImpl._carry must be a list");
+        goto error;
+    }
+    if ((fresh = PyList_New(0)) == NULL)
         goto error;
     if (PyObject_SetAttr(gi, s_carry, fresh) < 0) {
         Py_DECREF(fresh);
         goto error;
     }
     Py_DECREF(fresh);
-    if (!PyList_Check(ready)) {
-        PyErr_SetString(PyExc_TypeError, "UringGroupImpl._carry must be a list");
-        goto error;
-    }
     if ((backlog = PyObject_GetAttr(gi, s_backlog)) == NULL)
         goto error;
     before = core->completions();
@@ -900,7 +958,8 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto error;
             break;  /* closed by a callback */
         }
-        rc = enter_reap(r, wait, wait ? (long long)(timeout * 1e9) : -1, backlog);
+        /* (an infinite or huge timeout waits as long as the kernel's timespec takes: about 292 years) */
+        rc = enter_reap(r, wait, wait ? (timeout < 9.2e9 ? (long long)(timeout * 1e9) : LLONG_MAX) : -1, backlog);
         if (rc == ENTER_ERROR)
             goto error;
         if (rc < 0) {
@@ -910,7 +969,9 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (drain(gi, backlog, ready) < 0)
             goto error;
-        if (PyObject_Size(dirty) > 0 && prep_dirty(gi) < 0)
+        if (dict_busy(dirty) && prep_dirty(gi) < 0)
+            goto error;
+        if (PyErr_Occurred())
             goto error;
         if (PyList_GET_SIZE(ready) || !wait || core->completions() != before)
             break;
@@ -1020,6 +1081,8 @@ static PyObject *b_sock_recv_into(PyObject *self, PyObject *const *args, Py_ssiz
             c->stats->bytes_received += PyLong_AsSsize_t(res);
         return res;
     }
+    if (!IS_CORE(args[0]))
+        return PyObject_CallMethodObjArgs(args[0], s_recv_into_py, args[1], NULL);
     return PyObject_CallMethodObjArgs(args[0], s_recv_other, args[1], Py_False, NULL);
 }
 
@@ -1039,7 +1102,12 @@ static PyObject *b_sock_has_buffered(PyObject *self, PyObject *sock)
         /* A socket with a receive queue is no listener (nothing accepted): only its recv pipe is left. */
         if (c->pipe == NULL || c->pipe == Py_None)
             Py_RETURN_FALSE;
-        if ((n = PyObject_CallMethodNoArgs(c->pipe, s_bytes_available)) == NULL || (t = PyObject_IsTrue(n)) < 0) {
+        PyObject *pipe = c->pipe;
+
+        Py_INCREF(pipe);
+        n = PyObject_CallMethodNoArgs(pipe, s_bytes_available);
+        Py_DECREF(pipe);
+        if (n == NULL || (t = PyObject_IsTrue(n)) < 0) {
             Py_XDECREF(n);
             return NULL;
         }
@@ -1061,12 +1129,16 @@ static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t na
     api = PyCapsule_GetPointer(args[0], NI_CORE_API_NAME);
     if (api == NULL)
         return NULL;
-    K_SEND = PyLong_AsLong(args[1]);
-    K_RECV = PyLong_AsLong(args[2]);
-    if (PyErr_Occurred())
+    long send = PyLong_AsLong(args[1]), recv;
+
+    if (send == -1 && PyErr_Occurred())
+        return NULL;
+    if ((recv = PyLong_AsLong(args[2])) == -1 && PyErr_Occurred())
         return NULL;
     if (api->version != NI_CORE_API_VERSION)
         Py_RETURN_FALSE;
+    K_SEND = send;
+    K_RECV = recv;
     core = api;
     Py_RETURN_TRUE;
 }
@@ -1116,7 +1188,7 @@ PyMODINIT_FUNC PyInit__bridge(void)
         {&s_starved, "_starved"}, {&s_orphans_armed, "_orphans_armed"}, {&s_impl, "impl"},
         {&s_orphanage, "_orphanage"}, {&s_socks, "_socks"}, {&s_arm_polls, "_arm_polls"}, {&s_poll_py, "_poll_py"},
         {&s_prep_dirty_py, "_prep_dirty_py"}, {&s_flush_sock_py, "_flush_sock_py"},
-        {&s_recv_other, "_recv_other"}, {&s_has_buffered_py, "_has_buffered_py"},
+        {&s_recv_other, "_recv_other"}, {&s_recv_into_py, "_recv_into_py"}, {&s_has_buffered_py, "_has_buffered_py"},
         {&s_bytes_available, "bytes_available"},
     };
 

@@ -212,7 +212,8 @@ class UringGroupImpl(GroupImpl):
         self._unarmed.pop(sock, None)
         self._starved.pop(sock, None)
         if self._carry:
-            self._carry = [s for s in self._carry if s is not sock]
+            # In place: a flush_dirty being served holds this very list and appends to it.
+            self._carry[:] = [s for s in self._carry if s is not sock]
         if self._inflight.get(sock, 0) and self._ring is not None:
             self._removing.add(sock)
             try:
