@@ -48,7 +48,11 @@ def info() -> int:
         for name, reason in feats.items():
             print(f"  {name:16s} {'in use' if not reason else 'no: ' + reason}")
     print()
-    print(f"core: {'compiled (netimpl._native)' if accel.native is not None else 'Python: ' + accel.reason}")
+    from .uring import group as uring_group
+
+    core = "compiled (netimpl._native)" if accel.native is not None else "Python: " + accel.reason
+    loop = "compiled (netimpl.uring._bridge)" if uring_group._compiled else "Python"
+    print(f"core: {core}; uring group loop: {loop}")
     return 0
 
 

@@ -33,6 +33,8 @@ def test_info_lists_every_backend_and_the_kernel_features():
     assert "*" in default_row.split()
     core = next(line for line in lines if line.startswith("core: "))
     assert core.startswith("core: compiled") == (accel.native is not None), core
+    from netimpl.uring import group as ugroup
+    assert ("uring group loop: compiled" in core) == ugroup._compiled, core
 
 
 def test_demo_runs_a_small_transfer():
