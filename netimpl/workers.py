@@ -8,10 +8,15 @@ Facts that shape it:
   become the bottleneck and no extra hop per connection, as one listener
   handing fds to workers over a Unix socket (``SCM_RIGHTS``) would have, and
   no thundering herd: a connection wakes one worker.
-* The parent holds the port with a socket that is bound with
-  ``SO_REUSEPORT`` but never listens: a socket that does not listen is not
-  in the reuseport group, so no connection waits in a backlog nobody
-  accepts from, and ``port=0`` picks one free port for all.
+* The parent makes every worker's listener before it forks, and keeps
+  them open: a worker serves the listener of its index, and when it dies
+  that listener, with every connection waiting in its backlog, lives on in
+  the parent for the replacement to accept. Nothing queued is reset, and
+  the port never has a listener whose close is still to come: a listener
+  an io_uring request holds is closed by the kernel's ring teardown, which
+  runs after the dead process is reaped, so a listener made by the worker
+  itself would take (and then reset) new connections for a while after
+  its replacement was started. ``port=0`` picks one free port for all.
 * Workers are forked, so whatever the parent mapped shared before
   (``MAP_SHARED`` memory, an NBD memory export) is one memory for all of
   them; what must be a worker's own (its group, a uring ring, files it
@@ -44,6 +49,7 @@ import sys
 import time
 from typing import Callable
 
+from . import listen
 from ._kernel import SO_INCOMING_CPU
 from .addr import check_host_port
 from .errors import logger
@@ -91,19 +97,36 @@ class WorkerPool:
         self._parent = os.getpid()
         self.restarts: list[float] = []
         self._stopping = False
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._hold = socket.socket(family, socket.SOCK_STREAM)
+        #: worker index -> its listener; the parent's copies, open until the pool is closed
+        self._listeners: list[Sock] = []
         try:
-            self._hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            self._hold.bind((self.host, port))
+            for _ in range(workers):
+                self._listeners.append(listen(self.host, port, impl=impl, opts=self.opts))
+                port = self._listeners[0].getaddr()[1]
         except BaseException:
-            self._hold.close()
+            self.close()
             raise
-        self.port: int = self._hold.getsockname()[1]
+        self.port: int = port
 
     def __repr__(self) -> str:
         return f"<WorkerPool {self.host}:{self.port} workers={self.workers} running={len(self.pids)}>"
+
+    def close(self) -> None:
+        """Close the parent's listeners: the port is released once the workers have ended too. Idempotent.
+
+        :meth:`wait` and :meth:`stop` close them; a pool made but never
+        started needs this (or ``with``).
+        """
+        while self._listeners:
+            self._listeners.pop().close()
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pids:
+            self.stop()
+        self.close()
 
     # -- the parent ------------------------------------------------------------
 
@@ -187,7 +210,7 @@ class WorkerPool:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._hold.close()
+            self.close()
         return status
 
     def serve(self) -> int:
@@ -207,7 +230,8 @@ class WorkerPool:
                 pass
 
     def stop(self) -> None:
-        """Stop every worker: SIGTERM, and SIGKILL for any still running after ``STOP_WAIT`` seconds."""
+        """Stop every worker (SIGTERM, and SIGKILL for any still running after ``STOP_WAIT`` seconds),
+        then close the listeners."""
         self._stopping = True
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT
@@ -226,17 +250,19 @@ class WorkerPool:
                 self._signal_all(signal.SIGKILL)
                 deadline = float("inf")
             time.sleep(0.01)
+        self.close()
 
     # -- a worker --------------------------------------------------------------
 
     def _worker(self, index: int, ready_fd: int) -> int:  # pragma: no cover - runs in the child
-        import netimpl
-
-        self._hold.close()
+        listener = self._listeners[index]
+        for other in self._listeners:
+            if other is not listener:
+                other.close()  # this process's copy; the parent's stays open
+        self._listeners = [listener]
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a terminal's ^C reaches it too
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         _die_with_parent(self._parent)
-        listener = netimpl.listen(self.host, self.port, impl=self.impl, opts=self.opts)
         if self.placement:
             self._place(index, listener)
         if ready_fd >= 0:

@@ -58,6 +58,17 @@ def ask(port: int) -> tuple[int, int]:
     return int(index), int(pid)
 
 
+def children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def state(pid: int) -> str:
+    """The process state letter of proc(5)'s stat ('T' for stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -80,13 +91,12 @@ def test_pool_serves_on_every_worker_replaces_the_dead_and_stops_on_sigterm(impl
         assert sorted(seen) == [0, 1], f"connections reached only workers {sorted(seen)}"
         victim = seen[0]
         os.kill(victim, signal.SIGKILL)
-        replaced = {}
         deadline = time.monotonic() + 10
+        while victim in children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)  # (what the victim itself had accepted dies with it)
+        replaced = {}
         while (len(replaced) < 2 or replaced.get(0) == victim) and time.monotonic() < deadline:
-            try:
-                index, pid = ask(port)
-            except (ConnectionError, AssertionError):
-                continue  # a connection the dying worker's listener had taken
+            index, pid = ask(port)  # once it is reaped every connection is answered, none reset
             replaced[index] = pid
         assert replaced.get(0) not in (None, victim) and replaced.get(1) == seen[1], (seen, replaced)
         proc.send_signal(signal.SIGTERM)
@@ -101,6 +111,55 @@ def test_pool_serves_on_every_worker_replaces_the_dead_and_stops_on_sigterm(impl
         socket.create_connection(("127.0.0.1", port), timeout=2)
 
 
+@pytest.mark.parametrize("impl", available_impls())
+def test_connections_waiting_for_a_dead_worker_are_served_by_its_replacement(impl):
+    """A worker killed with connections in its listener's backlog: the replacement answers them all."""
+    proc = subprocess.Popen([sys.executable, "-c", POOL, impl], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    clients = []
+    try:
+        port = int(proc.stdout.readline())
+        seen = {}
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            index, pid = ask(port)
+            seen[index] = pid
+        victim = seen[0]
+        os.kill(victim, signal.SIGSTOP)        # it accepts nothing more: its share waits in its backlog
+        deadline = time.monotonic() + 10
+        while state(victim) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)                   # kill() returns before the worker has stopped
+        assert state(victim) == "T"
+        for _ in range(24):
+            c = socket.create_connection(("127.0.0.1", port), timeout=10)
+            c.sendall(b"who")
+            clients.append(c)
+        time.sleep(0.3)
+        waiting = []
+        for c in clients:
+            c.setblocking(False)
+            try:
+                answered = c.recv(100)
+            except BlockingIOError:
+                waiting.append(c)
+                continue
+            assert answered.startswith(b"1 "), answered
+        assert waiting, "no connection was hashed to the stopped worker"
+        os.kill(victim, signal.SIGKILL)
+        for c in waiting:
+            c.settimeout(10)
+            line = c.recv(100)                 # ConnectionResetError if the backlog died with the worker
+            index, pid = line.split()
+            assert int(index) == 0 and int(pid) != victim, line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        for c in clients:
+            c.close()
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+
+
 def test_pool_argument_checks():
     with pytest.raises(ValueError, match="workers"):
         WorkerPool(0, lambda listener, i: None)
@@ -112,9 +171,13 @@ def test_pool_argument_checks():
         WorkerPool(2, lambda listener, i: None, opts={"reuseport": True})  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         WorkerPool(2, lambda listener, i: None, "not a host!", 0)
-    pool = WorkerPool(2, lambda listener, i: None)
-    assert pool.port > 0 and "workers=2" in repr(pool)
-    pool._hold.close()
+    with WorkerPool(2, lambda listener, i: None) as pool:
+        assert pool.port > 0 and "workers=2" in repr(pool)
+        port = pool.port
+    # closed: the port is free again, even for a socket without SO_REUSEPORT
+    with socket.create_server(("127.0.0.1", port)):
+        pass
+    pool.close()  # idempotent
 
 
 def test_a_worker_that_dies_at_once_stops_the_pool_instead_of_forking_forever():
