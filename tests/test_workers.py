@@ -58,6 +58,17 @@ def ask(port: int) -> tuple[int, int]:
     return int(index), int(pid)
 
 
+def workers_seen(port: int) -> dict[int, int]:
+    """Worker index -> pid, asking until both workers have answered."""
+    seen = {}
+    deadline = time.monotonic() + 10
+    while len(seen) < 2 and time.monotonic() < deadline:
+        index, pid = ask(port)
+        seen[index] = pid
+    assert sorted(seen) == [0, 1], f"connections reached only workers {sorted(seen)}"
+    return seen
+
+
 def children(pid: int) -> set[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return {int(p) for p in f.read().split()}
@@ -83,12 +94,7 @@ def test_pool_serves_on_every_worker_replaces_the_dead_and_stops_on_sigterm(impl
                             text=True)
     try:
         port = int(proc.stdout.readline())
-        seen = {}
-        deadline = time.monotonic() + 10
-        while len(seen) < 2 and time.monotonic() < deadline:
-            index, pid = ask(port)
-            seen[index] = pid
-        assert sorted(seen) == [0, 1], f"connections reached only workers {sorted(seen)}"
+        seen = workers_seen(port)
         victim = seen[0]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -119,11 +125,7 @@ def test_connections_waiting_for_a_dead_worker_are_served_by_its_replacement(imp
     clients = []
     try:
         port = int(proc.stdout.readline())
-        seen = {}
-        deadline = time.monotonic() + 10
-        while len(seen) < 2 and time.monotonic() < deadline:
-            index, pid = ask(port)
-            seen[index] = pid
+        seen = workers_seen(port)
         victim = seen[0]
         os.kill(victim, signal.SIGSTOP)        # it accepts nothing more: its share waits in its backlog
         deadline = time.monotonic() + 10
