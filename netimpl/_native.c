@@ -2385,6 +2385,12 @@ api_completions(void)
     return completions;
 }
 
+static PyObject *
+api_posix_flush(Core *c)
+{
+    return core_posix_flush(c, NULL);
+}
+
 static struct ni_core_api core_api = {
     .version = NI_CORE_API_VERSION,
     .core_type = &CoreType,
@@ -2392,6 +2398,7 @@ static struct ni_core_api core_api = {
     .requests_sent = core_requests_sent,
     .complete_pending = core_complete_pending,
     .completions = api_completions,
+    .posix_flush = api_posix_flush,
 };
 
 static PyMethodDef mod_methods[] = {

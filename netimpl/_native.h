@@ -18,7 +18,7 @@
 
 #define NI_CORE_API_NAME "netimpl._native._C_API"
 /* Bumped whenever a layout below or the table changes: a stale build refuses to pair. */
-#define NI_CORE_API_VERSION 1
+#define NI_CORE_API_VERSION 2
 /* The most iovecs one gather fills (IOV_BATCH_SIZE in the Python core). */
 #define NI_GATHER_MAX 64
 
@@ -94,6 +94,9 @@ struct ni_core_api {
     int (*complete_pending)(Core *c);
     /* Requests completed in this process (netimpl.sock.completions()). */
     unsigned long long (*completions)(void);
+    /* PosixSock._flush: sendmsg(2) of the queued requests until the kernel takes no more, their
+     * callbacks run. A new reference to None, or NULL with an exception. */
+    PyObject *(*posix_flush)(Core *c);
 };
 
 #endif

@@ -420,10 +420,11 @@ static PyObject *b_rx_drain(PyObject *self, PyObject *const *args, Py_ssize_t na
 
 static const struct ni_core_api *core;   /* NULL until use_core(): then these functions refuse */
 static long K_SEND, K_RECV;              /* group.SEND, group.RECV: the op kinds */
+static Py_ssize_t direct_send_max;       /* group.DIRECT_SEND_MAX */
 static PyObject *s_ring, *s_addr, *s_ops, *s_next_ud, *s_inflight, *s_removing, *s_backlog, *s_carry,
     *s_dirty, *s_dispatch, *s_popleft, *s_owner, *s_efd, *s_unarmed, *s_starved, *s_orphans_armed,
     *s_impl, *s_orphanage, *s_arm_polls, *s_poll_py, *s_prep_dirty_py, *s_flush_sock_py, *s_recv_other,
-    *s_has_buffered_py, *s_bytes_available, *s_socks, *s_recv_into_py;
+    *s_has_buffered_py, *s_bytes_available, *s_socks, *s_recv_into_py, *s_wait_writable;
 
 #define IS_CORE(o) (core != NULL && PyObject_TypeCheck((o), core->core_type))
 
@@ -532,8 +533,9 @@ static int submit_now(struct ni_ring *r)
     return -1;
 }
 
-/* UringGroupImpl.flush_sock: start the socket's write task if none is in flight; submit if asked. */
-static int flush_one(PyObject *gi, PyObject *sock, int submit)
+/* UringGroupImpl.flush_sock: start the socket's write task if none is in flight; submit if asked.
+ * direct: sendmsg(2) first (the posix flush), and a SEND only for what the kernel did not take. */
+static int flush_one(PyObject *gi, PyObject *sock, int submit, int direct)
 {
     Core *c = (Core *)sock;
     PyObject *removing, *ops, *inflight, *nud, *held_t, *key, *op;
@@ -542,14 +544,15 @@ static int flush_one(PyObject *gi, PyObject *sock, int submit)
     struct ni_send *s;
     unsigned long long ud;
     Py_ssize_t total;
-    int cnt, rc = -1;
+    int cnt, rc = -1, full = 0;
 
     if (!IS_CORE(sock))
         goto python;
+again:
     if (c->send_ud || c->out_armed || c->queued.head == NULL || c->cb_cnt)
         return 0;
-    if ((c->zc != NULL && c->zc != Py_None) || !c->send_addr)
-        goto python;  /* zero-copy's choice and bookkeeping, or the first send's struct: Python's */
+    if (c->zc != NULL && c->zc != Py_None)
+        goto python;  /* zero-copy's choice and bookkeeping: Python's */
     if ((removing = PyObject_GetAttr(gi, s_removing)) == NULL)
         return -1;
     rc = PySet_Check(removing) ? in_set(removing, sock) : -2;
@@ -558,6 +561,35 @@ static int flush_one(PyObject *gi, PyObject *sock, int submit)
         goto python;
     if (rc)
         return rc < 0 ? -1 : 0;
+    if (full) {
+        /* A SEND on a full socket would wait in the kernel on a poll that a half-closed peer's
+         * POLLRDHUP wakes for ever: wait in the write-space set, as a short SEND's completion does. */
+        PyObject *res;
+
+        if (unmark_dirty(gi, c) < 0 || (res = PyObject_CallMethodOneArg(gi, s_wait_writable, sock)) == NULL)
+            return -1;
+        Py_DECREF(res);
+        return 0;
+    }
+    if (direct) {
+        Py_ssize_t offered = 0, sent = c->stats->bytes_sent;
+        PyObject *res;
+
+        for (Req *q = c->queued.head; q != NULL; q = q->next)
+            offered += q->nbytes - q->offset;
+        if ((res = core->posix_flush(c)) == NULL)  /* the request callbacks of what it sent run here */
+            return -1;
+        Py_DECREF(res);
+        if (c->queued.head == NULL)
+            return unmark_dirty(gi, c);
+        if (c->closed || c->group_impl != gi)
+            return 0;
+        direct = 0;
+        full = c->stats->bytes_sent - sent < offered;  /* it took less than it was offered */
+        goto again;
+    }
+    if (!c->send_addr)
+        goto python;  /* the first ring send's struct: made by Python */
     if ((r = group_ring(gi)) == NULL) {
         if (PyErr_Occurred())
             return -1;
@@ -643,19 +675,21 @@ out:
     return rc;
 python:
     {
-        PyObject *res = PyObject_CallMethodObjArgs(gi, s_flush_sock_py, sock, submit ? Py_True : Py_False, NULL);
+        PyObject *res = PyObject_CallMethodObjArgs(gi, s_flush_sock_py, sock, submit ? Py_True : Py_False,
+                                                   direct ? Py_True : Py_False, NULL);
 
         Py_XDECREF(res);
         return res ? 0 : -1;
     }
 }
 
-/* UringGroupImpl._prep_dirty: a write task for every dirty socket that has none in flight. */
-static int prep_dirty(PyObject *gi)
+/* UringGroupImpl._prep_dirty: a write task for every dirty socket that has none in flight; with
+ * allow_direct and at most direct_send_max of them, each sent at once instead. */
+static int prep_dirty(PyObject *gi, int allow_direct)
 {
     PyObject *dirty = PyObject_GetAttr(gi, s_dirty), *socks;
     Py_ssize_t n, i;
-    int rc = 0;
+    int rc = 0, direct;
 
     if (dirty == NULL)
         return -1;
@@ -669,12 +703,13 @@ static int prep_dirty(PyObject *gi)
         return -1;
     }
     n = PyList_GET_SIZE(socks);
+    direct = allow_direct && n <= direct_send_max;
     for (i = 0; i < n && rc == 0; i++) {
         PyObject *sock = PyList_GET_ITEM(socks, i);
         Core *c = (Core *)sock;
 
         if (!IS_CORE(sock)) {
-            PyObject *res = PyObject_CallMethodNoArgs(gi, s_prep_dirty_py);
+            PyObject *res = PyObject_CallMethodOneArg(gi, s_prep_dirty_py, allow_direct ? Py_True : Py_False);
 
             Py_XDECREF(res);
             rc = res ? 0 : -1;
@@ -684,7 +719,7 @@ static int prep_dirty(PyObject *gi)
             if (PyDict_DelItem(dirty, sock) < 0)
                 PyErr_Clear();
         } else if (!(c->cb_cnt || c->closed)) {
-            rc = flush_one(gi, sock, 0);
+            rc = flush_one(gi, sock, 0, direct);
         }
     }
     Py_DECREF(socks);
@@ -921,7 +956,7 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((dirty = PyObject_GetAttr(gi, s_dirty)) == NULL)
         return NULL;
-    if (dict_busy(dirty) && prep_dirty(gi) < 0)
+    if (dict_busy(dirty) && prep_dirty(gi, 1) < 0)
         goto error;
     if (PyErr_Occurred())
         goto error;
@@ -969,7 +1004,7 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (drain(gi, backlog, ready) < 0)
             goto error;
-        if (dict_busy(dirty) && prep_dirty(gi) < 0)
+        if (dict_busy(dirty) && prep_dirty(gi, 1) < 0)
             goto error;
         if (PyErr_Occurred())
             goto error;
@@ -1001,7 +1036,7 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
         PyErr_SetString(PyExc_RuntimeError, "flush_dirty: use_core() was not called");
         return NULL;
     }
-    if (prep_dirty(gi) < 0)
+    if (prep_dirty(gi, 1) < 0)
         return NULL;
     if ((r = group_ring(gi)) == NULL || r->sqe_tail == load_acquire(r->sq_khead)) {
         if (PyErr_Occurred())
@@ -1027,39 +1062,50 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
                                                    : drain(gi, backlog, carry);
     Py_XDECREF(carry);
     Py_DECREF(backlog);
-    if (rc < 0 || prep_dirty(gi) < 0)
+    if (rc < 0 || prep_dirty(gi, 1) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-/* prep_dirty(group_impl): UringGroupImpl._prep_dirty. */
-static PyObject *b_prep_dirty(PyObject *self, PyObject *gi)
+/* prep_dirty(group_impl, direct=True): UringGroupImpl._prep_dirty. */
+static PyObject *b_prep_dirty(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    int direct = 1;
+
+    if (nargs != 1 && nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "prep_dirty(group_impl, direct=True)");
+        return NULL;
+    }
+    if (nargs == 2 && (direct = PyObject_IsTrue(args[1])) < 0)
+        return NULL;
     if (core == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "prep_dirty: use_core() was not called");
         return NULL;
     }
-    if (prep_dirty(gi) < 0)
+    if (prep_dirty(args[0], direct) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-/* flush_sock(group_impl, sock, submit): UringGroupImpl.flush_sock. */
+/* flush_sock(group_impl, sock, submit, direct=submit): UringGroupImpl.flush_sock. */
 static PyObject *b_flush_sock(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    int submit;
+    int submit, direct;
 
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "flush_sock(group_impl, sock, submit)");
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "flush_sock(group_impl, sock, submit, direct=submit)");
         return NULL;
     }
     if ((submit = PyObject_IsTrue(args[2])) < 0)
+        return NULL;
+    direct = submit;
+    if (nargs == 4 && args[3] != Py_None && (direct = PyObject_IsTrue(args[3])) < 0)
         return NULL;
     if (core == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "flush_sock: use_core() was not called");
         return NULL;
     }
-    if (flush_one(args[0], args[1], submit) < 0)
+    if (flush_one(args[0], args[1], submit, direct) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1117,15 +1163,19 @@ static PyObject *b_sock_has_buffered(PyObject *self, PyObject *sock)
     return PyObject_CallMethodNoArgs(sock, s_has_buffered_py);
 }
 
-/* use_core(capsule, SEND, RECV) -> bool: the compiled core's C interface; False if it does not pair. */
+/* use_core(capsule, SEND, RECV, DIRECT_SEND_MAX) -> bool: the compiled core's C interface and the
+ * group's constants; False if it does not pair. */
 static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     const struct ni_core_api *api;
+    Py_ssize_t dmax;
 
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "use_core(capsule, SEND, RECV)");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "use_core(capsule, SEND, RECV, DIRECT_SEND_MAX)");
         return NULL;
     }
+    if ((dmax = PyLong_AsSsize_t(args[3])) == -1 && PyErr_Occurred())
+        return NULL;
     api = PyCapsule_GetPointer(args[0], NI_CORE_API_NAME);
     if (api == NULL)
         return NULL;
@@ -1139,6 +1189,7 @@ static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t na
         Py_RETURN_FALSE;
     K_SEND = send;
     K_RECV = recv;
+    direct_send_max = dmax;
     core = api;
     Py_RETURN_TRUE;
 }
@@ -1161,7 +1212,8 @@ static PyMethodDef bridge_methods[] = {
     {"poll", (PyCFunction)(void (*)(void))b_poll, METH_FASTCALL,
      "poll(group_impl, max_events, timeout) -> list: UringGroupImpl.poll, compiled."},
     {"flush_dirty", (PyCFunction)b_flush_dirty, METH_O, "flush_dirty(group_impl): UringGroupImpl.flush_dirty, compiled."},
-    {"prep_dirty", (PyCFunction)b_prep_dirty, METH_O, "prep_dirty(group_impl): UringGroupImpl._prep_dirty, compiled."},
+    {"prep_dirty", (PyCFunction)(void (*)(void))b_prep_dirty, METH_FASTCALL,
+     "prep_dirty(group_impl, direct=True): UringGroupImpl._prep_dirty, compiled."},
     {"flush_sock", (PyCFunction)(void (*)(void))b_flush_sock, METH_FASTCALL,
      "flush_sock(group_impl, sock, submit): UringGroupImpl.flush_sock, compiled."},
     {"sock_recv_into", (PyCFunction)(void (*)(void))b_sock_recv_into, METH_FASTCALL,
@@ -1188,6 +1240,7 @@ PyMODINIT_FUNC PyInit__bridge(void)
         {&s_starved, "_starved"}, {&s_orphans_armed, "_orphans_armed"}, {&s_impl, "impl"},
         {&s_orphanage, "_orphanage"}, {&s_socks, "_socks"}, {&s_arm_polls, "_arm_polls"}, {&s_poll_py, "_poll_py"},
         {&s_prep_dirty_py, "_prep_dirty_py"}, {&s_flush_sock_py, "_flush_sock_py"},
+        {&s_wait_writable, "_wait_writable"},
         {&s_recv_other, "_recv_other"}, {&s_recv_into_py, "_recv_into_py"}, {&s_has_buffered_py, "_has_buffered_py"},
         {&s_bytes_available, "bytes_available"},
     };

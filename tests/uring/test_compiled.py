@@ -105,7 +105,8 @@ def test_a_send_in_flight_holds_its_buffers_until_its_completion(request, compil
     done: list[int] = []
     warm = netimpl.Request([b"warm"], lambda r, st: done.append(st))
     server.writev_async(warm)
-    poll_until(group, lambda: done)  # the first send (Python makes its struct) is behind us
+    gi_of(group).flush_sock(server, True, False)
+    poll_until(group, lambda: done)  # the first SEND (Python makes its struct) is behind us
 
     class Buf(bytearray):
         pass
@@ -113,7 +114,8 @@ def test_a_send_in_flight_holds_its_buffers_until_its_completion(request, compil
     body = Buf(b"z" * 1000)
     ref = weakref.ref(body)
     server.writev_async(netimpl.Request([body], lambda r, st: done.append(st)))
-    server.flush()  # submitted now; its completion is reaped by the next poll
+    # As a SEND (what a flush of many sockets makes), submitted now; its completion comes with the next poll.
+    gi_of(group).flush_sock(server, True, False)
     assert server._send_ud and server._send_iovs == (body,)
     del body
     gc.collect()
@@ -131,17 +133,21 @@ def test_a_send_in_flight_holds_its_buffers_until_its_completion(request, compil
 
 
 def test_a_short_send_takes_the_reference_path_and_loses_nothing(request, compiled):
-    """A reply larger than the socket takes at once: the C hands the short completion to Python."""
+    """Replies larger than the sockets take at once, on two sockets (so a poll's flush makes SENDs, not
+    sendmsg(2) calls): the C hands the short completions to Python."""
     group = netimpl.SockGroup()
     request.addfinalizer(group.close)
-    server, client = pair(request, group, lambda g, s: None)
-    server._s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    done: list[int] = []
-    server.writev_async(netimpl.Request([b"warm"], lambda r, st: done.append(st)))
-    poll_until(group, lambda: done)  # the ring and the first send's struct (Python makes both, once)
-    assert client.recv_into(bytearray(4)) == 4
-    done.clear()
+    pairs = [pair(request, group, lambda g, s: None) for _ in range(2)]
     gi = gi_of(group)
+    done: list[int] = []
+    for server, client in pairs:
+        server._s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        server.writev_async(netimpl.Request([b"warm"], lambda r, st: done.append(st)))
+        gi.flush_sock(server, True, False)  # as a SEND: Python makes the ring and the first send's struct, once
+    poll_until(group, lambda: len(done) == 2)
+    for _, client in pairs:
+        assert client.recv_into(bytearray(4)) == 4
+    done.clear()
     short: list[tuple[int, int]] = []
     on_send = gi._on_send
 
@@ -149,17 +155,22 @@ def test_a_short_send_takes_the_reference_path_and_loses_nothing(request, compil
         short.append((res, sock._send_total))
         on_send(ud, sock, zc, res, flags)
 
-    gi._on_send = spy  # the Python method the C hands this completion to
+    gi._on_send = spy  # the Python method the C hands these completions to
     data = bytes(range(256)) * 4096  # 1 MiB
-    server.writev_async(netimpl.Request([data[: len(data) // 2], data[len(data) // 2:]], lambda r, st: done.append(st)))
-    got = bytearray()
+    for server, _ in pairs:
+        server.writev_async(netimpl.Request([data[: len(data) // 2], data[len(data) // 2:]],
+                                            lambda r, st: done.append(st)))
+    got = [bytearray(), bytearray()]
     buf = bytearray(65536)
-    while not done or len(got) < len(data):
+    while len(done) < 2 or any(len(g) < len(data) for g in got):
         group.poll(timeout=0.01)
-        n = client.recv_into(buf)
-        if n:
-            got += buf[:n]
-    assert done == [0] and bytes(got) == data
+        for (_, client), g in zip(pairs, got):
+            n = client.recv_into(buf)
+            if n:
+                g += buf[:n]
+    assert done == [0, 0] and all(bytes(g) == data for g in got)
     assert short and all(0 <= res < total for res, total in short), short[-3:]  # only the short ones reached Python
-    assert server.stats.bytes_sent == 4 + len(data)
-    assert server._send_ud == 0 and not any(op[0] == ugroup.SEND for op in gi_of(group)._ops.values())
+    for server, _ in pairs:
+        assert server.stats.bytes_sent == 4 + len(data)
+        assert server._send_ud == 0
+    assert not any(op[0] == ugroup.SEND for op in gi._ops.values())
