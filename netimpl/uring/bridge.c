@@ -421,6 +421,7 @@ static PyObject *b_rx_drain(PyObject *self, PyObject *const *args, Py_ssize_t na
 static const struct ni_core_api *core;   /* NULL until use_core(): then these functions refuse */
 static long K_SEND, K_RECV;              /* group.SEND, group.RECV: the op kinds */
 static Py_ssize_t direct_send_max;       /* group.DIRECT_SEND_MAX */
+static Py_ssize_t flush_rounds;          /* group.FLUSH_ROUNDS */
 static PyObject *s_ring, *s_addr, *s_ops, *s_next_ud, *s_inflight, *s_removing, *s_backlog, *s_carry,
     *s_dirty, *s_dispatch, *s_popleft, *s_owner, *s_efd, *s_unarmed, *s_starved, *s_orphans_armed,
     *s_impl, *s_orphanage, *s_arm_polls, *s_poll_py, *s_prep_dirty_py, *s_flush_sock_py, *s_recv_other,
@@ -564,11 +565,18 @@ again:
     if (full) {
         /* A SEND on a full socket would wait in the kernel on a poll that a half-closed peer's
          * POLLRDHUP wakes for ever: wait in the write-space set, as a short SEND's completion does. */
-        PyObject *res;
+        PyObject *res = PyObject_CallMethodOneArg(gi, s_wait_writable, sock);  /* first: a failure leaves it dirty */
 
-        if (unmark_dirty(gi, c) < 0 || (res = PyObject_CallMethodOneArg(gi, s_wait_writable, sock)) == NULL)
+        if (res == NULL)
             return -1;
         Py_DECREF(res);
+        if (unmark_dirty(gi, c) < 0)
+            return -1;
+        if (submit) {  /* the write-space poll, if this armed it, goes to the kernel now */
+            if ((r = group_ring(gi)) == NULL)
+                return PyErr_Occurred() ? -1 : 0;
+            return submit_now(r);
+        }
         return 0;
     }
     if (direct) {
@@ -676,7 +684,7 @@ out:
 python:
     {
         PyObject *res = PyObject_CallMethodObjArgs(gi, s_flush_sock_py, sock, submit ? Py_True : Py_False,
-                                                   direct ? Py_True : Py_False, NULL);
+                                                   direct ? Py_True : Py_False, full ? Py_True : Py_False, NULL);
 
         Py_XDECREF(res);
         return res ? 0 : -1;
@@ -956,6 +964,8 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((dirty = PyObject_GetAttr(gi, s_dirty)) == NULL)
         return NULL;
+    /* Before the first prep: a direct send there completes requests, and then the poll must not sleep. */
+    before = core->completions();
     if (dict_busy(dirty) && prep_dirty(gi, 1) < 0)
         goto error;
     if (PyErr_Occurred())
@@ -976,7 +986,6 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(fresh);
     if ((backlog = PyObject_GetAttr(gi, s_backlog)) == NULL)
         goto error;
-    before = core->completions();
     for (;;) {
         Py_ssize_t nb;
         int wait, need, rc;
@@ -985,7 +994,7 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto error;
         if ((nb = PyObject_Size(backlog)) < 0)
             goto error;
-        wait = timeout > 0 && PyList_GET_SIZE(ready) == 0 && nb == 0;
+        wait = timeout > 0 && PyList_GET_SIZE(ready) == 0 && nb == 0 && core->completions() == before;
         if (wait && deadline == 0.0)
             deadline = now_s() + timeout;
         if ((r = group_ring(gi)) == NULL) {
@@ -1036,8 +1045,23 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
         PyErr_SetString(PyExc_RuntimeError, "flush_dirty: use_core() was not called");
         return NULL;
     }
-    if (prep_dirty(gi, 1) < 0)
-        return NULL;
+    for (Py_ssize_t round = 0; round < flush_rounds; round++) {
+        unsigned long long before = core->completions();
+        PyObject *dirty;
+        int busy;
+
+        if (prep_dirty(gi, 1) < 0)
+            return NULL;
+        if (core->completions() == before)
+            break;
+        /* A direct send's callbacks ran: what they queued, on this socket or others, goes too. */
+        if ((dirty = PyObject_GetAttr(gi, s_dirty)) == NULL)
+            return NULL;
+        busy = dict_busy(dirty);
+        Py_DECREF(dirty);
+        if (!busy)
+            break;
+    }
     if ((r = group_ring(gi)) == NULL || r->sqe_tail == load_acquire(r->sq_khead)) {
         if (PyErr_Occurred())
             return NULL;
@@ -1163,18 +1187,20 @@ static PyObject *b_sock_has_buffered(PyObject *self, PyObject *sock)
     return PyObject_CallMethodNoArgs(sock, s_has_buffered_py);
 }
 
-/* use_core(capsule, SEND, RECV, DIRECT_SEND_MAX) -> bool: the compiled core's C interface and the
- * group's constants; False if it does not pair. */
+/* use_core(capsule, SEND, RECV, DIRECT_SEND_MAX, FLUSH_ROUNDS) -> bool: the compiled core's C
+ * interface and the group's constants; False if it does not pair. */
 static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     const struct ni_core_api *api;
-    Py_ssize_t dmax;
+    Py_ssize_t dmax, rounds;
 
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "use_core(capsule, SEND, RECV, DIRECT_SEND_MAX)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "use_core(capsule, SEND, RECV, DIRECT_SEND_MAX, FLUSH_ROUNDS)");
         return NULL;
     }
     if ((dmax = PyLong_AsSsize_t(args[3])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((rounds = PyLong_AsSsize_t(args[4])) == -1 && PyErr_Occurred())
         return NULL;
     api = PyCapsule_GetPointer(args[0], NI_CORE_API_NAME);
     if (api == NULL)
@@ -1190,6 +1216,7 @@ static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t na
     K_SEND = send;
     K_RECV = recv;
     direct_send_max = dmax;
+    flush_rounds = rounds;
     core = api;
     Py_RETURN_TRUE;
 }

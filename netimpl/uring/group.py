@@ -119,9 +119,23 @@ POLL, SEND, CANCEL, ORPHANS, WRITABLE, RECV, ACCEPT = range(7)
 #: as SENDs, all in one io_uring_enter (measured: see the facts above).
 DIRECT_SEND_MAX = 1
 
+#: Preparations a flush repeats while direct sends' callbacks queue more (as TLS's flush_dirty does).
+FLUSH_ROUNDS = 4
+
+
+
+def _use_core() -> bool:
+    """Pair bridge.c with the compiled core; False (the Python below serves) where either is missing or stale."""
+    if _bridge is None or accel.native is None or not hasattr(_bridge, "use_core"):
+        return False
+    try:
+        return bool(_bridge.use_core(accel.native._C_API, SEND, RECV, DIRECT_SEND_MAX, FLUSH_ROUNDS))
+    except TypeError:  # a _bridge built from older sources takes other arguments
+        return False
+
+
 #: The group's hot path runs compiled (bridge.c on netimpl._native's sockets), else the Python below.
-_compiled = (_bridge is not None and accel.native is not None and hasattr(_bridge, "use_core")
-             and _bridge.use_core(accel.native._C_API, SEND, RECV, DIRECT_SEND_MAX))
+_compiled = _use_core()
 _as_method = accel.native.as_method if _compiled else None  # type: ignore[union-attr]
 
 POLL_MASK = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLRDHUP
@@ -324,7 +338,11 @@ class UringGroupImpl(GroupImpl):
         request callbacks run here as posix's do, not in one more poll.
         Readiness found on the way is kept for the next poll.
         """
-        self._prep_dirty()
+        for _ in range(FLUSH_ROUNDS):
+            before = completions()
+            self._prep_dirty()
+            if completions() == before or not self._dirty:
+                break  # else a direct send's callbacks queued more, on this socket or others
         ring = self._ring
         if ring is not None and ring.sq_pending():
             if self._efd >= 0:
@@ -384,8 +402,10 @@ class UringGroupImpl(GroupImpl):
         if full:
             # A SEND on a full socket would wait in the kernel on a poll that a half-closed peer's
             # POLLRDHUP wakes for ever: wait in the write-space set, as a short SEND's completion does.
+            self._wait_writable(sock)  # first: a failure leaves it dirty
             self._dirty.pop(sock, None)
-            self._wait_writable(sock)
+            if submit:
+                (self._ring or self.ring).submit()  # the write-space poll, if this armed it, goes now
             return
         iovs, total = _gather(sock._queued)
         if not total:
@@ -423,16 +443,16 @@ class UringGroupImpl(GroupImpl):
                 os.eventfd_read(self._efd)  # reset; what completes from here on signals it again
             except BlockingIOError:
                 pass
+        before = completions()  # before the first prep: a direct send there completes requests
         if self._dirty:
             self._prep_dirty()
         ready = self._carry  # what flush_dirty found readable since the last poll
         self._carry = []
         backlog = self._backlog
-        before = completions()
         deadline = 0.0
         while True:
             self._arm_polls()
-            wait = timeout > 0 and not ready and not backlog
+            wait = timeout > 0 and not ready and not backlog and completions() == before
             if wait and not deadline:
                 deadline = time.monotonic() + timeout
             ring.enter(wait, timeout, backlog)  # waits only while the CQ is empty; reaps into the backlog

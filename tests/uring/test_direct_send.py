@@ -10,6 +10,7 @@ space, never as a SEND on a full socket.
 from __future__ import annotations
 
 import socket
+import time
 
 import netimpl
 from netimpl.uring import group as ugroup
@@ -92,3 +93,42 @@ def test_what_a_direct_send_leaves_waits_for_write_space_and_arrives_whole(reque
             got += buf[:n]
     assert done == [0] and bytes(got) == data and server.stats.bytes_sent == len(data)
     assert not server._out_armed and not any(op[0] == ugroup.SEND for op in gi._ops.values())
+
+
+def test_a_poll_whose_first_flush_completes_a_request_does_not_sleep(request):
+    """A request queued outside poll is sent by the next poll's first step; that poll returns at once."""
+    group = netimpl.SockGroup()
+    request.addfinalizer(group.close)
+    server, client = pair(request, group, lambda g, s: None)
+    group.poll(timeout=0)
+    done: list[int] = []
+    server.writev_async(netimpl.Request([b"outside"], lambda r, st: done.append(st)))
+    t0 = time.monotonic()
+    group.poll(timeout=5)
+    assert done == [0], "the request did not complete in the poll"
+    assert time.monotonic() - t0 < 2.5, "poll slept through its timeout after completing a request"
+
+
+def test_what_a_direct_sends_callback_queues_elsewhere_leaves_in_the_same_flush(request):
+    group = netimpl.SockGroup()
+    request.addfinalizer(group.close)
+    done: list[str] = []
+    (b, b_client) = pair(request, group, lambda g, s: None)
+
+    def on_read(g, s):
+        if s.recv_into(bytearray(64)):
+            # The reply's callback (run by the flush's sendmsg) queues a request on another socket.
+            s.writev_async(netimpl.Request([b"a"], lambda r, st: (
+                done.append("a"),
+                b.writev_async(netimpl.Request([b"b"], lambda r2, st2: done.append("b"))))))
+
+    a, a_client = pair(request, group, on_read)
+    group.poll(timeout=0)
+    a_client.writev([b"go"])
+    deadline = time.monotonic() + 5
+    while not done and time.monotonic() < deadline:
+        group.poll(timeout=0.05)
+    assert done == ["a", "b"], done  # both in the poll that read the request
+    got = bytearray(8)
+    poll_until(group, lambda: b_client.recv_into(got) is not None)
+    assert got[:1] == b"b"
