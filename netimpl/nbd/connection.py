@@ -328,9 +328,11 @@ class Connection:
         try:
             if payload is not None:
                 if payload.target is not None:
+                    want = len(payload.target) - payload.got
                     n = sock.recv_into(payload.target[payload.got:])
                 else:                                 # dropped: received into the idle buffer
-                    n = sock.recv_into(self._mv[:min(payload.length - payload.got, BUFFER_SIZE)])
+                    want = min(payload.length - payload.got, BUFFER_SIZE)
+                    n = sock.recv_into(self._mv[:want])
             else:
                 self._make_room()
                 end = self._end
@@ -350,14 +352,17 @@ class Connection:
                 logger.info("%s: client disconnected after %d requests", self.peer, self.requests)
             self.close()
             return False
+        # A short read took what the kernel (or the recv pipe) had: receiving again now would find
+        # nothing, a system call for EAGAIN (libuv's rule). What comes later is a new readiness event,
+        # and what a backend still holds keeps the socket on the group's pending-recv list.
         if payload is not None:
             payload.got += n
             if payload.got == payload.length:
                 self._payload = None
                 self._finish_write(payload, out)
-            return True
+            return n == want
         self._end += n
-        return self._answer(out, tokens)
+        return self._answer(out, tokens) and n == want
 
     def _answer(self, out: list[Any], tokens: list[Any]) -> bool:
         """Negotiate and serve what the buffer holds; False when there is no point in receiving now."""

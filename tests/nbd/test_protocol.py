@@ -197,6 +197,22 @@ def test_pipelined_requests_are_answered_in_order(nbd, structured):
             assert c.reply(4096) == (2000 + i, 0, blocks[i])
 
 
+def test_one_request_at_a_time_costs_one_receive_and_one_send(nbd):
+    # A short read took what there was: no second receive for EAGAIN per request (libuv's rule).
+    srv = nbd()
+    with Client(srv.port) as c:
+        c.connect()
+        assert c.write(0, os.urandom(4096)) == 0
+        (conn,) = srv.server.connections
+        stats = conn.sock.stats
+        before = stats.syscalls
+        for i in range(50):
+            assert len(c.read(i * 512, 512)) == 512
+            assert c.write(i * 512, bytes(512)) == 0
+        per_request = (stats.syscalls - before) / 100
+    assert per_request <= 2.0, f"{per_request} system calls per request on the connection's socket"
+
+
 def test_a_write_larger_than_the_receive_buffer_lands_intact(nbd):
     srv = nbd({"": MemoryStore(64 * MiB)})
     with Client(srv.port) as c:
