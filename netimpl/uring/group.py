@@ -26,6 +26,11 @@ Facts that shape it:
   take waits in the write-space set (below), never as a SEND: on a full
   socket a SEND would wait in the kernel on a poll that a half-closed
   peer's POLLRDHUP wakes for ever. Zero-copy sockets always use the ring.
+* With DEFER_TASKRUN an enter runs at most 20 items of task work
+  (IO_LOCAL_TW_DEFAULT_MAX, 6.10 on; more only when it waits for more
+  CQEs), the rest waiting for the next enter: an enter whose reap reached
+  20 CQEs enters again (``enter_reap`` in bridge.c), so one poll serves
+  every socket made readable (64 at once: 20 before).
 * With DEFER_TASKRUN the eventfd is reset before an enter, never after: a
   reset after it could swallow the signal for task work that no CQE shows
   yet. :meth:`before_wait` resets it and enters when it was signalled, so
