@@ -1861,7 +1861,8 @@ error:
 
 static PyTypeObject *posix_gi_type;  /* netimpl.posix.group.PosixGroupImpl */
 static PyObject *s_has_buffered, *s_busy, *s_update_busy, *s_closed, *s_impls, *s_ready, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_epfd, *s_fds,
-    *s_want_out, *s_orphan_fd, *s_orphanage, *s_reap, *s_watch_writable, *s_event, *s_poll_py, *s_flush_dirty;
+    *s_want_out, *s_orphan_fd, *s_orphanage, *s_reap, *s_watch_writable, *s_event, *s_poll_py, *s_flush_dirty,
+    *s_poll, *s_self, *s_max_events, *s_timeout;
 
 #define STACK_EVENTS 256
 
@@ -2165,13 +2166,52 @@ fail:
     return -1;
 }
 
-static PyObject *
-mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
+/* poll(self, max_events=32, timeout=0.0)'s arguments, as vectorcall passes them (no tuple, no dict
+ * made per call); the errors are Python's own for a function of that signature. */
+static int
+poll_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject *out[3])
 {
-    static char *kwlist[] = {"self", "max_events", "timeout", NULL};
-    PyObject *group, *max_o = NULL, *timeout_o = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:poll", kwlist, &group, &max_o, &timeout_o))
+    static const char *const names[3] = {"self", "max_events", "timeout"};
+    PyObject *const interned[3] = {s_self, s_max_events, s_timeout};
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "poll() takes at most 3 positional arguments (%zd given)", nargs);
+        return -1;
+    }
+    out[0] = out[1] = out[2] = NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        int i = 0;
+
+        while (i < 3 && key != interned[i] && PyUnicode_CompareWithASCIIString(key, names[i]) != 0)
+            i++;
+        if (i == 3) {
+            PyErr_Format(PyExc_TypeError, "poll() got an unexpected keyword argument '%S'", key);
+            return -1;
+        }
+        if (out[i] != NULL) {
+            PyErr_Format(PyExc_TypeError, "poll() got multiple values for argument '%s'", names[i]);
+            return -1;
+        }
+        out[i] = args[nargs + k];
+    }
+    if (out[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "poll() missing required argument 'self'");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *parsed[3];
+    if (poll_args(args, nargs, kwnames, parsed) < 0)
         return NULL;
+    PyObject *group = parsed[0], *max_o = parsed[1], *timeout_o = parsed[2];
     long max_events = 32;
     double timeout = 0.0;
     int fast = 1, exported = 0;
@@ -2237,12 +2277,20 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
     if (!fast) {
         Py_XDECREF(impls);
         Py_XDECREF(ready);
+        /* group._poll_py(*args[1:], **kwargs), the arguments as they came */
         PyObject *m = PyObject_GetAttr(group, s_poll_py);
         if (m == NULL)
             return NULL;
-        PyObject *rest = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
-        PyObject *r = rest ? PyObject_Call(m, rest, kwds) : NULL;
-        Py_XDECREF(rest);
+        PyObject *r = NULL;
+        if (nargs >= 1) {
+            r = PyObject_Vectorcall(m, args + 1, nargs - 1, kwnames);
+        } else {  /* self=... by name: the others go by name too */
+            PyObject *kw = PyDict_New();
+            if (kw != NULL && (max_o == NULL || PyDict_SetItem(kw, s_max_events, max_o) == 0) &&
+                (timeout_o == NULL || PyDict_SetItem(kw, s_timeout, timeout_o) == 0))
+                r = PyObject_VectorcallDict(m, NULL, 0, kw);
+            Py_XDECREF(kw);
+        }
         Py_DECREF(m);
         return r;
     }
@@ -2262,7 +2310,10 @@ mod_group_poll(PyObject *mod, PyObject *args, PyObject *kwds)
             continue;
         }
         /* Another backend's group impl (uring): its own poll, then the same serving loop. */
-        PyObject *socks = PyObject_CallMethod(gi, "poll", "ld", max_events, wait);
+        PyObject *socks, *pargs[3] = {gi, PyLong_FromLong(max_events), PyFloat_FromDouble(wait)};
+        socks = pargs[1] && pargs[2] ? PyObject_VectorcallMethod(s_poll, pargs, 3, NULL) : NULL;
+        Py_XDECREF(pargs[1]);
+        Py_XDECREF(pargs[2]);
         if (socks == NULL)
             goto out;
         PyObject *it = PyObject_GetIter(socks);
@@ -2405,7 +2456,7 @@ static PyMethodDef mod_methods[] = {
     {"flush_dirty", (PyCFunction)mod_flush_dirty, METH_O,
      "flush_dirty(group_impl): flush every socket in group_impl._dirty that is not inside a callback."},
     {"completions", (PyCFunction)mod_completions, METH_NOARGS, "Requests completed in this process."},
-    {"group_poll", (PyCFunction)(void (*)(void))mod_group_poll, METH_VARARGS | METH_KEYWORDS,
+    {"group_poll", (PyCFunction)(void (*)(void))mod_group_poll, METH_FASTCALL | METH_KEYWORDS,
      "group_poll(group, max_events=32, timeout=0.0): SockGroup.poll, compiled: posix group impls are "
      "polled in C, others through their own poll(); the serving loop is C. A poll that must wait on "
      "several backends goes to SockGroup._poll_py."},
@@ -2481,6 +2532,10 @@ PyInit__native(void)
     INTERN(s_watch_writable, "_watch_writable");
     INTERN(s_event, "_event");
     INTERN(s_poll_py, "_poll_py");
+    INTERN(s_poll, "poll");
+    INTERN(s_self, "self");
+    INTERN(s_max_events, "max_events");
+    INTERN(s_timeout, "timeout");
     INTERN(s_flush_dirty, "flush_dirty");
     if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&CoreType) < 0 ||
         PyType_Ready(&PipeType) < 0)

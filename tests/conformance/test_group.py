@@ -61,6 +61,14 @@ def test_poll_argument_checks(net):
     for bad, exc in ((-0.5, ValueError), ("1", TypeError), (float("nan"), TypeError)):
         with pytest.raises(exc):
             g.poll(timeout=bad)  # type: ignore[arg-type]
+    # the signature's own errors, as Python gives them for a function of poll's signature
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max'"):
+        g.poll(max=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="multiple values for argument 'max_events'"):
+        g.poll(3, max_events=3)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="positional argument"):
+        g.poll(3, 0.0, 1)  # type: ignore[call-arg]
+    assert g.poll(8, 0.0) == g.poll(max_events=8, timeout=0) == type(g).poll(self=g, max_events=8) == 0
 
 
 def test_read_callback_sees_data_then_eof(net):
