@@ -176,14 +176,14 @@ static PyObject *b_reap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * then reap everything into out. The SQEs taken, or -errno for a failure other than a timeout, a
  * signal or a CQ overflow, or ENTER_ERROR with a Python exception set (reaping ran out of memory). */
 #define ENTER_ERROR INT_MIN
-/* The kernel's IO_LOCAL_TW_DEFAULT_MAX (io_uring/tw.h, 6.10 on): deferred task work run per enter. */
+/* The kernel's IO_LOCAL_TW_DEFAULT_MAX (6.13 on): deferred task work run per enter. */
 #define NI_LOCAL_TW_MAX 20
 /* Enters one enter_reap may add to run what that limit left queued (20 items each). */
 #define NI_ENTER_MORE 16
 static int enter_reap(struct ni_ring *r, int wait, long long ns, PyObject *out)
 {
     long n;
-    int rc;
+    int rc, defer;
 
     if (wait && load_acquire(r->cq_ktail) != *r->cq_khead)
         wait = 0;  /* completions are there already */
@@ -197,9 +197,12 @@ static int enter_reap(struct ni_ring *r, int wait, long long ns, PyObject *out)
     if (rc == -ETIME || rc == -EINTR || rc == -EBUSY)
         rc = 0;
     n = reap_all(r, out);
-    /* An enter runs at most IO_LOCAL_TW_DEFAULT_MAX items of deferred task work (more only when it
-     * waits for more CQEs): as many CQEs as that may mean more is queued, run by one more enter. */
-    for (int more = 0; n >= NI_LOCAL_TW_MAX && more < NI_ENTER_MORE && rc >= 0; more++) {
+    /* With DEFER_TASKRUN an enter runs at most IO_LOCAL_TW_DEFAULT_MAX items of task work (more
+     * only while it waits for more CQEs): as many CQEs as that may mean more is queued, run by one
+     * more enter. What NI_ENTER_MORE leaves, the next poll runs; the CQEs posted here signalled
+     * the eventfd, so a waiter on fileno() is woken for it. */
+    defer = (r->setup_flags & IORING_SETUP_DEFER_TASKRUN) != 0;
+    for (int more = 0; defer && n >= NI_LOCAL_TW_MAX && more < NI_ENTER_MORE && rc >= 0; more++) {
         int rc2 = ni_submit_inline(r, 0, -1);
 
         if (rc2 < 0 && rc2 != -ETIME && rc2 != -EINTR && rc2 != -EBUSY)

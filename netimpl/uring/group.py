@@ -27,10 +27,14 @@ Facts that shape it:
   socket a SEND would wait in the kernel on a poll that a half-closed
   peer's POLLRDHUP wakes for ever. Zero-copy sockets always use the ring.
 * With DEFER_TASKRUN an enter runs at most 20 items of task work
-  (IO_LOCAL_TW_DEFAULT_MAX, 6.10 on; more only when it waits for more
+  (IO_LOCAL_TW_DEFAULT_MAX, 6.13 on; more only while it waits for more
   CQEs), the rest waiting for the next enter: an enter whose reap reached
   20 CQEs enters again (``enter_reap`` in bridge.c), so one poll serves
-  every socket made readable (64 at once: 20 before).
+  every socket made readable before it entered (64 at once: 20 before). A
+  poll that slept is woken by the first completion and serves what came
+  by then; the rest is the next poll's. What the bound on extra enters
+  leaves queued is not lost to a caller waiting on :meth:`fileno`: the
+  CQEs those enters posted signalled the eventfd after the poll reset it.
 * With DEFER_TASKRUN the eventfd is reset before an enter, never after: a
   reset after it could swallow the signal for task work that no CQE shows
   yet. :meth:`before_wait` resets it and enters when it was signalled, so

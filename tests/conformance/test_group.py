@@ -142,7 +142,7 @@ def test_more_ready_sockets_than_max_events_are_all_served(impl, net, recv_pipe)
 
 
 def test_one_poll_serves_as_many_ready_sockets_as_max_events(net):
-    # io_uring runs at most 20 items of deferred task work per enter (IO_LOCAL_TW_DEFAULT_MAX, 6.10
+    # io_uring runs at most 20 items of deferred task work per enter (IO_LOCAL_TW_DEFAULT_MAX, 6.13
     # on): a poll must not stop at what one enter made ready.
     pairs = [net.pair() for _ in range(64)]
     g = net.group()
