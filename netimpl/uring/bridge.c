@@ -37,6 +37,8 @@
 
 static unsigned reap_gen;
 static PyObject *s_append;
+static PyTypeObject *deque_type;                 /* collections.deque */
+static PyObject *deque_append, *deque_popleft;   /* its methods, called without a lookup per CQE */
 
 /* out.append(t): a list, or a collections.deque (the group's backlog, so that an exception raised
  * between two calls, KeyboardInterrupt say, finds every reaped CQE already there). */
@@ -46,9 +48,37 @@ static int append(PyObject *out, PyObject *t)
 
     if (PyList_CheckExact(out))
         return PyList_Append(out, t);
-    r = PyObject_CallMethodOneArg(out, s_append, t);
+    if (Py_IS_TYPE(out, deque_type)) {
+        PyObject *a[2] = {out, t};
+
+        r = PyObject_Vectorcall(deque_append, a, 2, NULL);
+    } else {
+        r = PyObject_CallMethodOneArg(out, s_append, t);
+    }
     Py_XDECREF(r);
     return r ? 0 : -1;
+}
+
+/* (user_data, res, flags), as Python's _dispatch takes a CQE. */
+static PyObject *cqe_tuple(unsigned long long ud, int res, unsigned flags)
+{
+    PyObject *t = PyTuple_New(3), *v;
+
+    if (t == NULL)
+        return NULL;
+    if ((v = PyLong_FromUnsignedLongLong(ud)) == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(t, 0, v);
+    if ((v = PyLong_FromLong(res)) == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(t, 1, v);
+    if ((v = PyLong_FromUnsignedLong(flags)) == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(t, 2, v);
+    return t;
+fail:
+    Py_DECREF(t);  /* the unset items are NULL: tuple dealloc skips them */
+    return NULL;
 }
 
 static void *addr_arg(PyObject *o, const char *what)
@@ -102,8 +132,7 @@ static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max)
             }
             ni_rxq_cqe(q, cqe->res, cqe->flags);
         } else {
-            t = Py_BuildValue("(KiI)", (unsigned long long)cqe->user_data, (int)cqe->res,
-                              (unsigned)cqe->flags);
+            t = cqe_tuple(cqe->user_data, cqe->res, cqe->flags);
             if (t == NULL || append(out, t) < 0) {
                 /* Out of memory: this CQE stays for the next reap; the earlier ones are reported. */
                 Py_XDECREF(t);
@@ -121,8 +150,7 @@ static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max)
     for (unsigned i = 0; i < nq; i++) {
         struct ni_rxq *q = touched[i];
 
-        t = Py_BuildValue("(KiI)", (unsigned long long)q->py_ud, q->end,
-                          q->armed ? (unsigned)IORING_CQE_F_MORE : 0U);
+        t = cqe_tuple(q->py_ud, q->end, q->armed ? (unsigned)IORING_CQE_F_MORE : 0U);
         if (t == NULL || append(out, t) < 0) {
             Py_XDECREF(t);
             return -1;
@@ -438,6 +466,7 @@ static PyObject *b_rx_drain(PyObject *self, PyObject *const *args, Py_ssize_t na
 
 static const struct ni_core_api *core;   /* NULL until use_core(): then these functions refuse */
 static long K_SEND, K_RECV;              /* group.SEND, group.RECV: the op kinds */
+static PyObject *k_send_obj;             /* K_SEND as an int object, for the op table's entries */
 static Py_ssize_t direct_send_max;       /* group.DIRECT_SEND_MAX */
 static Py_ssize_t flush_rounds;          /* group.FLUSH_ROUNDS */
 static PyObject *s_ring, *s_addr, *s_ops, *s_next_ud, *s_inflight, *s_removing, *s_backlog, *s_carry,
@@ -669,7 +698,7 @@ again:
     rc = -1;
     if ((ops = PyObject_GetAttr(gi, s_ops)) == NULL || (inflight = PyObject_GetAttr(gi, s_inflight)) == NULL)
         goto out;
-    if ((op = Py_BuildValue("(lOO)", K_SEND, sock, Py_False)) == NULL || PyObject_SetItem(ops, key, op) < 0)
+    if ((op = PyTuple_Pack(3, k_send_obj, sock, Py_False)) == NULL || PyObject_SetItem(ops, key, op) < 0)
         goto out;
     s->iovcnt = (unsigned)cnt;
     s->zerocopy = 0;
@@ -868,7 +897,9 @@ static int drain(PyObject *gi, PyObject *backlog, PyObject *ready)
             rc = n < 0 ? -1 : 0;
             break;
         }
-        if ((ent = PyObject_CallMethodNoArgs(backlog, s_popleft)) == NULL) {
+        ent = Py_IS_TYPE(backlog, deque_type) ? PyObject_Vectorcall(deque_popleft, &backlog, 1, NULL)
+                                              : PyObject_CallMethodNoArgs(backlog, s_popleft);
+        if (ent == NULL) {
             rc = -1;
             break;
         }
@@ -1231,6 +1262,11 @@ static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     if (api->version != NI_CORE_API_VERSION)
         Py_RETURN_FALSE;
+    PyObject *ks = PyLong_FromLong(send);
+
+    if (ks == NULL)
+        return NULL;
+    Py_XSETREF(k_send_obj, ks);
     K_SEND = send;
     K_RECV = recv;
     direct_send_max = dmax;
@@ -1294,6 +1330,22 @@ PyMODINIT_FUNC PyInit__bridge(void)
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*names[i].var = PyUnicode_InternFromString(names[i].s)) == NULL)
             return NULL;
+    {
+        PyObject *coll = PyImport_ImportModule("collections"), *dq;
+
+        dq = coll ? PyObject_GetAttrString(coll, "deque") : NULL;
+        Py_XDECREF(coll);
+        if (dq == NULL || !PyType_Check(dq)) {
+            Py_XDECREF(dq);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "collections.deque is not a type");
+            return NULL;
+        }
+        deque_type = (PyTypeObject *)dq;  /* kept for the module's life */
+        if ((deque_append = PyObject_GetAttr(dq, s_append)) == NULL ||
+            (deque_popleft = PyObject_GetAttr(dq, s_popleft)) == NULL)
+            return NULL;
+    }
     m = PyModule_Create(&bridge_module);
 
     if (m && (PyModule_AddIntConstant(m, "UD_RECV_BIT", 63) < 0 || PyModule_AddIntConstant(m, "RX_EOF", NI_RX_EOF) < 0)) {
