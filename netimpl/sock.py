@@ -42,7 +42,12 @@ if TYPE_CHECKING:
     from .impl import GroupImpl, NetImpl
     from .options import ImplOpts, SockOpts
 
-__all__ = ["Sock", "IOV_BATCH_SIZE", "MIN_SOCK_PIPE_SIZE", "completions"]
+__all__ = ["Sock", "IOV_BATCH_SIZE", "MIN_SOCK_PIPE_SIZE", "RECV_NEXT_SIZE", "completions"]
+
+#: The most one :meth:`Sock.recv_next` reads from the kernel where the backend holds no buffers
+#: of its own (uring's are its provided buffers): one read of a 64 KiB burst, as a TCP segment
+#: train at loopback's MTU delivers it.
+RECV_NEXT_SIZE = 64 * 1024
 
 
 class _SockType(type(SockCore)):  # type: ignore[misc]
@@ -90,6 +95,19 @@ class Sock(SockCore, metaclass=_SockType):
         can be read with less work than a vector.
         """
         return self._readv([buf])  # type: ignore[list-item]
+
+    def _read_bytes(self, n: int) -> bytes | memoryview | None:
+        """*backend*: up to ``n`` bytes from the kernel as a new read-only object; as :meth:`_readv`.
+
+        The kernel read of :meth:`recv_next`; a backend overrides it when it
+        can read into a new object without first zeroing a buffer.
+        """
+        buf = bytearray(n)
+        k = self._read_into(buf)
+        if k is None:
+            return None
+        del buf[k:]
+        return memoryview(buf).toreadonly()
 
     def _writev(self, bufs: list[Any]) -> int | None:
         """*backend*: write ``bufs`` directly (by copy); ``None`` on EAGAIN; may raise OSError."""
@@ -221,6 +239,34 @@ class Sock(SockCore, metaclass=_SockType):
         if n:
             self.stats.bytes_received += n
         return n
+
+    def recv_next(self) -> memoryview | None:
+        """The next bytes received, without a copy where the backend holds them: a read-only view.
+
+        SPDK's ``spdk_sock_recv_next``. Empty at EOF; ``None`` when nothing
+        can be read now; raises as :meth:`recv_into`, after the bytes
+        received before the error. How much one view holds is the
+        backend's: one that receives into buffers of its own lends one of
+        them, and takes it back when the last view of it is released
+        (``view.release()``, or the last reference gone); here, what the
+        recv pipe holds, else one read of up to :data:`RECV_NEXT_SIZE` bytes
+        into a new object. A view stays valid after the socket and its group
+        close. A lent buffer is one the backend cannot receive into: hold
+        views as briefly as the protocol allows.
+        """
+        if self._closed:
+            raise ebadf()
+        pipe = self._pipe
+        if pipe is not None and (avail := pipe.bytes_available()):
+            buf = bytearray(avail)
+            pipe.read_into(buf)  # counted in stats when the pipe was filled
+            return memoryview(buf).toreadonly()
+        data = self._read_bytes(RECV_NEXT_SIZE)
+        if data is None:
+            return None
+        if data:
+            self.stats.bytes_received += len(data)
+        return data if type(data) is memoryview else memoryview(data)
 
     def _has_buffered(self) -> bool:
         """True when the recv pipe holds unread bytes."""

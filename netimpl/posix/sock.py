@@ -159,6 +159,16 @@ class PosixSock(Sock):
             except InterruptedError:
                 continue
 
+    def _read_bytes(self, n: int) -> bytes | None:
+        while True:
+            self.stats.syscalls += 1
+            try:
+                return self._sys.recv(self._s, n)
+            except BlockingIOError:
+                return None
+            except InterruptedError:
+                continue
+
     def _writev(self, bufs: list[Any]) -> int | None:
         while True:
             self.stats.syscalls += 1

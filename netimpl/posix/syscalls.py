@@ -28,6 +28,8 @@ class PosixSyscalls:
     sendmsg = staticmethod(socket.socket.sendmsg)
     #: ``recv_into(s, buf)``
     recv_into = staticmethod(socket.socket.recv_into)
+    #: ``recv(s, n) -> bytes``
+    recv = staticmethod(socket.socket.recv)
     #: ``readv(fd, bufs)``
     readv = staticmethod(os.readv)
 

@@ -20,6 +20,8 @@
  *              direct recv(2) only when no multishot is armed and nothing is
  *              held.
  *  rx_drain    everything held, as bytes (a socket leaving its group).
+ *  rx_lend     the oldest held buffer itself, lent as a read-only memoryview
+ *              (Sock.recv_next: no copy); back to the ring with its last view.
  *  poll, flush_dirty, prep_dirty, flush_sock, sock_recv_into, sock_has_buffered
  *              the group's hot path on the compiled core's sockets (see the
  *              section below): one C call per poll, Python only for callbacks.
@@ -39,6 +41,7 @@ static unsigned reap_gen;
 static PyObject *s_append;
 static PyTypeObject *deque_type;                 /* collections.deque */
 static PyObject *deque_append, *deque_popleft;   /* its methods, called without a lookup per CQE */
+static PyObject *empty_bytes;                    /* b"": what recv_next's EOF views */
 
 /* out.append(t): a list, or a collections.deque (the group's backlog, so that an exception raised
  * between two calls, KeyboardInterrupt say, finds every reaped CQE already there). */
@@ -445,6 +448,150 @@ static PyObject *b_rx_drain(PyObject *self, PyObject *const *args, Py_ssize_t na
     return b;
 }
 
+/* A provided buffer lent to the caller (Sock.recv_next): the exporter behind the read-only
+ * memoryview rx_lend returns. The buffer goes back to its ring when the last view of it is
+ * released (view.release(), or the last reference gone), whatever became of socket and group. */
+typedef struct {
+    PyObject_HEAD
+    struct ni_bufring *br;          /* NULL until the lend is committed (see rx_lend) */
+    char *p;
+    Py_ssize_t len;
+    uint16_t bid;
+} LentBuffer;
+
+static unsigned long long lent_rings_freed;  /* buffer rings freed by their last lent buffer's return */
+
+static int lent_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    LentBuffer *b = (LentBuffer *)self;
+
+    return PyBuffer_FillInfo(view, self, b->p, b->len, 1, flags);
+}
+
+static void lent_dealloc(PyObject *self)
+{
+    LentBuffer *b = (LentBuffer *)self;
+
+    if (b->br)
+        lent_rings_freed += (unsigned long long)ni_bufring_return(b->br, b->bid);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyObject *lent_repr(PyObject *self)
+{
+    LentBuffer *b = (LentBuffer *)self;
+
+    return PyUnicode_FromFormat("<LentBuffer bid=%u len=%zd>", (unsigned)b->bid, b->len);
+}
+
+static PyBufferProcs lent_as_buffer = {lent_getbuffer, NULL};
+
+static PyTypeObject LentBuffer_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netimpl.uring._bridge.LentBuffer",
+    .tp_basicsize = sizeof(LentBuffer),
+    .tp_dealloc = lent_dealloc,
+    .tp_repr = lent_repr,
+    .tp_as_buffer = &lent_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A provided buffer lent by Sock.recv_next; back to its ring with its last view.",
+};
+
+/* What recv_next returns once nothing is held: b"" at EOF, the error (once), None while the
+ * multishot receive is armed, else a direct recv(2) of up to one buffer's worth. */
+static PyObject *lend_nothing_held(struct ni_rxq *q, Py_ssize_t *n)
+{
+    PyObject *b, *res;
+    ssize_t got;
+
+    if (q->end == NI_RX_EOF)
+        return PyMemoryView_FromObject(empty_bytes);
+    if (q->end < 0) {
+        int code = -q->end;
+
+        q->end = NI_RX_EOF;
+        return raise_errno(code);
+    }
+    if (q->armed)
+        Py_RETURN_NONE;
+    if ((b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)q->br->buf_size)) == NULL)
+        return NULL;
+    for (;;) {
+        got = recv(q->fd, PyBytes_AS_STRING(b), (size_t)q->br->buf_size, MSG_DONTWAIT);
+        if (got >= 0)
+            break;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            Py_DECREF(b);
+            Py_RETURN_NONE;
+        }
+        if (errno != EINTR || PyErr_CheckSignals() < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetFromErrno(PyExc_OSError);
+            Py_DECREF(b);
+            return NULL;
+        }
+    }
+    if (_PyBytes_Resize(&b, (Py_ssize_t)got) < 0)
+        return NULL;  /* the bytes are lost with the memory: as socket.recv */
+    res = PyMemoryView_FromObject(b);
+    Py_DECREF(b);
+    if (res != NULL)
+        *n = (Py_ssize_t)got;
+    return res;
+}
+
+/* lent_rings_freed() -> int: buffer rings whose memory their last lent buffer freed (for tests). */
+static PyObject *b_lent_rings_freed(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(lent_rings_freed);
+}
+
+/* The oldest held buffer's unread bytes, lent as a read-only memoryview (*n: how many); what
+ * lend_nothing_held says when q holds none. */
+static PyObject *rx_lend(struct ni_rxq *q, Py_ssize_t *n)
+{
+    LentBuffer *b;
+    PyObject *view;
+    unsigned h;
+
+    *n = 0;
+    if (!q->count)
+        return lend_nothing_held(q, n);
+    if ((b = PyObject_New(LentBuffer, &LentBuffer_Type)) == NULL)
+        return NULL;
+    /* The view is made before q lets go of the buffer: a failure leaves the bytes held. */
+    h = q->head;
+    b->br = NULL;
+    b->bid = q->bid[h];
+    b->p = q->br->bufs + (size_t)q->bid[h] * q->br->buf_size + q->off;
+    b->len = (Py_ssize_t)(q->len[h] - q->off);
+    view = PyMemoryView_FromObject((PyObject *)b);
+    if (view != NULL) {
+        char *p;
+
+        ni_rxq_lend(q, &b->bid, &p);
+        b->br = q->br;
+        *n = b->len;
+    }
+    Py_DECREF(b);
+    return view;
+}
+
+/* rx_lend(rxq) -> memoryview | None: as Sock.recv_next, for a socket with a receive queue. */
+static PyObject *b_rx_lend(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    struct ni_rxq *q;
+    Py_ssize_t n;
+
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "rx_lend(rxq_address)");
+        return NULL;
+    }
+    if (!(q = addr_arg(args[0], "rx_lend")))
+        return NULL;
+    return rx_lend(q, &n);
+}
+
 /* ------------------------------------------------------------------------ */
 /* The group's hot path on the compiled core's sockets                      */
 /* ------------------------------------------------------------------------ */
@@ -472,7 +619,7 @@ static Py_ssize_t flush_rounds;          /* group.FLUSH_ROUNDS */
 static PyObject *s_ring, *s_addr, *s_ops, *s_next_ud, *s_inflight, *s_removing, *s_backlog, *s_carry,
     *s_dirty, *s_dispatch, *s_popleft, *s_owner, *s_efd, *s_unarmed, *s_starved, *s_orphans_armed,
     *s_impl, *s_orphanage, *s_arm_polls, *s_poll_py, *s_prep_dirty_py, *s_flush_sock_py, *s_recv_other,
-    *s_has_buffered_py, *s_bytes_available, *s_socks, *s_recv_into_py, *s_wait_writable;
+    *s_recv_next_py, *s_has_buffered_py, *s_bytes_available, *s_socks, *s_recv_into_py, *s_wait_writable;
 
 #define IS_CORE(o) (core != NULL && PyObject_TypeCheck((o), core->core_type))
 
@@ -1205,6 +1352,21 @@ static PyObject *b_sock_recv_into(PyObject *self, PyObject *const *args, Py_ssiz
     return PyObject_CallMethodObjArgs(args[0], s_recv_other, args[1], Py_False, NULL);
 }
 
+/* sock_recv_next(sock): UringSock.recv_next. */
+static PyObject *b_sock_recv_next(PyObject *self, PyObject *sock)
+{
+    Core *c = (Core *)sock;
+
+    if (IS_CORE(sock) && c->rxq_addr && !c->rx_pipe_first) {
+        Py_ssize_t n;
+        PyObject *res = rx_lend((struct ni_rxq *)(uintptr_t)c->rxq_addr, &n);
+
+        c->stats->bytes_received += n;
+        return res;
+    }
+    return PyObject_CallMethodNoArgs(sock, s_recv_next_py);
+}
+
 /* sock_has_buffered(sock): UringSock._has_buffered. */
 static PyObject *b_sock_has_buffered(PyObject *self, PyObject *sock)
 {
@@ -1298,8 +1460,14 @@ static PyMethodDef bridge_methods[] = {
      "prep_dirty(group_impl, direct=True): UringGroupImpl._prep_dirty, compiled."},
     {"flush_sock", (PyCFunction)(void (*)(void))b_flush_sock, METH_FASTCALL,
      "flush_sock(group_impl, sock, submit, direct=submit): UringGroupImpl.flush_sock, compiled."},
+    {"lent_rings_freed", b_lent_rings_freed, METH_NOARGS,
+     "lent_rings_freed() -> int: buffer rings freed when their last lent buffer came back."},
+    {"rx_lend", (PyCFunction)(void (*)(void))b_rx_lend, METH_FASTCALL,
+     "rx_lend(rxq_address) -> memoryview | None: the oldest held buffer, lent (Sock.recv_next)."},
     {"sock_recv_into", (PyCFunction)(void (*)(void))b_sock_recv_into, METH_FASTCALL,
      "sock_recv_into(sock, buf): UringSock.recv_into, compiled."},
+    {"sock_recv_next", (PyCFunction)b_sock_recv_next, METH_O,
+     "sock_recv_next(sock): UringSock.recv_next, compiled."},
     {"sock_has_buffered", (PyCFunction)b_sock_has_buffered, METH_O,
      "sock_has_buffered(sock): UringSock._has_buffered, compiled."},
     {NULL},
@@ -1323,7 +1491,8 @@ PyMODINIT_FUNC PyInit__bridge(void)
         {&s_orphanage, "_orphanage"}, {&s_socks, "_socks"}, {&s_arm_polls, "_arm_polls"}, {&s_poll_py, "_poll_py"},
         {&s_prep_dirty_py, "_prep_dirty_py"}, {&s_flush_sock_py, "_flush_sock_py"},
         {&s_wait_writable, "_wait_writable"},
-        {&s_recv_other, "_recv_other"}, {&s_recv_into_py, "_recv_into_py"}, {&s_has_buffered_py, "_has_buffered_py"},
+        {&s_recv_other, "_recv_other"}, {&s_recv_into_py, "_recv_into_py"},
+        {&s_recv_next_py, "_recv_next_py"}, {&s_has_buffered_py, "_has_buffered_py"},
         {&s_bytes_available, "bytes_available"},
     };
 
@@ -1346,6 +1515,8 @@ PyMODINIT_FUNC PyInit__bridge(void)
             (deque_popleft = PyObject_GetAttr(dq, s_popleft)) == NULL)
             return NULL;
     }
+    if (PyType_Ready(&LentBuffer_Type) < 0 || (empty_bytes = PyBytes_FromStringAndSize("", 0)) == NULL)
+        return NULL;
     m = PyModule_Create(&bridge_module);
 
     if (m && (PyModule_AddIntConstant(m, "UD_RECV_BIT", 63) < 0 || PyModule_AddIntConstant(m, "RX_EOF", NI_RX_EOF) < 0)) {

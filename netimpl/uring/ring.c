@@ -305,7 +305,8 @@ int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsign
     return 0;
 }
 
-/* Unregister (when the ring is still open) and free. No receive may be armed on it. */
+/* Unregister (when the ring is still open) and free, or, while buffers are lent, leave the
+ * freeing to the last of them (ni_bufring_return). No receive may be armed on it. */
 void ni_bufring_destroy(struct ni_ring *r, struct ni_bufring *br)
 {
     struct io_uring_buf_reg reg;
@@ -317,15 +318,18 @@ void ni_bufring_destroy(struct ni_ring *r, struct ni_bufring *br)
         reg.bgid = (uint16_t)br->bgid;
         sys_register(r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
     }
-    munmap(br->bufs, br->bufs_len);
-    munmap(br->ring, br->ring_len);
-    free(br->pos);
-    free(br);
+    if (br->lent) {
+        br->dead = 1;
+        return;
+    }
+    ni_bufring_free(br);
 }
 
 void ni_bufring_set_bundle(struct ni_bufring *br, int on) { br->bundle = on; }
 
 unsigned ni_bufring_avail(struct ni_bufring *br) { return br->avail; }
+
+unsigned ni_bufring_lent(struct ni_bufring *br) { return br->lent; }
 
 int ni_rxq_create(struct ni_bufring *br, int fd, uint64_t py_ud, struct ni_rxq **out)
 {

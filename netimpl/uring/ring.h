@@ -18,7 +18,10 @@
  *    with res > 0: then it must be armed again.
  *  - A buffer the kernel filled is ours until we put it back in the ring.
  *    So the buffers a socket holds are its recv pipe: reads copy out of
- *    them, and each goes back to the ring once read to its end.
+ *    them, and each goes back to the ring once read to its end, or a
+ *    read lends one whole to the caller (Sock.recv_next), and it goes back
+ *    when the caller lets go of it. Lent buffers outlive their ring's
+ *    unregistering: its memory is freed with the last of them.
  */
 #ifndef NETIMPL_RING_H
 #define NETIMPL_RING_H
@@ -27,6 +30,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/syscall.h>
@@ -118,6 +122,8 @@ struct ni_bufring {
     unsigned avail;                 /* buffers in the ring, not yet filled by the kernel */
     int bundle;                     /* receives ask for IORING_RECVSEND_BUNDLE */
     uint16_t *pos;                  /* per bid: the ring slot it was last put in */
+    unsigned lent;                  /* buffers lent to callers (ni_rxq_lend), not given back yet */
+    int dead;                       /* unregistered: freed when the last lent buffer comes back */
 };
 
 /* One socket's receive: the buffers it holds, oldest first, and how its stream ended. */
@@ -270,6 +276,48 @@ static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
             q->end = res;
         }
     }
+}
+
+/* Lend q's oldest held buffer, its unread part from *p, to the caller: q forgets it, and it
+ * is the ring's again only through ni_bufring_return. Its length; 0 when q holds none. */
+static inline uint32_t ni_rxq_lend(struct ni_rxq *q, uint16_t *bid, char **p)
+{
+    unsigned h = q->head;
+    uint32_t n;
+
+    if (!q->count)
+        return 0;
+    n = q->len[h] - q->off;
+    *bid = q->bid[h];
+    *p = q->br->bufs + (size_t)q->bid[h] * q->br->buf_size + q->off;
+    q->head = (h + 1) % q->cap;
+    q->count--;
+    q->off = 0;
+    q->bytes -= n;
+    q->br->lent++;
+    return n;
+}
+
+static inline void ni_bufring_free(struct ni_bufring *br)
+{
+    munmap(br->bufs, br->bufs_len);
+    munmap(br->ring, br->ring_len);
+    free(br->pos);
+    free(br);
+}
+
+/* A lent buffer given back: into the ring, or, the ring being gone, its memory freed with the
+ * last (then 1, else 0). */
+static inline int ni_bufring_return(struct ni_bufring *br, uint16_t bid)
+{
+    br->lent--;
+    if (!br->dead) {
+        ni_bufring_put(br, bid);
+    } else if (!br->lent) {
+        ni_bufring_free(br);
+        return 1;
+    }
+    return 0;
 }
 
 /* Copy up to n held bytes to dst, handing each buffer read to its end back to the ring. */

@@ -252,6 +252,10 @@ class BufRing:
         """Buffers in the ring, waiting for the kernel to fill them."""
         return lib.ni_bufring_avail(self._br)
 
+    def lent(self) -> int:
+        """Buffers lent by ``recv_next`` whose views are not yet released."""
+        return lib.ni_bufring_lent(self._br)
+
     def rxq(self, fd: int, py_ud: int):
         """A receive queue for socket ``fd``, reported to Python's op table as ``py_ud``."""
         out = ffi.new("struct ni_rxq **")
@@ -259,7 +263,10 @@ class BufRing:
         return out[0]
 
     def close(self) -> None:
-        """Unregister and free; every receive on it has ended and every rxq is destroyed."""
+        """Unregister and free; every receive on it has ended and every rxq is destroyed.
+
+        Buffers still lent stay valid: the last of them to be released frees the memory.
+        """
         if self._br is not None:
             lib.ni_bufring_destroy(ffi.NULL if self.ring.closed else self.ring._r, self._br)
             self._br = None

@@ -13,6 +13,8 @@ Reads: while the socket has a receive queue (``_rxq``, in a group with
 multishot receive), ``recv_into`` and ``readv`` copy out of the buffers it
 holds, in C (``_bridge.rx_copy``), then deliver EOF or the socket's error;
 they call ``recv(2)`` only when no multishot is armed and nothing is held.
+``recv_next`` lends the oldest held buffer itself (``_bridge.rx_lend``): the
+one copy left is the kernel's.
 Bytes in the socket's own recv pipe (there from before it joined, or
 copied there when it was paused or left a group) are older, and are read
 first. ``_has_buffered`` counts held buffers, queued accepted connections
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 _rx_copy = _bridge.rx_copy if _bridge is not None else None
 _rx_copyv = _bridge.rx_copyv if _bridge is not None else None
+_rx_lend = _bridge.rx_lend if _bridge is not None else None
 
 
 class UringSock(PosixSock):
@@ -82,6 +85,29 @@ class UringSock(PosixSock):
             return n
         return self._recv_other(bufs, True)
 
+    def _recv_next_py(self) -> memoryview | None:
+        """The oldest provided buffer the socket holds, lent as the kernel filled it (no copy).
+
+        See :meth:`Sock.recv_next`. A view holds at most ``UringOpts.pbuf_size``
+        bytes; its buffer goes back to the group's ring with its last view.
+        With every buffer lent the multishot receive ends for want of
+        buffers, and reads go on by ``recv(2)`` into new objects until
+        buffers come back.
+        """
+        addr = self._rxq_addr
+        if addr and not self._rx_pipe_first:
+            view = _rx_lend(addr)  # type: ignore[misc]
+            if view:
+                self.stats.bytes_received += len(view)
+            return view
+        if self._rx_pipe_first and not self._has_pipe_bytes():
+            self._rx_pipe_first = False
+            if self._rxq_addr:
+                return self.recv_next()
+        if self._rx_error and not self._closed and not self._has_pipe_bytes():
+            self._raise_rx_error()
+        return PosixSock.recv_next(self)
+
     def _recv_other(self, buf: Any, vector: bool) -> int | None:
         """Reads while the recv pipe holds older bytes, or with no receive queue."""
         if self._rx_pipe_first and not self._has_pipe_bytes():
@@ -121,12 +147,14 @@ class UringSock(PosixSock):
             return True
         return bool(self._accepted) or PosixSock._has_buffered(self)
 
-    # Compiled (bridge.c) with the group's hot path; the two above are their reference and slow paths.
+    # Compiled (bridge.c) with the group's hot path; the _py methods are their reference and slow paths.
     if _compiled:
         recv_into = _as_method(_bridge.sock_recv_into)
+        recv_next = _as_method(_bridge.sock_recv_next)
         _has_buffered = _as_method(_bridge.sock_has_buffered)
     else:
         recv_into = _recv_into_py  # type: ignore[assignment]
+        recv_next = _recv_next_py
         _has_buffered = _has_buffered_py
 
     # -- accept -------------------------------------------------------------

@@ -77,6 +77,32 @@ def test_readv_and_small_reads_keep_the_stream(tnet, certs):
     assert bytes(got) == data
 
 
+def test_recv_next_reads_the_plaintext_stream_in_order(tnet, certs, mixed):
+    g = tnet.group(mixed)
+    tc, ts, _, _ = tnet.tls_pair(certs, g, server_cb=lambda grp, s: None)
+    wait_established(g, tc, ts)
+    got = bytearray()
+    ended = []
+
+    def by_views(grp, sock):
+        while (view := sock.recv_next()) is not None:
+            if not view:
+                ended.append(1)
+                grp.remove_sock(sock)
+                return
+            assert view.readonly
+            got.extend(view)
+
+    g.remove_sock(ts)
+    g.add_sock(ts, by_views)
+    data = pattern(120_000, 4)
+    tc.writev_async(netimpl.Request([data]))
+    drive(g, lambda: len(got) == len(data))
+    assert bytes(got) == data and ts.stats.bytes_received == len(data)
+    tc.close()
+    drive(g, lambda: ended)
+
+
 def test_direct_writev_after_the_handshake(tnet, certs):
     g = tnet.group()
     tc, ts, _, sreader = tnet.tls_pair(certs, g)

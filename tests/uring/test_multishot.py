@@ -14,17 +14,6 @@ from netimpl.registry import get as get_impl
 from netimpl.uring import group as ugroup
 
 
-@pytest.fixture
-def small_buffers():
-    """Groups made in the test get a provided-buffer ring of few, small buffers."""
-    def set_(entries: int, size: int) -> None:
-        netimpl.set_impl_opts("uring", pbuf_entries=entries, pbuf_size=size)
-
-    old = netimpl.get_impl_opts("uring")
-    yield set_
-    netimpl.set_impl_opts("uring", old)
-
-
 def pair(request, group=None, cb=None):
     """A connected (server, client) pair of uring sockets; the server in ``group`` if given."""
     lsock = netimpl.listen("127.0.0.1", 0, impl="uring")
