@@ -42,6 +42,7 @@ def test_every_contender_is_measured_on_every_workload(quick_run):
     assert {"asyncio", "uvloop", "blocking"} <= set(names)
     assert [c for c in names if c.startswith("netimpl:")] == [f"netimpl:{i.name}" for i in netimpl.impls() if i.available]
     assert f"netimpl-aio:{netimpl.default_impl()}" in names  # the default backend inside an asyncio loop
+    assert f"netimpl-next:{netimpl.default_impl()}" in names  # and reading with recv_next
     need(floor.unavailable())
     assert names[0] == report.FLOOR
     assert doc["contenders"] == names

@@ -47,9 +47,10 @@ def contenders(impl: str | None = None) -> list[str]:
     out = [] if floor.unavailable() else [report.FLOOR]
     ours = [f"netimpl:{i.name}" for i in netimpl.impls() if i.available and (impl is None or i.name == impl)]
     out += ours
-    if ours:  # the default backend (or the one asked for) once more, inside an asyncio loop
+    if ours:  # the default backend (or the one asked for) once more inside an asyncio loop, and reading by recv_next
         best = impl or netimpl.default_impl()
-        out.append(f"netimpl-aio:{best if f'netimpl:{best}' in ours else ours[0].split(':', 1)[1]}")
+        best = best if f"netimpl:{best}" in ours else ours[0].split(":", 1)[1]
+        out += [f"netimpl-aio:{best}", f"netimpl-next:{best}"]
     out.append("asyncio")
     if importlib.util.find_spec("uvloop") is not None:
         out.append("uvloop")

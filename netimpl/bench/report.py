@@ -97,9 +97,9 @@ SHORT_TITLES = {
 
 
 def display_name(contender: str) -> str:
-    """``netimpl:uring`` -> ``netimpl uring``; ``netimpl-aio:uring`` -> ``netimpl-aio uring``;
-    ``blocking`` -> ``blocking threads``."""
-    if contender.startswith(("netimpl:", "netimpl-aio:")):
+    """``netimpl:uring`` -> ``netimpl uring``; ``netimpl-aio:uring`` -> ``netimpl-aio uring`` (and
+    ``netimpl-next``); ``blocking`` -> ``blocking threads``."""
+    if contender.startswith(("netimpl:", "netimpl-aio:", "netimpl-next:")):
         return contender.replace(":", " ", 1)
     return {"blocking": "blocking threads"}.get(contender, contender)
 
