@@ -251,8 +251,8 @@ class Sock(SockCore, metaclass=_SockType):
         (``view.release()``, or the last reference gone); here, what the
         recv pipe holds, else one read of up to :data:`RECV_NEXT_SIZE` bytes
         into a new object. A view stays valid after the socket and its group
-        close. A lent buffer is one the backend cannot receive into: hold
-        views as briefly as the protocol allows.
+        close, and may be released from any thread. A lent buffer is one the
+        backend cannot receive into: release views when done with them.
         """
         if self._closed:
             raise ebadf()

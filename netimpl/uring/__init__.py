@@ -198,7 +198,7 @@ def probe_recv_multishot(bundle: bool = False) -> str:
         return ""
     finally:
         if "q" in state:
-            lib.ni_rxq_destroy(state["q"])
+            _ring._bridge.rxq_free(_ring.address(state["q"]))
         if "br" in state:
             state["br"].close()
         a.close()

@@ -540,6 +540,32 @@ static PyObject *lend_nothing_held(struct ni_rxq *q, Py_ssize_t *n)
     return res;
 }
 
+/* rxq_free(rxq): free a receive queue, its held buffers back to the ring (with the GIL held: see ring.h). */
+static PyObject *b_rxq_free(PyObject *self, PyObject *addr)
+{
+    struct ni_rxq *q = addr_arg(addr, "rxq_free");
+
+    if (q == NULL)
+        return NULL;
+    ni_rxq_free(q);
+    Py_RETURN_NONE;
+}
+
+/* bufring_free(bufring): free an unregistered buffer ring, or, while buffers are lent, leave that
+ * to the last of them (with the GIL held, as their returns are). */
+static PyObject *b_bufring_free(PyObject *self, PyObject *addr)
+{
+    struct ni_bufring *br = addr_arg(addr, "bufring_free");
+
+    if (br == NULL)
+        return NULL;
+    if (br->lent)
+        br->dead = 1;
+    else
+        ni_bufring_free(br);
+    Py_RETURN_NONE;
+}
+
 /* lent_rings_freed() -> int: buffer rings whose memory their last lent buffer freed (for tests). */
 static PyObject *b_lent_rings_freed(PyObject *self, PyObject *unused)
 {
@@ -547,7 +573,8 @@ static PyObject *b_lent_rings_freed(PyObject *self, PyObject *unused)
 }
 
 /* The oldest held buffer's unread bytes, lent as a read-only memoryview (*n: how many); what
- * lend_nothing_held says when q holds none. */
+ * lend_nothing_held says when q holds none. With NI_LEND_SHARE of the ring lent already, a copy
+ * of them instead, the buffer back to the ring at once. */
 static PyObject *rx_lend(struct ni_rxq *q, Py_ssize_t *n)
 {
     LentBuffer *b;
@@ -557,6 +584,18 @@ static PyObject *rx_lend(struct ni_rxq *q, Py_ssize_t *n)
     *n = 0;
     if (!q->count)
         return lend_nothing_held(q, n);
+    if (q->br->lent >= q->br->entries / NI_LEND_SHARE) {
+        Py_ssize_t len = (Py_ssize_t)(q->len[q->head] - q->off);
+        PyObject *copy = PyBytes_FromStringAndSize(NULL, len);
+
+        if (copy == NULL)
+            return NULL;
+        view = PyMemoryView_FromObject(copy);
+        Py_DECREF(copy);
+        if (view != NULL)
+            *n = (Py_ssize_t)ni_rxq_copy(q, PyBytes_AS_STRING(copy), (size_t)len);
+        return view;
+    }
     if ((b = PyObject_New(LentBuffer, &LentBuffer_Type)) == NULL)
         return NULL;
     /* The view is made before q lets go of the buffer: a failure leaves the bytes held. */
@@ -1460,6 +1499,9 @@ static PyMethodDef bridge_methods[] = {
      "prep_dirty(group_impl, direct=True): UringGroupImpl._prep_dirty, compiled."},
     {"flush_sock", (PyCFunction)(void (*)(void))b_flush_sock, METH_FASTCALL,
      "flush_sock(group_impl, sock, submit, direct=submit): UringGroupImpl.flush_sock, compiled."},
+    {"rxq_free", b_rxq_free, METH_O, "rxq_free(rxq_address): free a receive queue, its buffers back to the ring."},
+    {"bufring_free", b_bufring_free, METH_O,
+     "bufring_free(bufring_address): free an unregistered buffer ring (or leave it to its last lent buffer)."},
     {"lent_rings_freed", b_lent_rings_freed, METH_NOARGS,
      "lent_rings_freed() -> int: buffer rings freed when their last lent buffer came back."},
     {"rx_lend", (PyCFunction)(void (*)(void))b_rx_lend, METH_FASTCALL,

@@ -290,7 +290,7 @@ class UringGroupImpl(GroupImpl):
         self._spill(sock)
         if q.end < 0:
             sock._rx_error = -q.end  # raised by its next read, after the bytes
-        lib.ni_rxq_destroy(q)
+        _bridge.rxq_free(address(q))
         sock._rxq = None
         sock._rxq_addr = 0
 

@@ -305,24 +305,15 @@ int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsign
     return 0;
 }
 
-/* Unregister (when the ring is still open) and free, or, while buffers are lent, leave the
- * freeing to the last of them (ni_bufring_return). No receive may be armed on it. */
-void ni_bufring_destroy(struct ni_ring *r, struct ni_bufring *br)
+/* Unregister br from r; its memory stays until _bridge.bufring_free. Only the syscall: this
+ * runs without the GIL (cffi releases it), so it must not touch what a lent buffer's return does. */
+void ni_bufring_unregister(struct ni_ring *r, struct ni_bufring *br)
 {
     struct io_uring_buf_reg reg;
 
-    if (!br)
-        return;
-    if (r) {
-        memset(&reg, 0, sizeof(reg));
-        reg.bgid = (uint16_t)br->bgid;
-        sys_register(r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
-    }
-    if (br->lent) {
-        br->dead = 1;
-        return;
-    }
-    ni_bufring_free(br);
+    memset(&reg, 0, sizeof(reg));
+    reg.bgid = (uint16_t)br->bgid;
+    sys_register(r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
 }
 
 void ni_bufring_set_bundle(struct ni_bufring *br, int on) { br->bundle = on; }
@@ -352,21 +343,6 @@ int ni_rxq_create(struct ni_bufring *br, int fd, uint64_t py_ud, struct ni_rxq *
     q->cap = br->entries;
     *out = q;
     return 0;
-}
-
-/* Free q, its held buffers back to the ring. Its receive must have ended. */
-void ni_rxq_destroy(struct ni_rxq *q)
-{
-    if (!q)
-        return;
-    while (q->count) {
-        ni_bufring_put(q->br, q->bid[q->head]);
-        q->head = (q->head + 1) % q->cap;
-        q->count--;
-    }
-    free(q->bid);
-    free(q->len);
-    free(q);
 }
 
 uint64_t ni_rxq_user_data(struct ni_rxq *q) { return (uint64_t)(uintptr_t)q | NI_UD_RECV; }

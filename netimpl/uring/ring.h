@@ -21,7 +21,12 @@
  *    them, and each goes back to the ring once read to its end, or a
  *    read lends one whole to the caller (Sock.recv_next), and it goes back
  *    when the caller lets go of it. Lent buffers outlive their ring's
- *    unregistering: its memory is freed with the last of them.
+ *    unregistering: its memory is freed with the last of them. At most
+ *    half a ring is lent at a time (NI_LEND_SHARE): beyond that a read
+ *    copies, so views kept for long never starve the receives.
+ *  - Everything that changes a buffer ring from our side runs with the GIL
+ *    held (bridge.c), since a lent buffer comes back in whatever thread
+ *    drops its last view; only the (un)registering syscalls do not.
  */
 #ifndef NETIMPL_RING_H
 #define NETIMPL_RING_H
@@ -278,6 +283,9 @@ static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
     }
 }
 
+/* Lend no more than entries / NI_LEND_SHARE of a ring's buffers at a time. */
+#define NI_LEND_SHARE 2
+
 /* Lend q's oldest held buffer, its unread part from *p, to the caller: q forgets it, and it
  * is the ring's again only through ni_bufring_return. Its length; 0 when q holds none. */
 static inline uint32_t ni_rxq_lend(struct ni_rxq *q, uint16_t *bid, char **p)
@@ -318,6 +326,20 @@ static inline int ni_bufring_return(struct ni_bufring *br, uint16_t bid)
         return 1;
     }
     return 0;
+}
+
+/* Free q, its held buffers back to the ring. Its receive must have ended. With the GIL held
+ * (_bridge.rxq_free), as every change to a buffer ring that a lent buffer's return makes too. */
+static inline void ni_rxq_free(struct ni_rxq *q)
+{
+    while (q->count) {
+        ni_bufring_put(q->br, q->bid[q->head]);
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+    }
+    free(q->bid);
+    free(q->len);
+    free(q);
 }
 
 /* Copy up to n held bytes to dst, handing each buffer read to its end back to the ring. */

@@ -268,5 +268,7 @@ class BufRing:
         Buffers still lent stay valid: the last of them to be released frees the memory.
         """
         if self._br is not None:
-            lib.ni_bufring_destroy(ffi.NULL if self.ring.closed else self.ring._r, self._br)
+            if not self.ring.closed:
+                lib.ni_bufring_unregister(self.ring._r, self._br)
+            _bridge.bufring_free(address(self._br))
             self._br = None

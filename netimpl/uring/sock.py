@@ -89,10 +89,10 @@ class UringSock(PosixSock):
         """The oldest provided buffer the socket holds, lent as the kernel filled it (no copy).
 
         See :meth:`Sock.recv_next`. A view holds at most ``UringOpts.pbuf_size``
-        bytes; its buffer goes back to the group's ring with its last view.
-        With every buffer lent the multishot receive ends for want of
-        buffers, and reads go on by ``recv(2)`` into new objects until
-        buffers come back.
+        bytes; its buffer goes back to the group's ring with its last view,
+        in whatever thread that is. At most half the ring is lent at a time:
+        beyond that this returns copies (each buffer back to the ring at
+        once), so views kept for long never starve the receives.
         """
         addr = self._rxq_addr
         if addr and not self._rx_pipe_first:
