@@ -299,6 +299,7 @@ class UringGroupImpl(GroupImpl):
         if not sock._rxq.bytes:
             return
         data = _bridge.rx_drain(sock._rxq_addr)
+        sock.stats.bytes_received += len(data)  # received now: reads out of the pipe are not counted again
         pipe = sock._pipe
         have = pipe.bytes_available() if pipe is not None else 0
         if pipe is None or pipe.free_space() < len(data):

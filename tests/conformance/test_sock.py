@@ -222,3 +222,31 @@ def test_stats_count_bytes_and_name_the_backend(net):
     assert client.stats.bytes_sent == 100 and client.stats.requests_completed == 1
     assert server.stats.bytes_received == 100 and server.stats.syscalls >= 1
     assert net.impl in repr(client) and "queued=0" in repr(client)
+
+
+
+def test_bytes_received_counts_every_byte_once_across_a_group_and_out_of_it(net, mixed):
+    g = net.group(mixed)
+    client, server = net.pair()
+    first = bytearray()
+    reading = [True]
+
+    def read_some(grp, sock):
+        if reading[0]:
+            buf = bytearray(700)
+            n = sock.recv_into(buf)
+            if n:
+                first.extend(buf[:n])
+
+    g.add_sock(server, read_some)
+    data = pattern(20_000, 8)
+    client.writev([data[:10_000]])
+    wait_for(lambda: first, lambda: g.poll(timeout=0.01))  # one small read: the rest is held or in the kernel
+    reading[0] = False
+    client.writev([data[10_000:]])
+    for _ in range(10):
+        g.poll(timeout=0.01)  # a backend that receives on its own (uring) takes it in meanwhile
+    g.remove_sock(server)  # whatever the backend held for it stays the socket's
+    rest = read_all(server, len(data) - len(first))
+    assert bytes(first) + rest == data
+    assert server.stats.bytes_received == len(data)
