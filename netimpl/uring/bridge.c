@@ -497,47 +497,36 @@ static PyTypeObject LentBuffer_Type = {
     .tp_doc = "A provided buffer lent by Sock.recv_next; back to its ring with its last view.",
 };
 
-/* What recv_next returns once nothing is held: b"" at EOF, the error (once), None while the
- * multishot receive is armed, else a direct recv(2) of up to one buffer's worth. */
+/* What recv_next returns once nothing is held: rx_nothing_held's answer as a view (empty at
+ * EOF), the direct recv(2) of up to one buffer's worth into a new object. */
 static PyObject *lend_nothing_held(struct ni_rxq *q, Py_ssize_t *n)
 {
-    PyObject *b, *res;
-    ssize_t got;
+    PyObject *b, *res, *view;
+    Py_ssize_t got;
 
-    if (q->end == NI_RX_EOF)
+    if (q->end || q->armed) {  /* EOF, the error, or None: nothing to read into */
+        res = rx_nothing_held(q, NULL, 0);
+        if (res == NULL || res == Py_None)
+            return res;
+        Py_DECREF(res);
         return PyMemoryView_FromObject(empty_bytes);
-    if (q->end < 0) {
-        int code = -q->end;
-
-        q->end = NI_RX_EOF;
-        return raise_errno(code);
     }
-    if (q->armed)
-        Py_RETURN_NONE;
     if ((b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)q->br->buf_size)) == NULL)
         return NULL;
-    for (;;) {
-        got = recv(q->fd, PyBytes_AS_STRING(b), (size_t)q->br->buf_size, MSG_DONTWAIT);
-        if (got >= 0)
-            break;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            Py_DECREF(b);
-            Py_RETURN_NONE;
-        }
-        if (errno != EINTR || PyErr_CheckSignals() < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetFromErrno(PyExc_OSError);
-            Py_DECREF(b);
-            return NULL;
-        }
+    res = rx_nothing_held(q, PyBytes_AS_STRING(b), q->br->buf_size);
+    if (res == NULL || res == Py_None) {
+        Py_DECREF(b);
+        return res;
     }
-    if (_PyBytes_Resize(&b, (Py_ssize_t)got) < 0)
+    got = PyLong_AsSsize_t(res);
+    Py_DECREF(res);
+    if (_PyBytes_Resize(&b, got) < 0)
         return NULL;  /* the bytes are lost with the memory: as socket.recv */
-    res = PyMemoryView_FromObject(b);
+    view = PyMemoryView_FromObject(b);
     Py_DECREF(b);
-    if (res != NULL)
-        *n = (Py_ssize_t)got;
-    return res;
+    if (view != NULL)
+        *n = got;
+    return view;
 }
 
 /* rxq_free(rxq): free a receive queue, its held buffers back to the ring (with the GIL held: see ring.h). */
@@ -579,36 +568,35 @@ static PyObject *rx_lend(struct ni_rxq *q, Py_ssize_t *n)
 {
     LentBuffer *b;
     PyObject *view;
-    unsigned h;
+    uint16_t bid;
+    uint32_t len;
+    char *p;
 
     *n = 0;
     if (!q->count)
         return lend_nothing_held(q, n);
+    p = ni_rxq_peek(q, &bid, &len);
     if (q->br->lent >= q->br->entries / NI_LEND_SHARE) {
-        Py_ssize_t len = (Py_ssize_t)(q->len[q->head] - q->off);
-        PyObject *copy = PyBytes_FromStringAndSize(NULL, len);
+        PyObject *copy = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
 
         if (copy == NULL)
             return NULL;
         view = PyMemoryView_FromObject(copy);
         Py_DECREF(copy);
         if (view != NULL)
-            *n = (Py_ssize_t)ni_rxq_copy(q, PyBytes_AS_STRING(copy), (size_t)len);
+            *n = (Py_ssize_t)ni_rxq_copy(q, PyBytes_AS_STRING(copy), len);
         return view;
     }
     if ((b = PyObject_New(LentBuffer, &LentBuffer_Type)) == NULL)
         return NULL;
     /* The view is made before q lets go of the buffer: a failure leaves the bytes held. */
-    h = q->head;
     b->br = NULL;
-    b->bid = q->bid[h];
-    b->p = q->br->bufs + (size_t)q->bid[h] * q->br->buf_size + q->off;
-    b->len = (Py_ssize_t)(q->len[h] - q->off);
+    b->bid = bid;
+    b->p = p;
+    b->len = (Py_ssize_t)len;
     view = PyMemoryView_FromObject((PyObject *)b);
     if (view != NULL) {
-        char *p;
-
-        ni_rxq_lend(q, &b->bid, &p);
+        ni_rxq_lend(q);
         b->br = q->br;
         *n = b->len;
     }

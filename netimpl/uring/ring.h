@@ -286,24 +286,25 @@ static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
 /* Lend no more than entries / NI_LEND_SHARE of a ring's buffers at a time. */
 #define NI_LEND_SHARE 2
 
-/* Lend q's oldest held buffer, its unread part from *p, to the caller: q forgets it, and it
- * is the ring's again only through ni_bufring_return. Its length; 0 when q holds none. */
-static inline uint32_t ni_rxq_lend(struct ni_rxq *q, uint16_t *bid, char **p)
+/* q's oldest held buffer (q must hold one): where its unread part starts, *len bytes of it. */
+static inline char *ni_rxq_peek(struct ni_rxq *q, uint16_t *bid, uint32_t *len)
 {
     unsigned h = q->head;
-    uint32_t n;
 
-    if (!q->count)
-        return 0;
-    n = q->len[h] - q->off;
     *bid = q->bid[h];
-    *p = q->br->bufs + (size_t)q->bid[h] * q->br->buf_size + q->off;
-    q->head = (h + 1) % q->cap;
+    *len = q->len[h] - q->off;
+    return q->br->bufs + (size_t)q->bid[h] * q->br->buf_size + q->off;
+}
+
+/* Lend q's oldest held buffer (the one ni_rxq_peek names) to the caller: q forgets it, and it
+ * is the ring's again only through ni_bufring_return. */
+static inline void ni_rxq_lend(struct ni_rxq *q)
+{
+    q->bytes -= q->len[q->head] - q->off;
+    q->head = (q->head + 1) % q->cap;
     q->count--;
     q->off = 0;
-    q->bytes -= n;
     q->br->lent++;
-    return n;
 }
 
 static inline void ni_bufring_free(struct ni_bufring *br)
