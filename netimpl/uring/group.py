@@ -321,16 +321,23 @@ class UringGroupImpl(GroupImpl):
         while self._inflight.get(sock, 0) > 0:
             ring.submit(1, 0.1)
             backlog.extend(ring.reap())
-            mine = [e for e in backlog if self._op_sock(e[0]) is sock]
-            if mine:
-                # In place: an outer poll may be iterating this very deque.
-                rest = [e for e in backlog if self._op_sock(e[0]) is not sock]
-                backlog.clear()
-                backlog.extend(rest)
-                for ud, res, flags in mine:
-                    self._dispatch(ud, res, flags, None)
+            # One at a time, each taken out of the backlog as it is dispatched: a completion callback
+            # that removes or closes this socket again waits for the rest itself, and must find them
+            # there (held in this frame, they never came: it timed out once per completion).
+            while (entry := self._take_op_of(sock)) is not None:
+                self._dispatch(*entry, None)
             if time.monotonic() > deadline:
                 raise OSError(errno.ETIMEDOUT, f"{sock!r}: io_uring did not complete its cancelled operations")
+
+    def _take_op_of(self, sock: "UringSock") -> tuple[int, int, int] | None:
+        """The backlog's oldest CQE of ``sock``'s operations, taken out of it in place (an outer
+        poll may be iterating this very deque); None when it has none."""
+        backlog = self._backlog
+        for i, entry in enumerate(backlog):
+            if self._op_sock(entry[0]) is sock:
+                del backlog[i]
+                return entry
+        return None
 
     def _op_sock(self, ud: int):
         op = self._ops.get(ud)
