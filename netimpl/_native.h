@@ -14,11 +14,12 @@
 #define NETIMPL_NATIVE_H
 
 #include <Python.h>
+#include <structmember.h>
 #include <sys/uio.h>
 
 #define NI_CORE_API_NAME "netimpl._native._C_API"
 /* Bumped whenever a layout below or the table changes: a stale build refuses to pair. */
-#define NI_CORE_API_VERSION 2
+#define NI_CORE_API_VERSION 3
 /* The most iovecs one gather fills (IOV_BATCH_SIZE in the Python core). */
 #define NI_GATHER_MAX 64
 
@@ -81,10 +82,20 @@ typedef struct {
     char rx_pipe_first;           /* _rx_pipe_first: the recv pipe holds older bytes than the rxq */
 } Core;
 
+/* The generic part of a group impl (netimpl.impl.GroupImpl's base): what every poll pass reads, as
+ * fields; a backend's group state type (bridge.c's GroupState) extends it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *impl;          /* impl: the NetImpl */
+    PyObject *dirty;         /* _dirty: the sockets with queued requests, a dict */
+    unsigned long owner;     /* _owner: the thread that alone may drive it, 0 when any may */
+} GroupImplCore;
+
 /* What netimpl._native lends: each is the very function its own paths use. */
 struct ni_core_api {
     int version;
     PyTypeObject *core_type;
+    PyTypeObject *group_impl_type;  /* GroupImplCore's */
     /* Up to NI_GATHER_MAX iovecs from the queued requests, honouring the head's offset; with held, the buffer
      * object behind each iovec (borrowed references). 0, or -1 with an exception. */
     int (*gather)(Core *c, struct iovec *iov, int *cnt, Py_ssize_t *total, PyObject **held);
@@ -97,6 +108,33 @@ struct ni_core_api {
     /* PosixSock._flush: sendmsg(2) of the queued requests until the kernel takes no more, their
      * callbacks run. A new reference to None, or NULL with an exception. */
     PyObject *(*posix_flush)(Core *c);
+    /* A state type's tp_traverse and tp_clear, over the T_OBJECT_EX members of its table (each holds
+     * one reference), and a member read from its field: a new reference, AttributeError while unset. */
+    int (*members_traverse)(PyObject *self, const PyMemberDef *m, visitproc visit, void *arg);
+    void (*members_clear)(PyObject *self, const PyMemberDef *m);
+    PyObject *(*member_get)(PyObject *self, PyObject *v, PyObject *name);
 };
+
+/* tp_traverse, tp_clear and tp_dealloc (NAME_traverse, NAME_clear, NAME_dealloc) of a state type that
+ * extends GroupImplCore: the object members of its own table MEMBERS, then GroupImplCore's, through
+ * the core's interface API (a const struct ni_core_api *). netimpl._native's PosixGroupState and the
+ * uring bridge's GroupState are both made so. */
+#define NI_GROUP_STATE_GC(NAME, MEMBERS, API)                                     \
+    static int NAME##_traverse(PyObject *self, visitproc visit, void *arg)       \
+    {                                                                            \
+        int rc = (API)->members_traverse(self, MEMBERS, visit, arg);            \
+        return rc ? rc : (API)->group_impl_type->tp_traverse(self, visit, arg); \
+    }                                                                            \
+    static int NAME##_clear(PyObject *self)                                      \
+    {                                                                            \
+        (API)->members_clear(self, MEMBERS);                                     \
+        return (API)->group_impl_type->tp_clear(self);                           \
+    }                                                                            \
+    static void NAME##_dealloc(PyObject *self)                                   \
+    {                                                                            \
+        PyObject_GC_UnTrack(self);                                               \
+        NAME##_clear(self);                                                      \
+        (API)->group_impl_type->tp_dealloc(self); /* untracks again (no-op) and frees */ \
+    }
 
 #endif

@@ -37,7 +37,7 @@ from .errors import callback_errors, ebadf, logger, wrong_thread
 if TYPE_CHECKING:
     from .impl import GroupImpl
 
-__all__ = ["Request", "SockCore", "completions", "flush_dirty", "IOV_BATCH_SIZE", "MIN_SOCK_PIPE_SIZE"]
+__all__ = ["Request", "SockCore", "GroupCore", "GroupImplCore", "PosixGroupState", "completions", "flush_dirty", "IOV_BATCH_SIZE", "MIN_SOCK_PIPE_SIZE"]
 
 #: Most iovecs gathered into one send, and the queue depth that flushes at once.
 IOV_BATCH_SIZE = 64
@@ -412,6 +412,32 @@ class SockCore:
             req._zc_wait -= 1
         else:
             logger.error("%r: zero-copy release for a request not waiting for one", self)
+
+
+class GroupCore:
+    """The base of :class:`netimpl.SockGroup`. Compiled, its poll's state (``_impls``, ``_socks``,
+    ``_ready``, ``stats``, ``_wake_fd``, ``_closed``, ``_busy``, ``_polling``) are C fields that
+    ``group_poll`` reads without a lookup; here they live in the instance's ``__dict__``."""
+
+    __slots__ = ()
+
+
+class GroupImplCore:
+    """The base of :class:`netimpl.impl.GroupImpl`: compiled, ``impl``, ``_dirty`` and ``_owner`` are
+    C fields; here they live in the instance's ``__dict__``."""
+
+    __slots__ = ()
+
+    #: The thread (``threading.get_ident()``) that alone may drive this group impl and its
+    #: sockets' writes, or 0 when any thread may. Checked before a call changes anything.
+    _owner = 0
+
+
+class PosixGroupState(GroupImplCore):
+    """The base of :class:`netimpl.posix.group.PosixGroupImpl`: compiled, ``_fds``, ``_want_out``,
+    ``_orphanage``, ``_epfd`` and ``_orphan_fd`` are C fields."""
+
+    __slots__ = ()
 
 
 def flush_dirty(gi: "GroupImpl") -> None:

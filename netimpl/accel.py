@@ -18,7 +18,8 @@ from types import ModuleType
 from . import _pycore
 from .errors import callback_errors, ebadf, logger, wrong_thread
 
-__all__ = ["native", "reason", "Request", "SockCore", "completions", "flush_dirty", "ENV_VAR"]
+__all__ = ["native", "reason", "Request", "SockCore", "GroupCore", "GroupImplCore", "PosixGroupState", "completions",
+           "flush_dirty", "ENV_VAR"]
 
 ENV_VAR = "NETIMPL_NATIVE"
 
@@ -41,6 +42,10 @@ if native is not None:
                   wrong_thread=wrong_thread)
     Request = native.Request
     completions = native.completions
+    #: The state a poll reads, as C fields: the bases of SockGroup, GroupImpl and PosixGroupImpl.
+    GroupCore = native.GroupCore
+    GroupImplCore = native.GroupImplCore
+    PosixGroupState = native.PosixGroupState
     #: ``GroupImpl.flush_dirty``, compiled: one C call flushes every dirty socket.
     flush_dirty = native.as_method(native.flush_dirty)
 
@@ -50,4 +55,7 @@ else:
     Request = _pycore.Request  # type: ignore[misc]
     SockCore = _pycore.SockCore  # type: ignore[misc, assignment]
     completions = _pycore.completions
+    GroupCore = _pycore.GroupCore  # type: ignore[misc]
+    GroupImplCore = _pycore.GroupImplCore  # type: ignore[misc]
+    PosixGroupState = _pycore.PosixGroupState  # type: ignore[misc]
     flush_dirty = _pycore.flush_dirty

@@ -21,7 +21,7 @@ import threading
 from typing import TYPE_CHECKING, ClassVar
 
 from .errors import NetImplError, wrong_thread
-from .accel import flush_dirty as _flush_dirty
+from .accel import GroupImplCore, flush_dirty as _flush_dirty
 from .options import ImplOpts, SockOpts
 
 if TYPE_CHECKING:
@@ -85,17 +85,17 @@ class NetImpl(abc.ABC):
         """A new, empty group impl of this backend."""
 
 
-class GroupImpl(abc.ABC):
+class GroupImpl(GroupImplCore, abc.ABC):
     """One backend's part of a :class:`netimpl.SockGroup`.
 
     ``_dirty`` holds the sockets with queued requests; the generic layer adds
     a socket to it when its queue becomes non-empty, so ``poll`` flushes only
-    those instead of walking every socket.
+    those instead of walking every socket. ``_owner`` is the thread
+    (``threading.get_ident()``) that alone may drive this group impl and its
+    sockets' writes, or 0 when any thread may; it is checked before a call
+    changes anything. Both are fields of :class:`netimpl.accel.GroupImplCore`
+    where the core is compiled.
     """
-
-    #: The thread (``threading.get_ident()``) that alone may drive this group impl and its
-    #: sockets' writes, or 0 when any thread may. Checked before a call changes anything.
-    _owner = 0
 
     def __init__(self, impl: NetImpl) -> None:
         self.impl = impl

@@ -19,7 +19,7 @@ import select
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..accel import native
+from ..accel import GroupCore, native
 from ..errors import callback_errors, ebadf, logger, oserror
 from ..stats import GroupStats
 from .placement import placement_map
@@ -47,7 +47,7 @@ def _check_poll_args(max_events: object, timeout: object) -> None:
         raise ValueError(f"timeout must be >= 0, not {timeout!r}")
 
 
-class SockGroup:
+class SockGroup(GroupCore):
     """Polls sockets of any backend; the contract is docs/api.md ("SockGroup")."""
 
     def __init__(self, ctx: Any = None) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import select
 from typing import TYPE_CHECKING
 
-from ..accel import native
+from ..accel import PosixGroupState, native
 from ..impl import GroupImpl
 from ..sock import completions
 
@@ -47,7 +47,7 @@ _READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLRDHUP
 _WATCH = select.EPOLLIN | select.EPOLLERR | select.EPOLLRDHUP
 
 
-class PosixGroupImpl(GroupImpl):
+class PosixGroupImpl(PosixGroupState, GroupImpl):
     """The posix part of a :class:`netimpl.SockGroup`."""
 
     def __init__(self, impl: "PosixImpl") -> None:

@@ -650,18 +650,73 @@ static PyObject *s_ring, *s_addr, *s_ops, *s_next_ud, *s_inflight, *s_removing, 
 
 #define IS_CORE(o) (core != NULL && PyObject_TypeCheck((o), core->core_type))
 
-_Static_assert(NI_GATHER_MAX <= NI_IOV_MAX, "a gather must fit a struct ni_send");
+/* UringGroupImpl's base on the compiled core: the state its poll reads, as fields, so that a pass
+ * reads a field where it would look a name up in the instance's dict (about fifteen a pass).
+ * GroupImplCore's fields (impl, _dirty, _owner) come first; Python sees ordinary attributes.
+ * A static type whose base, netimpl._native.GroupImplCore, use_core() supplies. */
+typedef struct {
+    GroupImplCore base;
+    PyObject *ring;       /* _ring: the Ring, None before first use and once closed */
+    PyObject *ops;        /* _ops: user_data -> (kind, sock, extra) */
+    PyObject *backlog;    /* _backlog: CQEs not dispatched yet, a deque */
+    PyObject *unarmed;    /* _unarmed: sockets whose readiness poll is not armed */
+    PyObject *starved;    /* _starved: multishot receives ended by ENOBUFS */
+    PyObject *removing;   /* _removing: sockets being removed, a set */
+    PyObject *inflight;   /* _inflight: socket -> operations in flight */
+    PyObject *carry;      /* _carry: readable sockets found outside poll, a list */
+    unsigned long long next_ud;  /* _next_ud */
+    int efd;              /* _efd: the eventfd behind fileno(), -1 until asked for */
+    char orphans_armed;   /* _orphans_armed */
+} GroupState;
 
-/* Py_None, False or True attribute values, and ints, read without keeping a reference. */
-static int attr_true(PyObject *o, PyObject *name)
+static PyMemberDef gs_members[] = {
+    {"_ring", T_OBJECT_EX, offsetof(GroupState, ring), 0, NULL},
+    {"_ops", T_OBJECT_EX, offsetof(GroupState, ops), 0, NULL},
+    {"_backlog", T_OBJECT_EX, offsetof(GroupState, backlog), 0, NULL},
+    {"_unarmed", T_OBJECT_EX, offsetof(GroupState, unarmed), 0, NULL},
+    {"_starved", T_OBJECT_EX, offsetof(GroupState, starved), 0, NULL},
+    {"_removing", T_OBJECT_EX, offsetof(GroupState, removing), 0, NULL},
+    {"_inflight", T_OBJECT_EX, offsetof(GroupState, inflight), 0, NULL},
+    {"_carry", T_OBJECT_EX, offsetof(GroupState, carry), 0, NULL},
+    {"_next_ud", T_ULONGLONG, offsetof(GroupState, next_ud), 0, NULL},
+    {"_efd", T_INT, offsetof(GroupState, efd), 0, NULL},
+    {"_orphans_armed", T_BOOL, offsetof(GroupState, orphans_armed), 0, NULL},
+    {NULL},
+};
+
+NI_GROUP_STATE_GC(gs, gs_members, core)
+
+static PyTypeObject GroupState_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netimpl.uring._bridge.GroupState",
+    .tp_basicsize = sizeof(GroupState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The state of a uring group impl that its compiled poll reads (UringGroupImpl derives from it).",
+    .tp_dealloc = gs_dealloc,
+    .tp_traverse = gs_traverse,
+    .tp_clear = gs_clear,
+    .tp_members = gs_members,
+};
+
+#define GS(gi) ((GroupState *)(gi))
+/* A GroupState field as a new reference; AttributeError, as Python's, while it is unset. */
+#define GS_GET(gi, field, name) core->member_get((gi), GS(gi)->field, (name))
+
+/* The entry points take a GroupState (UringGroupImpl on the compiled core) and nothing else. */
+static int check_gs(PyObject *gi, const char *call)
 {
-    PyObject *v = PyObject_GetAttr(o, name);
-    int t = v ? PyObject_IsTrue(v) : -1;
-
-    Py_XDECREF(v);
-    return t;
+    if (core != NULL && PyObject_TypeCheck(gi, &GroupState_Type))
+        return 0;
+    if (core == NULL)
+        PyErr_Format(PyExc_RuntimeError, "%s: use_core() was not called", call);
+    else
+        PyErr_Format(PyExc_TypeError, "%s takes a uring group impl, not %.60R", call, gi);
+    return -1;
 }
 
+_Static_assert(NI_GATHER_MAX <= NI_IOV_MAX, "a gather must fit a struct ni_send");
+
+/* len(o.name) */
 static Py_ssize_t attr_len(PyObject *o, PyObject *name)
 {
     PyObject *v = PyObject_GetAttr(o, name);
@@ -674,7 +729,7 @@ static Py_ssize_t attr_len(PyObject *o, PyObject *name)
 /* The group's ring, NULL (no exception) when it has none or it was closed. */
 static struct ni_ring *group_ring(PyObject *gi)
 {
-    PyObject *ring = PyObject_GetAttr(gi, s_ring), *a;
+    PyObject *ring = GS_GET(gi, ring, s_ring), *a;
     void *p = NULL;
 
     if (ring == NULL)
@@ -718,7 +773,7 @@ static int mark_dirty(PyObject *gi, Core *c)
 
     if (c->dirty != NULL)
         return PyDict_SetItem(c->dirty, (PyObject *)c, Py_None);
-    if ((d = PyObject_GetAttr(gi, s_dirty)) == NULL)
+    if ((d = GS_GET(gi, base.dirty, s_dirty)) == NULL)
         return -1;
     rc = PyObject_SetItem(d, (PyObject *)c, Py_None);
     Py_DECREF(d);
@@ -735,7 +790,7 @@ static int unmark_dirty(PyObject *gi, Core *c)
             PyErr_Clear();  /* not there */
         return 0;
     }
-    if ((d = PyObject_GetAttr(gi, s_dirty)) == NULL)
+    if ((d = GS_GET(gi, base.dirty, s_dirty)) == NULL)
         return -1;
     r = PyObject_CallMethod(d, "pop", "OO", (PyObject *)c, Py_None);
     Py_DECREF(d);
@@ -760,7 +815,7 @@ static int submit_now(struct ni_ring *r)
 static int flush_one(PyObject *gi, PyObject *sock, int submit, int direct)
 {
     Core *c = (Core *)sock;
-    PyObject *removing, *ops, *inflight, *nud, *held_t, *key, *op;
+    PyObject *removing, *ops, *inflight, *held_t, *key, *op;
     PyObject *held[NI_IOV_MAX];
     struct ni_ring *r;
     struct ni_send *s;
@@ -775,7 +830,7 @@ again:
         return 0;
     if (c->zc != NULL && c->zc != Py_None)
         goto python;  /* zero-copy's choice and bookkeeping: Python's */
-    if ((removing = PyObject_GetAttr(gi, s_removing)) == NULL)
+    if ((removing = GS_GET(gi, removing, s_removing)) == NULL)
         return -1;
     rc = PySet_Check(removing) ? in_set(removing, sock) : -2;
     Py_DECREF(removing);
@@ -857,20 +912,11 @@ again:
     }
     rc = -1;
     key = op = ops = inflight = NULL;
-    if ((nud = PyObject_GetAttr(gi, s_next_ud)) == NULL)
+    ud = GS(gi)->next_ud;
+    if ((key = PyLong_FromUnsignedLongLong(ud)) == NULL)
         goto out;
-    ud = PyLong_AsUnsignedLongLong(nud);
-    key = nud;
-    if (ud == (unsigned long long)-1 && PyErr_Occurred())
-        goto out;
-    if ((nud = PyLong_FromUnsignedLongLong(ud + 1)) == NULL)
-        goto out;
-    rc = PyObject_SetAttr(gi, s_next_ud, nud);
-    Py_DECREF(nud);
-    if (rc < 0)
-        goto out;
-    rc = -1;
-    if ((ops = PyObject_GetAttr(gi, s_ops)) == NULL || (inflight = PyObject_GetAttr(gi, s_inflight)) == NULL)
+    GS(gi)->next_ud = ud + 1;
+    if ((ops = GS_GET(gi, ops, s_ops)) == NULL || (inflight = GS_GET(gi, inflight, s_inflight)) == NULL)
         goto out;
     if ((op = PyTuple_Pack(3, k_send_obj, sock, Py_False)) == NULL || PyObject_SetItem(ops, key, op) < 0)
         goto out;
@@ -916,7 +962,7 @@ python:
  * allow_direct and at most direct_send_max of them, each sent at once instead. */
 static int prep_dirty(PyObject *gi, int allow_direct)
 {
-    PyObject *dirty = PyObject_GetAttr(gi, s_dirty), *socks;
+    PyObject *dirty = GS_GET(gi, base.dirty, s_dirty), *socks;
     Py_ssize_t n, i;
     int rc = 0, direct;
 
@@ -999,7 +1045,7 @@ static int dispatch_one(PyObject *gi, PyObject *ops, PyObject *removing, PyObjec
         if (rm)
             goto python_or_error;
         Py_INCREF(sock);
-        if ((inflight = PyObject_GetAttr(gi, s_inflight)) == NULL)
+        if ((inflight = GS_GET(gi, inflight, s_inflight)) == NULL)
             goto send_out;
         c->send_ud = 0;
         Py_CLEAR(c->send_iovs);
@@ -1053,8 +1099,8 @@ static int drain(PyObject *gi, PyObject *backlog, PyObject *ready)
 
     if (PyObject_Size(backlog) <= 0)
         return PyErr_Occurred() ? -1 : 0;
-    ops = PyObject_GetAttr(gi, s_ops);
-    removing = ops ? PyObject_GetAttr(gi, s_removing) : NULL;
+    ops = GS_GET(gi, ops, s_ops);
+    removing = ops ? GS_GET(gi, removing, s_removing) : NULL;
     if (removing == NULL) {
         Py_XDECREF(ops);
         return -1;
@@ -1088,14 +1134,10 @@ static int drain(PyObject *gi, PyObject *backlog, PyObject *ready)
 /* Reset the group's eventfd (if fileno() made one): what completes from here on signals it again. */
 static int reset_efd(PyObject *gi)
 {
-    PyObject *v = PyObject_GetAttr(gi, s_efd);
-    long efd = v ? PyLong_AsLong(v) : -1;
+    int efd = GS(gi)->efd;
     uint64_t count;
 
-    Py_XDECREF(v);
-    if (v == NULL || (efd == -1 && PyErr_Occurred()))
-        return -1;
-    while (efd >= 0 && read((int)efd, &count, sizeof count) < 0 && errno != EAGAIN) {
+    while (efd >= 0 && read(efd, &count, sizeof count) < 0 && errno != EAGAIN) {
         if (errno != EINTR) {
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
@@ -1110,13 +1152,16 @@ static int reset_efd(PyObject *gi)
 static int arm_needed(PyObject *gi)
 {
     Py_ssize_t n;
-    int armed;
-    PyObject *impl, *orph;
+    PyObject *impl, *orph, *unarmed = GS(gi)->unarmed, *starved = GS(gi)->starved;
 
-    if ((n = attr_len(gi, s_unarmed)) != 0 || (n = attr_len(gi, s_starved)) != 0)
-        return n < 0 ? -1 : 1;
+    if (unarmed == NULL || starved == NULL || !PyDict_Check(unarmed) || !PyDict_Check(starved)) {
+        PyErr_SetString(PyExc_TypeError, "UringGroupImpl: _unarmed or _starved is not a dict");
+        return -1;
+    }
+    if (PyDict_GET_SIZE(unarmed) || PyDict_GET_SIZE(starved))
+        return 1;
     /* impl._orphanage (made on first use, None before) and its _socks: read, not called (no Python runs). */
-    if ((impl = PyObject_GetAttr(gi, s_impl)) == NULL)
+    if ((impl = GS_GET(gi, base.impl, s_impl)) == NULL)
         return -1;
     orph = PyObject_GetAttr(impl, s_orphanage);
     Py_DECREF(impl);
@@ -1128,8 +1173,7 @@ static int arm_needed(PyObject *gi)
     Py_XDECREF(orph);
     if (n <= 0)
         return n < 0 ? -1 : 0;
-    armed = attr_true(gi, s_orphans_armed);
-    return armed < 0 ? -1 : !armed;
+    return !GS(gi)->orphans_armed;
 }
 
 /* A dict (or any sized container) holds something; -1 sizes leave their exception for the caller. */
@@ -1157,35 +1201,30 @@ static int call0(PyObject *o, PyObject *name)
 /* poll(group_impl, max_events, timeout) -> list: UringGroupImpl.poll. */
 static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *gi, *ready = NULL, *backlog = NULL, *dirty = NULL, *fresh, *owner;
+    PyObject *gi, *ready = NULL, *backlog = NULL, *dirty = NULL, *carry;
     struct ni_ring *r;
     double timeout, deadline = 0.0;
     unsigned long long before;
-    int fast;
 
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "poll(group_impl, max_events, timeout)");
         return NULL;
     }
     gi = args[0];
+    if (check_gs(gi, "poll") < 0)
+        return NULL;
     timeout = PyFloat_AsDouble(args[2]);
     if (timeout == -1.0 && PyErr_Occurred())
         return NULL;
     /* The first poll (it makes the ring), another thread's (refused there): the Python method. */
-    if ((owner = PyObject_GetAttr(gi, s_owner)) == NULL)
-        return NULL;
-    fast = PyLong_Check(owner) && PyLong_AsUnsignedLong(owner) == PyThread_get_thread_ident();
-    Py_DECREF(owner);
-    if (PyErr_Occurred())
-        return NULL;
-    if (!fast || core == NULL || (r = group_ring(gi)) == NULL) {
+    if (GS(gi)->base.owner != PyThread_get_thread_ident() || (r = group_ring(gi)) == NULL) {
         if (PyErr_Occurred())
             return NULL;
         return PyObject_CallMethodObjArgs(gi, s_poll_py, args[1], args[2], NULL);
     }
     if (reset_efd(gi) < 0)
         return NULL;
-    if ((dirty = PyObject_GetAttr(gi, s_dirty)) == NULL)
+    if ((dirty = GS_GET(gi, base.dirty, s_dirty)) == NULL)
         return NULL;
     /* Before the first prep: a direct send there completes requests, and then the poll must not sleep. */
     before = core->completions();
@@ -1193,21 +1232,20 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     if (PyErr_Occurred())
         goto error;
-    /* What flush_dirty found readable since the last poll. */
-    if ((ready = PyObject_GetAttr(gi, s_carry)) == NULL)
-        goto error;
-    if (!PyList_Check(ready)) {
+    /* What flush_dirty found readable since the last poll: the list becomes this poll's answer. */
+    if ((carry = GS(gi)->carry) == NULL || !PyList_Check(carry)) {
         PyErr_SetString(PyExc_TypeError, "UringGroupImpl._carry must be a list");
         goto error;
     }
-    if ((fresh = PyList_New(0)) == NULL)
+    if ((ready = PyList_New(0)) == NULL)
         goto error;
-    if (PyObject_SetAttr(gi, s_carry, fresh) < 0) {
-        Py_DECREF(fresh);
-        goto error;
+    if (PyList_GET_SIZE(carry)) {
+        PyObject *t = carry;  /* swapped: _carry starts empty again */
+
+        GS(gi)->carry = ready;
+        ready = t;
     }
-    Py_DECREF(fresh);
-    if ((backlog = PyObject_GetAttr(gi, s_backlog)) == NULL)
+    if ((backlog = GS_GET(gi, backlog, s_backlog)) == NULL)
         goto error;
     for (;;) {
         Py_ssize_t nb;
@@ -1264,10 +1302,8 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
     PyObject *backlog, *carry;
     int rc;
 
-    if (core == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "flush_dirty: use_core() was not called");
+    if (check_gs(gi, "flush_dirty") < 0)
         return NULL;
-    }
     for (Py_ssize_t round = 0; round < flush_rounds; round++) {
         unsigned long long before = core->completions();
         PyObject *dirty;
@@ -1278,7 +1314,7 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
         if (core->completions() == before)
             break;
         /* A direct send's callbacks ran: what they queued, on this socket or others, goes too. */
-        if ((dirty = PyObject_GetAttr(gi, s_dirty)) == NULL)
+        if ((dirty = GS_GET(gi, base.dirty, s_dirty)) == NULL)
             return NULL;
         busy = dict_busy(dirty);
         Py_DECREF(dirty);
@@ -1293,7 +1329,7 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
     /* Before the enter, as in poll: task work queued after this signals it again. */
     if (reset_efd(gi) < 0)
         return NULL;
-    if ((backlog = PyObject_GetAttr(gi, s_backlog)) == NULL)
+    if ((backlog = GS_GET(gi, backlog, s_backlog)) == NULL)
         return NULL;
     rc = enter_reap(r, 0, -1, backlog);
     if (rc == ENTER_ERROR || rc < 0) {
@@ -1304,7 +1340,7 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
         Py_DECREF(backlog);
         return NULL;
     }
-    carry = PyObject_GetAttr(gi, s_carry);
+    carry = GS_GET(gi, carry, s_carry);
     rc = carry == NULL ? -1 : !PyList_Check(carry) ? (PyErr_SetString(PyExc_TypeError, "_carry must be a list"), -1)
                                                    : drain(gi, backlog, carry);
     Py_XDECREF(carry);
@@ -1325,10 +1361,8 @@ static PyObject *b_prep_dirty(PyObject *self, PyObject *const *args, Py_ssize_t 
     }
     if (nargs == 2 && (direct = PyObject_IsTrue(args[1])) < 0)
         return NULL;
-    if (core == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "prep_dirty: use_core() was not called");
+    if (check_gs(args[0], "prep_dirty") < 0)
         return NULL;
-    }
     if (prep_dirty(args[0], direct) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -1348,10 +1382,8 @@ static PyObject *b_flush_sock(PyObject *self, PyObject *const *args, Py_ssize_t 
     direct = submit;
     if (nargs == 4 && args[3] != Py_None && (direct = PyObject_IsTrue(args[3])) < 0)
         return NULL;
-    if (core == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "flush_sock: use_core() was not called");
+    if (check_gs(args[0], "flush_sock") < 0)
         return NULL;
-    }
     if (flush_one(args[0], args[1], submit, direct) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -1460,6 +1492,14 @@ static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t na
     K_RECV = recv;
     direct_send_max = dmax;
     flush_rounds = rounds;
+    if (!(GroupState_Type.tp_flags & Py_TPFLAGS_READY)) {
+        GroupState_Type.tp_base = api->group_impl_type;
+        if (PyType_Ready(&GroupState_Type) < 0 || PyModule_AddObjectRef(self, "GroupState", (PyObject *)&GroupState_Type) < 0)
+            return NULL;
+    } else if (GroupState_Type.tp_base != api->group_impl_type) {
+        PyErr_SetString(PyExc_RuntimeError, "use_core: paired with another netimpl._native already");
+        return NULL;
+    }
     core = api;
     Py_RETURN_TRUE;
 }

@@ -147,6 +147,15 @@ def _use_core() -> bool:
 _compiled = _use_core()
 _as_method = accel.native.as_method if _compiled else None  # type: ignore[union-attr]
 
+if _compiled:
+    #: The state the compiled poll reads, as C fields (bridge.c): UringGroupImpl's first base.
+    _GroupState = _bridge.GroupState  # type: ignore[union-attr]
+else:
+    class _GroupState(accel.GroupImplCore):  # type: ignore[no-redef, name-defined]
+        """Without bridge.c, the state lives in the instance's ``__dict__``."""
+
+        __slots__ = ()
+
 POLL_MASK = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLRDHUP
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLRDHUP
 F_MORE = lib.IORING_CQE_F_MORE if lib is not None else 0
@@ -166,7 +175,7 @@ CLOSE_WAIT = 5.0
 _abandoned: list[Ring] = []
 
 
-class UringGroupImpl(GroupImpl):
+class UringGroupImpl(_GroupState, GroupImpl):
     """The uring part of a :class:`netimpl.SockGroup`."""
 
     def __init__(self, impl: "UringImpl") -> None:

@@ -174,3 +174,55 @@ def test_a_short_send_takes_the_reference_path_and_loses_nothing(request, compil
         assert server.stats.bytes_sent == 4 + len(data)
         assert server._send_ud == 0
     assert not any(op[0] == ugroup.SEND for op in gi._ops.values())
+
+
+def _echo_group(request):
+    """A group serving one uring socket whose read callback appends to ``got``, after one read served."""
+    group = netimpl.SockGroup()
+    request.addfinalizer(group.close)
+    got = bytearray()
+    buf = bytearray(4096)
+
+    def on_read(g, s):
+        n = s.recv_into(buf)
+        got.extend(buf[:n or 0])
+
+    _, client = pair(request, group, on_read)
+    client.writev([b"a"])
+    poll_until(group, lambda: got == b"a")
+    return group, client, got
+
+
+def test_the_group_state_the_compiled_poll_reads_is_a_c_base(request, compiled):
+    """UringGroupImpl's hot state is bridge.c's GroupState, read as fields, seen as attributes."""
+    assert ugroup.UringGroupImpl.__mro__[1] is _bridge.GroupState
+    assert issubclass(_bridge.GroupState, accel.native.GroupImplCore)
+    group, _, _ = _echo_group(request)
+    gi = gi_of(group)
+    assert gi._efd == -1 and gi._next_ud > 1 and gi._owner and gi._ring is not None
+    assert isinstance(gi._backlog, ugroup.deque) and gi._carry == [] and gi._removing == set()
+
+
+def test_a_compiled_poll_that_finds_its_state_missing_raises_naming_it(request, compiled):
+    group, client, got = _echo_group(request)
+    gi = gi_of(group)
+    backlog = gi._backlog
+    del gi._backlog
+    try:
+        with pytest.raises(AttributeError, match="_backlog"):
+            group.poll(timeout=0)
+    finally:
+        gi._backlog = backlog
+    client.writev([b"b"])
+    poll_until(group, lambda: got == b"ab")
+
+
+def test_the_compiled_entry_points_refuse_what_is_not_a_uring_group_impl(request, compiled):
+    group = netimpl.SockGroup()
+    request.addfinalizer(group.close)
+    posix_gi = netimpl.registry.get("posix").group_impl_create()
+    request.addfinalizer(posix_gi.close)
+    for call, args in [(_bridge.poll, (posix_gi, 1, 0.0)), (_bridge.flush_dirty, (posix_gi,)),
+                       (_bridge.prep_dirty, (object(),)), (_bridge.flush_sock, (None, None, False))]:
+        with pytest.raises(TypeError, match="takes a uring group impl"):
+            call(*args)
