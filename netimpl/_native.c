@@ -2070,6 +2070,18 @@ add_to_attr(PyObject *obj, PyObject *name, Py_ssize_t n)
 
 static PyObject *base_has_buffered; /* netimpl.sock.Sock._has_buffered: the recv pipe check done here */
 
+/* args[0].name(*args[1:]), a method its class defines. A compiled one (a builtin that as_method made
+ * a method: the uring group impl's poll and flush_dirty, UringSock._has_buffered) is called as it
+ * is, with no bound method made per call; anything else through the usual lookup. */
+static PyObject *
+call_method(PyObject *name, PyObject *const *args, size_t nargs)
+{
+    PyObject *m = _PyType_Lookup(Py_TYPE(args[0]), name);
+    if (m != NULL && PyInstanceMethod_Check(m))
+        return PyObject_Vectorcall(PyInstanceMethod_GET_FUNCTION(m), args, nargs, NULL);
+    return PyObject_VectorcallMethod(name, args, nargs, NULL);
+}
+
 /* sock._has_buffered(): 1, 0, -1 on error. Done in C unless a class overrides it (TlsSock: OpenSSL's
  * buffers). */
 static int
@@ -2077,7 +2089,7 @@ core_has_buffered(PyObject *sock)
 {
     PyObject *m = _PyType_Lookup(Py_TYPE(sock), s_has_buffered);
     if (m != NULL && m != base_has_buffered) {
-        PyObject *r = PyObject_CallMethodNoArgs(sock, s_has_buffered);
+        PyObject *r = call_method(s_has_buffered, &sock, 1);
         int t = r ? PyObject_IsTrue(r) : -1;
         Py_XDECREF(r);
         return t;
@@ -2100,7 +2112,7 @@ static int
 call_flush_dirty(PyObject *gi)
 {
     PyObject *r = Py_TYPE(gi) == posix_gi_type ? mod_flush_dirty(NULL, gi)
-                                                : PyObject_CallMethodNoArgs(gi, s_flush_dirty);
+                                                : call_method(s_flush_dirty, &gi, 1);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -2356,8 +2368,11 @@ poll_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject *
         PyObject *key = PyTuple_GET_ITEM(kwnames, k);
         int i = 0;
 
-        while (i < 3 && key != interned[i] && PyUnicode_CompareWithASCIIString(key, names[i]) != 0)
+        while (i < 3 && key != interned[i])  /* the names in a caller's code are interned: found by identity */
             i++;
+        if (i == 3)
+            for (i = 0; i < 3 && PyUnicode_CompareWithASCIIString(key, names[i]) != 0; i++)
+                ;
         if (i == 3) {
             PyErr_Format(PyExc_TypeError, "poll() got an unexpected keyword argument '%S'", key);
             return -1;
@@ -2461,16 +2476,9 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
                 goto out;
             continue;
         }
-        /* Another backend's group impl (uring): its own poll, then the same serving loop. A compiled
-         * poll (a builtin made a method by as_method) is called as it is, no bound method made. */
+        /* Another backend's group impl (uring): its own poll, then the same serving loop. */
         PyObject *socks, *pargs[3] = {gi, PyLong_FromLong(max_events), PyFloat_FromDouble(wait)};
-        PyObject *pm = _PyType_Lookup(Py_TYPE(gi), s_poll);
-        if (pargs[1] == NULL || pargs[2] == NULL)
-            socks = NULL;
-        else if (pm != NULL && PyInstanceMethod_Check(pm))
-            socks = PyObject_Vectorcall(PyInstanceMethod_GET_FUNCTION(pm), pargs, 3, NULL);
-        else
-            socks = PyObject_VectorcallMethod(s_poll, pargs, 3, NULL);
+        socks = pargs[1] && pargs[2] ? call_method(s_poll, pargs, 3) : NULL;
         Py_XDECREF(pargs[1]);
         Py_XDECREF(pargs[2]);
         if (socks == NULL)
