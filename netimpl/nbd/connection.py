@@ -238,6 +238,8 @@ class Connection:
                 if self._closing:
                     self.close()
                     return
+            if not self._held:
+                return                    # the common case, without one more call per reply
         self._check_sent(status)
 
     def _check_sent(self, status: int) -> None:
@@ -287,27 +289,32 @@ class Connection:
         """
         if self._closed or self._held:
             return
-        self._guarded(self._readable)
+        try:                              # as _guarded does, with no more calls per request
+            sock = self.sock
+            out: list[Any] = []           # the replies of this call, queued as one request
+            tokens: list[Any] = []        # store buffers they lend, released when it completes
+            self._budget = MAX_UNSENT_BYTES - sock.queued_bytes - self._iovs * IOV_COST
+            for _ in range(_RECEIVES_PER_CALL):
+                if not self._receive(sock, out, tokens):
+                    break
+            self._finish_batch(sock, out, tokens)
+        except Exception as exc:
+            self._failed(exc)
 
     def _guarded(self, serve: Any) -> None:
         """Run ``serve()``; whatever goes wrong with this client ends this client only."""
         try:
             serve()
-        except ProtocolError as exc:
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """Serving this client raised ``exc`` (called while it is handled): end this client only."""
+        if isinstance(exc, ProtocolError):
             self._drop("%s", exc)
-        except Exception:
+        else:
             logger.exception("%s: internal error serving the client; dropping the connection", self.peer)
             self.close()
-
-    def _readable(self) -> None:
-        sock = self.sock
-        out: list[Any] = []              # the replies of this call, queued as one request
-        tokens: list[Any] = []           # store buffers they lend, released when it completes
-        self._budget = MAX_UNSENT_BYTES - sock.queued_bytes - self._iovs * IOV_COST
-        for _ in range(_RECEIVES_PER_CALL):
-            if not self._receive(sock, out, tokens):
-                break
-        self._finish_batch(sock, out, tokens)
 
     def _finish_batch(self, sock: netimpl.Sock, out: list[Any], tokens: list[Any]) -> None:
         if self._closed:
@@ -334,7 +341,8 @@ class Connection:
                     want = min(payload.length - payload.got, BUFFER_SIZE)
                     n = sock.recv_into(self._mv[:want])
             else:
-                self._make_room()
+                if self._pos:                 # the buffer's requests were served: room at its start
+                    self._make_room()
                 end = self._end
                 # after a large write, mostly a header: the payload after it is received in place
                 want = min(_HEADER_READ, BUFFER_SIZE - end) if self._expect_large else BUFFER_SIZE - end

@@ -180,8 +180,11 @@ class NbdServer:
         self._next_timer = min(self._next_timer, self._accept_again)
 
     def _negotiated(self, conn: Connection) -> None:
-        """``conn`` has finished negotiating (or ended): its deadline no longer applies."""
+        """``conn`` has finished negotiating (or ended): its deadline no longer applies (and the
+        poll loop stops reading the clock once no deadline is left)."""
         self._negotiating.pop(conn, None)
+        if not self._negotiating and not self._accept_again:
+            self._next_timer = math.inf
 
     def _forget(self, conn: Connection) -> None:
         self._negotiating.pop(conn, None)

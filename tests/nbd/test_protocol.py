@@ -349,6 +349,29 @@ def test_a_misbehaving_client_is_dropped_and_never_touches_another(nbd, caplog, 
         assert "went away in the middle of a request" in caplog.text
 
 
+class _CacheBug(MemoryStore):
+    """A store whose NBD_CMD_CACHE has a bug (not an OSError): an internal error of the server's."""
+
+    def cache(self, offset: int, length: int) -> None:
+        raise RuntimeError("a bug in the store")
+
+
+def test_an_internal_error_serving_one_client_drops_that_client_only(nbd, caplog):
+    srv = nbd({"": _CacheBug(16 * MiB)})
+    with Client(srv.port) as good:
+        good.connect()
+        assert good.write(0, b"kept" * 1024) == 0
+        with Client(srv.port) as bad:
+            bad.connect()
+            bad.send_request("CACHE", 0, 4096)
+            assert bad.is_closed()
+        assert good.read(0, 4096) == b"kept" * 1024
+    errors = [r for r in caplog.get_records("call") if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "internal error serving the client" in errors[0].getMessage()
+    assert errors[0].exc_info and "a bug in the store" in str(errors[0].exc_info[1])
+    caplog.clear()  # the one ERROR is this test's point, not a broken invariant
+
+
 def test_a_full_disk_is_an_enospc_reply_and_the_server_goes_on(nbd, small_fs, caplog):
     path = small_fs / "disk.img"
     with open(path, "wb") as f:
