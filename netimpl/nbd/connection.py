@@ -298,14 +298,14 @@ class Connection:
                 if not self._receive(sock, out, tokens):
                     break
             self._finish_batch(sock, out, tokens)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (_failed logs it, with its traceback)
             self._failed(exc)
 
     def _guarded(self, serve: Any) -> None:
         """Run ``serve()``; whatever goes wrong with this client ends this client only."""
         try:
             serve()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (_failed logs it, with its traceback)
             self._failed(exc)
 
     def _failed(self, exc: Exception) -> None:

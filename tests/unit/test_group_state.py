@@ -86,7 +86,7 @@ def test_a_poll_whose_group_impl_lost_a_state_attribute_raises_naming_it(request
 
 
 def test_a_poll_whose_state_has_the_wrong_type_raises_type_error(request):
-    group, sock, _ = _posix_group(request)
+    group, _, _ = _posix_group(request)
     gi = group._impls["posix"]
     gi._want_out, want_out = ["not a set"], gi._want_out
     try:
