@@ -82,7 +82,7 @@ static unsigned long long completions;
 static PyObject *s_inflight, *s_check_zcopy, *s_impl_opts, *s_zerocopy_threshold, *s_sent;
 static PyObject *s_read_into, *s_readv;
 static PyObject *s_sys, *s_zc, *s_flush, *s_flush_py, *s_close_now, *s_send_failed, *s_pipe, *s_read,
-    *s_write, *s_full, *s_error, *s_dirty, *s_owner, *s_check_thread, *s_group, *s_wake_fd, *s_polling,
+    *s_write, *s_full, *s_error, *s_dirty, *s_owner, *s_check_thread, *s_group,
     *s_work_arrived;
 
 /* ------------------------------------------------------------------------ */
@@ -926,38 +926,15 @@ gi_owner(PyObject *gi, unsigned long *owner)
 static int
 core_work_arrived(Core *c)
 {
-    PyObject *group = FIELD(c->group);
-    Py_INCREF(group);
-    int rc = 0;
-    if (PyObject_TypeCheck(group, &GroupCoreType)) {
-        GroupCore *g = (GroupCore *)group;
-        if (g->wake_fd >= 0 && !g->polling) {
-            PyObject *r = PyObject_CallMethodNoArgs(group, s_work_arrived);
-            rc = r ? 0 : -1;
-            Py_XDECREF(r);
-        }
-    } else if (group != Py_None) {
-        PyObject *fd = PyObject_GetAttr(group, s_wake_fd);
-        long wake = fd ? PyLong_AsLong(fd) : -1;
-        Py_XDECREF(fd);
-        if (fd == NULL || (wake == -1 && PyErr_Occurred())) {
-            rc = -1;
-        } else if (wake >= 0) {
-            PyObject *polling = PyObject_GetAttr(group, s_polling);
-            int busy = polling ? PyObject_IsTrue(polling) : -1;
-            Py_XDECREF(polling);
-            if (busy < 0) {
-                rc = -1;
-            } else if (!busy) {
-                PyObject *r = PyObject_CallMethodNoArgs(group, s_work_arrived);
-                if (r == NULL)
-                    rc = -1;
-                Py_XDECREF(r);
-            }
-        }
-    }
-    Py_DECREF(group);
-    return rc;
+    /* _group: a SockGroup, which on this core is a GroupCore, or None */
+    GroupCore *g = (GroupCore *)c->group;
+    if (g == NULL || !PyObject_TypeCheck((PyObject *)g, &GroupCoreType) || g->wake_fd < 0 || g->polling)
+        return 0;
+    Py_INCREF(g);
+    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)g, s_work_arrived);
+    Py_DECREF(g);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
 }
 
 /* Run one request's callback; consumes the reference to r. */
@@ -2045,8 +2022,8 @@ error:
  * arming EPOLLOUT (_watch_writable); the orphanage; a uring group impl's own poll. */
 
 static PyTypeObject *posix_gi_type;  /* netimpl.posix.group.PosixGroupImpl */
-static PyObject *s_has_buffered, *s_busy, *s_update_busy, *s_closed, *s_impls, *s_ready, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_epfd, *s_fds,
-    *s_want_out, *s_orphan_fd, *s_orphanage, *s_reap, *s_watch_writable, *s_event, *s_poll_py, *s_flush_dirty,
+static PyObject *s_has_buffered, *s_update_busy, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_fds,
+    *s_want_out, *s_orphanage, *s_reap, *s_watch_writable, *s_event, *s_poll_py, *s_flush_dirty,
     *s_poll, *s_self, *s_max_events, *s_timeout;
 
 #define STACK_EVENTS 256
@@ -2267,8 +2244,7 @@ group_requeue(PyObject *group, PyObject *ready, PyObject *sock)
 static Py_ssize_t
 group_serve(PyObject *group, PyObject *ready, PyObject *impls, PyObject *stats, long max_events)
 {
-    PyObject *socks = IS_GROUP(group) ? member_get(group, ((GroupCore *)group)->socks, s_socks)
-                                      : PyObject_GetAttr(group, s_socks);
+    PyObject *socks = member_get(group, ((GroupCore *)group)->socks, s_socks);  /* group_poll checked its type */
     if (socks == NULL)
         return -1;
     if (!PyDict_Check(socks)) {
@@ -2674,11 +2650,7 @@ PyInit__native(void)
     INTERN(s_owner, "_owner");
     INTERN(s_check_thread, "_check_thread");
     INTERN(s_group, "_group");
-    INTERN(s_wake_fd, "_wake_fd");
-    INTERN(s_polling, "_polling");
     INTERN(s_work_arrived, "_work_arrived");
-    INTERN(s_closed, "_closed");
-    INTERN(s_busy, "_busy");
     INTERN(s_has_buffered, "_has_buffered");
     INTERN(s_read_into, "_read_into");
     INTERN(s_readv, "_readv");
@@ -2688,16 +2660,12 @@ PyInit__native(void)
     INTERN(s_zerocopy_threshold, "zerocopy_threshold");
     INTERN(s_sent, "sent");
     INTERN(s_update_busy, "_update_busy");
-    INTERN(s_impls, "_impls");
-    INTERN(s_ready, "_ready");
     INTERN(s_socks, "_socks");
     INTERN(s_stats, "stats");
     INTERN(s_polls, "polls");
     INTERN(s_callbacks, "callbacks");
-    INTERN(s_epfd, "_epfd");
     INTERN(s_fds, "_fds");
     INTERN(s_want_out, "_want_out");
-    INTERN(s_orphan_fd, "_orphan_fd");
     INTERN(s_orphanage, "_orphanage");
     INTERN(s_reap, "reap");
     INTERN(s_watch_writable, "_watch_writable");

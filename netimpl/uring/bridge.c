@@ -643,9 +643,8 @@ static long K_SEND, K_RECV;              /* group.SEND, group.RECV: the op kinds
 static PyObject *k_send_obj;             /* K_SEND as an int object, for the op table's entries */
 static Py_ssize_t direct_send_max;       /* group.DIRECT_SEND_MAX */
 static Py_ssize_t flush_rounds;          /* group.FLUSH_ROUNDS */
-static PyObject *s_ring, *s_addr, *s_ops, *s_next_ud, *s_inflight, *s_removing, *s_backlog, *s_carry,
-    *s_dirty, *s_dispatch, *s_popleft, *s_owner, *s_efd, *s_unarmed, *s_starved, *s_orphans_armed,
-    *s_impl, *s_orphanage, *s_arm_polls, *s_poll_py, *s_prep_dirty_py, *s_flush_sock_py, *s_recv_other,
+static PyObject *s_ring, *s_addr, *s_ops, *s_inflight, *s_removing, *s_backlog, *s_carry,
+    *s_dirty, *s_dispatch, *s_popleft, *s_impl, *s_orphanage, *s_arm_polls, *s_poll_py, *s_prep_dirty_py, *s_flush_sock_py, *s_recv_other,
     *s_recv_next_py, *s_has_buffered_py, *s_bytes_available, *s_socks, *s_recv_into_py, *s_wait_writable;
 
 #define IS_CORE(o) (core != NULL && PyObject_TypeCheck((o), core->core_type))
@@ -1554,11 +1553,9 @@ PyMODINIT_FUNC PyInit__bridge(void)
 
     static const struct { PyObject **var; const char *s; } names[] = {
         {&s_append, "append"}, {&s_ring, "_ring"}, {&s_addr, "addr"}, {&s_ops, "_ops"},
-        {&s_next_ud, "_next_ud"}, {&s_inflight, "_inflight"}, {&s_removing, "_removing"},
+        {&s_inflight, "_inflight"}, {&s_removing, "_removing"},
         {&s_backlog, "_backlog"}, {&s_carry, "_carry"}, {&s_dirty, "_dirty"}, {&s_dispatch, "_dispatch"},
-        {&s_popleft, "popleft"}, {&s_owner, "_owner"}, {&s_efd, "_efd"}, {&s_unarmed, "_unarmed"},
-        {&s_starved, "_starved"}, {&s_orphans_armed, "_orphans_armed"}, {&s_impl, "impl"},
-        {&s_orphanage, "_orphanage"}, {&s_socks, "_socks"}, {&s_arm_polls, "_arm_polls"}, {&s_poll_py, "_poll_py"},
+        {&s_popleft, "popleft"}, {&s_impl, "impl"}, {&s_orphanage, "_orphanage"}, {&s_socks, "_socks"}, {&s_arm_polls, "_arm_polls"}, {&s_poll_py, "_poll_py"},
         {&s_prep_dirty_py, "_prep_dirty_py"}, {&s_flush_sock_py, "_flush_sock_py"},
         {&s_wait_writable, "_wait_writable"},
         {&s_recv_other, "_recv_other"}, {&s_recv_into_py, "_recv_into_py"},
