@@ -45,6 +45,8 @@ def test_every_contender_is_measured_on_every_workload(quick_run):
     assert f"netimpl-next:{netimpl.default_impl()}" in names  # and reading with recv_next
     need(floor.unavailable())
     assert names[0] == report.FLOOR
+    if not floor.unavailable("uring"):
+        assert names[1] == report.URING_FLOOR  # the io_uring design's floor next to it
     assert doc["contenders"] == names
     got = {(r["workload"], r["contender"]) for r in doc["results"]}
     assert got == {(w, c) for w in ONLY for c in names}
@@ -141,23 +143,44 @@ def test_table_shows_cpu_as_a_multiple_of_the_floor():
 def test_without_the_compiled_floor_the_bench_says_so_and_leaves_it_out(monkeypatch):
     monkeypatch.setattr(floor, "lib", None)
     monkeypatch.setattr(floor, "IMPORT_ERROR", "No module named 'netimpl.bench._floor'")
-    assert report.FLOOR not in contenders()
-    assert unavailable() == [(f"{report.FLOOR} is unavailable: the C floor server is not built "
+    assert report.FLOOR not in contenders() and report.URING_FLOOR not in contenders()
+    assert unavailable() == [(f"{report.FLOOR} and {report.URING_FLOOR} are unavailable: the C floor server is not built "
                               f"(No module named 'netimpl.bench._floor'); {features.INSTALL_HINT}.")]
-    with pytest.raises(RuntimeError, match="not built"):
-        floor.FloorServer(0, -1, "rr", 64, 64)
+    for kind in floor.KINDS:
+        with pytest.raises(RuntimeError, match="not built"):
+            floor.FloorServer(0, -1, "rr", 64, 64, kind=kind)
 
 
-def test_floor_server_refuses_bad_arguments():
+def test_without_io_uring_the_bench_leaves_the_uring_floor_out_and_says_why(monkeypatch):
     need(floor.unavailable())
+    from netimpl.registry import ImplInfo
+
+    monkeypatch.setattr(netimpl, "impls", lambda: [ImplInfo("uring", 10, False, "io_uring is disabled system-wide"),
+                                                   ImplInfo("posix", 0, True, "")])
+    names = contenders()
+    assert names[0] == report.FLOOR and report.URING_FLOOR not in names
+    assert unavailable() == [f"{report.URING_FLOOR} is unavailable: the io_uring floor needs what backend uring "
+                             "needs: io_uring is disabled system-wide."]
+    with socket.create_server(("127.0.0.1", 0)) as ls, pytest.raises(RuntimeError, match="disabled system-wide"):
+        floor.FloorServer(ls.fileno(), -1, "rr", 64, 64, kind="uring")
+
+
+def test_floor_kinds_are_named():
+    with pytest.raises(ValueError, match="'kqueue'"):
+        floor.unavailable("kqueue")
+
+
+@pytest.mark.parametrize("kind", list(floor.KINDS))
+def test_floor_server_refuses_bad_arguments(kind):
+    need(floor.unavailable(kind))
     with socket.create_server(("127.0.0.1", 0)) as ls:
         with pytest.raises(ValueError, match="'nonsense'"):
-            floor.FloorServer(ls.fileno(), -1, "nonsense", 64, 64)
+            floor.FloorServer(ls.fileno(), -1, "nonsense", 64, 64, kind=kind)
         with pytest.raises(ValueError, match="0"):
-            floor.FloorServer(ls.fileno(), -1, "rr", 64, 0)
+            floor.FloorServer(ls.fileno(), -1, "rr", 64, 0, kind=kind)
         with pytest.raises(OSError, match="Bad file descriptor"):
-            floor.FloorServer(-5, -1, "rr", 64, 64)
-        srv = floor.FloorServer(ls.fileno(), -1, "rr", 64, 64)
+            floor.FloorServer(-5, -1, "rr", 64, 64, kind=kind)
+        srv = floor.FloorServer(ls.fileno(), -1, "rr", 64, 64, kind=kind)
         srv.run(0)  # nothing to do: returns at once
         srv.close()
         srv.close()
@@ -168,11 +191,12 @@ def test_floor_server_refuses_bad_arguments():
 # -- the floor server speaks each workload's protocol, byte for byte -------------------------------
 
 class FloorProcess:
-    """``python -m netimpl.bench.servers c-epoll ...``, as the runner starts it (unpinned)."""
+    """``python -m netimpl.bench.servers c-epoll ...`` (or ``c-uring``), as the runner starts it (unpinned)."""
 
-    def __init__(self, mode: str, *sizes: int) -> None:
-        need(floor.unavailable())
-        self.p = subprocess.Popen([sys.executable, "-m", "netimpl.bench.servers", report.FLOOR, mode,
+    def __init__(self, kind: str, mode: str, *sizes: int) -> None:
+        need(floor.unavailable(kind))
+        name = {"epoll": report.FLOOR, "uring": report.URING_FLOOR}[kind]
+        self.p = subprocess.Popen([sys.executable, "-m", "netimpl.bench.servers", name, mode,
                                    *map(str, sizes)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.p.stdout.readline()
         assert line.strip().isdigit(), line + self.p.stderr.read()
@@ -230,9 +254,10 @@ def assert_quiet(socks: list[socket.socket]) -> None:
     assert readable == [], [s.recv(1 << 16) for s in readable]
 
 
+@pytest.mark.parametrize("kind", list(floor.KINDS))
 @pytest.mark.parametrize("w", [w for w in WORKLOADS if w.mode == "rr"], ids=lambda w: w.name)
-def test_floor_answers_each_whole_request_with_one_reply(w):
-    srv = FloorProcess("rr", w.req, w.resp)
+def test_floor_answers_each_whole_request_with_one_reply(w, kind):
+    srv = FloorProcess(kind, "rr", w.req, w.resp)
     try:
         # up to 100 connections: past the server's first table of 64 fds
         conns = [srv.connect() for _ in range(min(w.conns, 100))]
@@ -248,7 +273,7 @@ def test_floor_answers_each_whole_request_with_one_reply(w):
         assert recv_exactly(conns[0], w.resp) == bytes(w.resp)
 
         # More replies than the sockets hold while the client does not read: the server's sends come up
-        # short, the rest waits for EPOLLOUT, and every byte still arrives, in order and no more.
+        # short, the rest waits for write space, and every byte still arrives, in order and no more.
         n = min((32 << 20) // w.resp, (8 << 20) // w.req)
         sender = threading.Thread(target=conns[1 % len(conns)].sendall, args=(bytes(n * w.req),))
         sender.start()
@@ -267,9 +292,10 @@ def test_floor_answers_each_whole_request_with_one_reply(w):
             srv.stop()
 
 
+@pytest.mark.parametrize("kind", list(floor.KINDS))
 @pytest.mark.parametrize("w", [w for w in WORKLOADS if w.mode == "bulk"], ids=lambda w: w.name)
-def test_floor_streams_zeros_to_each_client_until_it_goes(w):
-    srv = FloorProcess("bulk", w.chunk)
+def test_floor_streams_zeros_to_each_client_until_it_goes(w, kind):
+    srv = FloorProcess(kind, "bulk", w.chunk)
     try:
         a, b = srv.connect(), srv.connect()
         for s in (a, b, a):

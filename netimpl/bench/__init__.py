@@ -8,6 +8,9 @@ reports throughput and the server's CPU time per operation (getrusage of
 the server), the figure that does not depend on the client, each with its
 ratio to asyncio, and the CPU time also as a multiple of the floor's:
 ``c-epoll``, a plain C epoll server doing the same work (``floor.c``).
+``c-uring`` is the floor of the io_uring design: a plain C server making
+the kernel calls netimpl's uring backend makes (``floor_uring.c``), so
+that "uring against posix" can be read against "c-uring against c-epoll".
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ __all__ = ["contenders", "main", "unavailable"]
 
 def unavailable() -> list[str]:
     """One sentence for each contender that cannot run here (other than netimpl backends, which ``info`` lists)."""
-    reason = floor.unavailable()
-    return [f"{report.FLOOR} is unavailable: {reason}."] if reason else []
+    if floor.lib is None:  # one module holds both
+        return [f"{report.FLOOR} and {report.URING_FLOOR} are unavailable: {floor.unavailable()}."]
+    out = []
+    for name, kind in ((report.FLOOR, "epoll"), (report.URING_FLOOR, "uring")):
+        reason = floor.unavailable(kind)
+        if reason:
+            out.append(f"{name} is unavailable: {reason}.")
+    return out
 
 
 def contenders(impl: str | None = None) -> list[str]:
@@ -44,7 +53,8 @@ def contenders(impl: str | None = None) -> list[str]:
 
     if impl is not None:
         get(impl)
-    out = [] if floor.unavailable() else [report.FLOOR]
+    out = [name for name, kind in ((report.FLOOR, "epoll"), (report.URING_FLOOR, "uring"))
+           if not floor.unavailable(kind)]
     ours = [f"netimpl:{i.name}" for i in netimpl.impls() if i.available and (impl is None or i.name == impl)]
     out += ours
     if ours:  # the default backend (or the one asked for) once more inside an asyncio loop, and reading by recv_next

@@ -45,6 +45,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include "floor.h"
 
 #define FL_READ_SIZE (256 * 1024)
 #define FL_MAX_EVENTS 64     /* netimpl's bench server polls 64 events at a time */
@@ -87,41 +88,9 @@ static int fl_watch(struct fl *g, int fd, int out)
 static void rr_send(struct fl *g, int fd)
 {
     struct fl_conn *c = &g->c[fd];
-    struct iovec iov[FL_IOV_MAX];
-    struct msghdr msg = { .msg_iov = iov };
+    int rc = fl_send_replies(fd, g->out, g->resp, &c->owed, FL_IOV_MAX);
 
-    while (c->owed) {
-        uint64_t left = c->owed, asked = 0;
-        uint32_t head = (uint32_t)(left % g->resp);  /* the unsent tail of a reply cut by a short send */
-        int n = 0;
-
-        if (head) {
-            iov[n].iov_base = g->out + g->resp - head;
-            iov[n++].iov_len = head;
-            left -= head;
-            asked += head;
-        }
-        for (; left && n < FL_IOV_MAX; n++, left -= g->resp, asked += g->resp) {
-            iov[n].iov_base = g->out;
-            iov[n].iov_len = g->resp;
-        }
-        msg.msg_iovlen = n;
-        ssize_t k = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (k < 0) {
-            if (errno != EAGAIN && errno != EINTR) {
-                fl_drop(g, fd);
-                return;
-            }
-            k = 0;
-        }
-        c->owed -= (uint64_t)k;
-        if ((uint64_t)k < asked) {
-            if (!c->want_out && fl_watch(g, fd, 1) < 0)
-                fl_drop(g, fd);
-            return;
-        }
-    }
-    if (c->want_out && fl_watch(g, fd, 0) < 0)
+    if (rc < 0 || (c->want_out != rc && fl_watch(g, fd, rc) < 0))  /* EPOLLOUT while it is full */
         fl_drop(g, fd);
 }
 
@@ -175,17 +144,11 @@ static void bulk_readable(struct fl *g, int fd)
 
 static int fl_grow(struct fl *g, int fd)
 {
-    int cap = g->cap;
+    int rc = fl_grow_array((void **)&g->c, sizeof(*g->c), g->cap, fd);
 
-    while (cap <= fd)
-        cap *= 2;
-    struct fl_conn *c = realloc(g->c, (size_t)cap * sizeof(*c));
-    if (!c)
-        return -ENOMEM;
-    memset(c + g->cap, 0, (size_t)(cap - g->cap) * sizeof(*c));
-    g->c = c;
-    g->cap = cap;
-    return 0;
+    if (rc == 0)
+        g->cap = fl_grown_cap(g->cap, fd);
+    return rc;
 }
 
 static int fl_accept(struct fl *g)

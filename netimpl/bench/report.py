@@ -14,6 +14,9 @@ from .workloads import Workload
 BASELINE = "asyncio"
 #: The floor: a plain C epoll server of the same protocols (floor.c); each row's CPU is also shown as a multiple of it.
 FLOOR = "c-epoll"
+#: The io_uring design's floor: a plain C server making the kernel calls netimpl's uring backend makes
+#: (floor_uring.c), with no Python between them.
+URING_FLOOR = "c-uring"
 SCHEMA_VERSION = 1
 
 
@@ -153,6 +156,7 @@ def to_json(results: dict, workloads: list[Workload], contenders: list[str], con
         "config": config,
         "baseline": BASELINE,
         "floor": FLOOR,
+        "uring_floor": URING_FLOOR,
         "contenders": contenders,
         "workloads": [{"name": w.name, "title": w.title, "metric": w.metric} for w in workloads],
         "results": [

@@ -8,6 +8,7 @@ response. ``bulk``: stream ``CHUNK``-byte writes to each client until it
 goes. The server prints its port, records its user and system CPU time
 (getrusage, all threads) at each SIGUSR1, and at SIGTERM prints those marks and exits.
 Contenders: ``c-epoll`` (the floor: a plain C epoll server, ``floor.c``),
+``c-uring`` (the io_uring design's floor: a plain C server on netimpl's ring code, ``floor_uring.c``),
 ``netimpl:<backend>``, ``netimpl-aio:<backend>`` (the same server driven by
 ``netimpl.aio.run`` inside an asyncio loop, uvloop's where installed),
 ``netimpl-next:<backend>`` (the same server reading with ``Sock.recv_next``),
@@ -24,7 +25,7 @@ import socket
 import sys
 import threading
 
-from .report import FLOOR
+from .report import FLOOR, URING_FLOOR
 
 MARKS: list[tuple[float, float]] = []
 
@@ -228,13 +229,13 @@ def serve_asyncio(loop_kind: str, mode: str, a: int, b: int) -> None:
     finish()
 
 
-# -- the floor: a plain C epoll server of the same protocols ---------------------
+# -- the floors: plain C servers of the same protocols, on epoll and on io_uring ---
 
-def serve_floor(mode: str, a: int, b: int) -> None:
+def serve_floor(mode: str, a: int, b: int, kind: str = "epoll") -> None:
     from .floor import FloorServer, unavailable
 
-    if unavailable():
-        raise SystemExit(unavailable())
+    if unavailable(kind):
+        raise SystemExit(unavailable(kind))
     ls = socket.create_server(("127.0.0.1", 0), backlog=2048)
     ls.setblocking(False)
     # The C loop runs until a signal arrives: Python's handlers (the CPU marks, the stop) run between its runs.
@@ -243,7 +244,7 @@ def serve_floor(mode: str, a: int, b: int) -> None:
     stop = [False]
     signal.signal(signal.SIGUSR1, mark)
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
-    server = FloorServer(ls.fileno(), wake_r, mode, a, b)
+    server = FloorServer(ls.fileno(), wake_r, mode, a, b, kind=kind)
     announce(ls.getsockname()[1])
     try:
         while not stop[0]:
@@ -304,6 +305,8 @@ def main(argv: list[str]) -> None:
         os.sched_setaffinity(0, {int(cpu)})
     if contender == FLOOR:
         serve_floor(mode, a, b)
+    elif contender == URING_FLOOR:
+        serve_floor(mode, a, b, kind="uring")
     elif contender.startswith("netimpl:"):
         serve_netimpl(contender.split(":", 1)[1], mode, a, b)
     elif contender.startswith("netimpl-aio:"):

@@ -147,6 +147,21 @@ struct ni_rxq {
     uint32_t *len;
 };
 
+/* ring.c's calls, for C that links it (the bench's io_uring floor, bench/floor_uring.c); Python
+ * sees them through ring.cdef. Each int-returning call returns 0 or a count, or -errno. */
+int ni_ring_create(struct ni_ring **out, unsigned entries, unsigned cq_entries, unsigned flags);
+void ni_ring_destroy(struct ni_ring *r);
+unsigned ni_ring_features(struct ni_ring *r);
+unsigned ni_sq_space(struct ni_ring *r);
+int ni_cq_overflowed(struct ni_ring *r);
+int ni_prep_poll_add(struct ni_ring *r, int fd, unsigned mask, uint64_t user_data);
+int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsigned buf_size,
+                      struct ni_bufring **out);
+void ni_bufring_set_bundle(struct ni_bufring *br, int on);
+int ni_rxq_create(struct ni_bufring *br, int fd, uint64_t py_ud, struct ni_rxq **out);
+int ni_prep_recv_multishot(struct ni_ring *r, struct ni_rxq *q);
+int ni_prep_accept_multishot(struct ni_ring *r, int fd, unsigned accept_flags, uint64_t user_data);
+
 #define load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
