@@ -7,8 +7,8 @@ cProfile, pinned to CPU 1; the C load generator runs in a child on CPU 0.
 Contenders: ``netimpl:<backend>`` and ``netimpl-aio:<backend>`` (any
 available backend; the second inside an asyncio loop), ``asyncio``,
 ``uvloop`` (if installed) and ``blocking``, whose connection threads are
-profiled each on its own and reported together. The floor, ``c-epoll``, is
-C: profile it with ``perf`` instead.
+profiled each on its own and reported together. The floors, ``c-epoll`` and
+``c-uring``, are C: profile them with ``perf`` instead.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import netimpl
 from netimpl.bench import servers
 from netimpl.bench.loadgen import LoadGen, unavailable_reason
-from netimpl.bench.report import FLOOR
+from netimpl.bench.report import FLOOR, URING_FLOOR
 from netimpl.bench.workloads import BY_NAME
 
 PROG = "benchmarks/profile_server.py"
@@ -37,7 +37,8 @@ def contenders() -> dict[str, str]:
     """Every contender name this script knows -> '' if it can be profiled here, else why not."""
     out = {f"netimpl:{i.name}": i.reason for i in netimpl.impls()}
     out |= {f"netimpl-aio:{i.name}": i.reason for i in netimpl.impls()}
-    out[FLOOR] = "a C server: cProfile sees none of its work (perf record -p PID shows it)"
+    for floor in (FLOOR, URING_FLOOR):
+        out[floor] = "a C server: cProfile sees none of its work (perf record -p PID shows it)"
     out["asyncio"] = ""
     out["uvloop"] = "" if importlib.util.find_spec("uvloop") else "uvloop is not installed (the bench extra)"
     out["blocking"] = ""

@@ -264,7 +264,7 @@ static int fu_cqe(struct fu *g, uint64_t ud, int res, unsigned flags)
         if (res < 0 && res != -EAGAIN && res != -EINTR) {
             fu_fail(c, fd);
         } else if (g->bulk) {
-            if (res >= 0 && !c->ended)
+            if (!c->ended)
                 return fu_send_ring(g, fd);  /* the next chunks (the rest of a cut one too: zeros) */
         } else {
             uint64_t took = res > 0 ? (uint64_t)res : 0;
