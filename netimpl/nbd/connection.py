@@ -41,8 +41,10 @@ in part, as a torn write does on a disk; it was never acknowledged.
 from __future__ import annotations
 
 import errno
+import functools
 import inspect
 import logging
+import struct
 from typing import TYPE_CHECKING, Any
 
 import netimpl
@@ -97,6 +99,13 @@ _NBD_ERRNOS = frozenset((P.NBD_EPERM, P.NBD_EIO, P.NBD_ENOMEM, P.NBD_EINVAL, P.N
 
 def _nbd_errno(exc: OSError) -> int:
     return exc.errno if exc.errno in _NBD_ERRNOS else P.NBD_EIO
+
+
+#: The whole reply to a request that succeeded and carries no data back, from its handle alone: one
+#: call into C per request (write, flush, trim...), not a Python function's frame.
+_OK_SIMPLE = functools.partial(_SIMPLE, _SIMPLE_MAGIC, 0)
+_OK_STRUCTURED = functools.partial(struct.Struct(">IHHQ4x").pack, _STRUCTURED_MAGIC, _DONE,
+                                   P.NBD_REPLY_TYPE_NONE)  # P.CHUNK with a length of 0
 
 
 def _status_reply(structured: bool, handle: int, error: int) -> bytes:
@@ -449,6 +458,7 @@ class Connection:
         size = store.size
         read_only = store.read_only
         structured = session.structured
+        ok = _OK_STRUCTURED if structured else _OK_SIMPLE
         buf, mv = self._buf, self._mv
         pos, end = self._pos, self._end
         unpack = _REQUEST.unpack_from
@@ -569,7 +579,7 @@ class Connection:
                 logger.warning("%s: unsupported command %d (%s)", self.peer, cmd,
                                P.CMD_NAMES.get(cmd, "unknown"))
                 error = P.NBD_EINVAL
-            out.append(_status_reply(structured, handle, error))
+            out.append(_status_reply(structured, handle, error) if error else ok(handle))
             budget -= IOV_COST
         self._pos, self._end = pos, end
         self._budget = budget
