@@ -159,8 +159,8 @@ def test_without_io_uring_the_bench_leaves_the_uring_floor_out_and_says_why(monk
                                                    ImplInfo("posix", 0, True, "")])
     names = contenders()
     assert names[0] == report.FLOOR and report.URING_FLOOR not in names
-    assert unavailable() == [f"{report.URING_FLOOR} is unavailable: the io_uring floor needs what backend uring "
-                             "needs: io_uring is disabled system-wide."]
+    assert unavailable() == [(f"{report.URING_FLOOR} is unavailable: the io_uring floor needs what backend uring "
+                              "needs: io_uring is disabled system-wide.")]
     with socket.create_server(("127.0.0.1", 0)) as ls, pytest.raises(RuntimeError, match="disabled system-wide"):
         floor.FloorServer(ls.fileno(), -1, "rr", 64, 64, kind="uring")
 
