@@ -197,6 +197,20 @@ def test_pipelined_requests_are_answered_in_order(nbd, structured):
             assert c.reply(4096) == (2000 + i, 0, blocks[i])
 
 
+@pytest.mark.parametrize("handle", [0, 1, 0xDEADBEEFCAFEF00D, 2**64 - 1])
+def test_a_request_that_succeeds_is_answered_with_the_protocols_reply_bytes(handle):
+    # The one-call answer to a write, flush or trim (connection._OK_*) against the protocol's layouts.
+    from netimpl.nbd import connection
+    from netimpl.nbd import protocol as P
+
+    assert connection._OK_SIMPLE(handle) == P.SIMPLE_REPLY.pack(P.NBD_SIMPLE_REPLY_MAGIC, 0, handle)
+    assert P.CHUNK.unpack(connection._OK_STRUCTURED(handle)) == (
+        P.NBD_STRUCTURED_REPLY_MAGIC, P.NBD_REPLY_FLAG_DONE, P.NBD_REPLY_TYPE_NONE, handle, 0)
+    for structured in (False, True):
+        assert (connection._OK_STRUCTURED if structured else connection._OK_SIMPLE)(handle) == \
+            connection._status_reply(structured, handle, 0)
+
+
 def test_one_request_at_a_time_costs_one_receive_and_one_send(nbd):
     # A short read took what there was: no second receive for EAGAIN per request (libuv's rule).
     srv = nbd()
