@@ -60,10 +60,9 @@ struct fl_conn {
 };
 
 struct fl {
-    int ep, lfd, wfd, bulk;
-    uint32_t req, resp, chunk;
+    struct fl_work w;
+    int ep;
     char *in;                /* FL_READ_SIZE */
-    char *out;               /* one reply (rr) or one chunk (bulk) of zeros */
     struct fl_conn *c;       /* by fd */
     int cap;
 };
@@ -88,7 +87,7 @@ static int fl_watch(struct fl *g, int fd, int out)
 static void rr_send(struct fl *g, int fd)
 {
     struct fl_conn *c = &g->c[fd];
-    int rc = fl_send_replies(fd, g->out, g->resp, &c->owed, FL_IOV_MAX);
+    int rc = fl_send_replies(fd, g->w.out, g->w.resp, &c->owed, FL_IOV_MAX);
 
     if (rc < 0 || (c->want_out != rc && fl_watch(g, fd, rc) < 0))  /* EPOLLOUT while it is full */
         fl_drop(g, fd);
@@ -105,11 +104,11 @@ static void rr_readable(struct fl *g, int fd)
         fl_drop(g, fd);
         return;
     }
-    uint64_t all = c->carry + (uint64_t)k, count = all / g->req;
-    c->carry = all % g->req;
+    uint64_t all = c->carry + (uint64_t)k, count = all / g->w.req;
+    c->carry = all % g->w.req;
     if (count) {
         int queued = c->owed != 0;  /* replies already wait for EPOLLOUT: these go behind them */
-        c->owed += count * g->resp;
+        c->owed += count * g->w.resp;
         if (!queued)
             rr_send(g, fd);
     }
@@ -121,14 +120,14 @@ static void bulk_send(struct fl *g, int fd)
     struct fl_conn *c = &g->c[fd];
 
     for (int i = 0; i < FL_BULK_BATCH; i++) {
-        size_t asked = g->chunk - c->carry;
-        ssize_t k = send(fd, g->out + c->carry, asked, MSG_NOSIGNAL);
+        size_t asked = g->w.chunk - c->carry;
+        ssize_t k = send(fd, g->w.out + c->carry, asked, MSG_NOSIGNAL);
         if (k < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 fl_drop(g, fd);
             return;
         }
-        c->carry = (c->carry + (uint64_t)k) % g->chunk;
+        c->carry = (c->carry + (uint64_t)k) % g->w.chunk;
         if ((size_t)k < asked)
             return;
     }
@@ -154,7 +153,7 @@ static int fl_grow(struct fl *g, int fd)
 static int fl_accept(struct fl *g)
 {
     for (;;) {
-        int one = 1, rc, fd = accept4(g->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int one = 1, rc, fd = accept4(g->w.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EAGAIN || errno == EINTR)
                 return 0;
@@ -167,14 +166,14 @@ static int fl_accept(struct fl *g)
             close(fd);
             return rc;
         }
-        struct epoll_event ev = { .events = EPOLLIN | (g->bulk ? EPOLLOUT : 0), .data.fd = fd };
+        struct epoll_event ev = { .events = EPOLLIN | (g->w.bulk ? EPOLLOUT : 0), .data.fd = fd };
         if (epoll_ctl(g->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
             rc = -errno;
             close(fd);
             return rc;
         }
-        g->c[fd] = (struct fl_conn){ .open = 1, .want_out = g->bulk };
-        if (g->bulk)
+        g->c[fd] = (struct fl_conn){ .open = 1, .want_out = g->w.bulk };
+        if (g->w.bulk)
             bulk_send(g, fd);
     }
 }
@@ -183,14 +182,14 @@ void fl_close(struct fl *g)
 {
     if (!g)
         return;
-    for (int fd = 0; fd < g->cap; fd++)
+    for (int fd = 0; g->c && fd < g->cap; fd++)
         if (g->c[fd].open)
             close(fd);
     if (g->ep >= 0)
         close(g->ep);
     free(g->c);
     free(g->in);
-    free(g->out);
+    fl_work_free(&g->w);
     free(g);
 }
 
@@ -200,23 +199,19 @@ int fl_open(struct fl **out, int listen_fd, int wake_fd, int bulk, uint32_t a, u
     int rc;
 
     *out = NULL;
-    if (!a || (!bulk && !b))
-        return -EINVAL;
     g = calloc(1, sizeof(*g));
     if (!g)
         return -ENOMEM;
+    g->ep = -1;
+    if ((rc = fl_work_init(&g->w, listen_fd, wake_fd, bulk, a, b)) < 0) {
+        fl_close(g);
+        return rc;
+    }
     g->ep = epoll_create1(EPOLL_CLOEXEC);
-    g->lfd = listen_fd;
-    g->wfd = wake_fd;
-    g->bulk = bulk;
-    g->req = bulk ? 0 : a;
-    g->resp = bulk ? 0 : b;
-    g->chunk = bulk ? a : 0;
     g->cap = 64;
     g->c = calloc((size_t)g->cap, sizeof(*g->c));
     g->in = malloc(FL_READ_SIZE);
-    g->out = calloc(1, bulk ? a : b);
-    if (g->ep < 0 || !g->c || !g->in || !g->out) {
+    if (g->ep < 0 || !g->c || !g->in) {
         rc = g->ep < 0 ? -errno : -ENOMEM;
         fl_close(g);
         return rc;
@@ -251,15 +246,15 @@ int fl_run(struct fl *g, int timeout_ms)
         for (int k = 0; k < n; k++) {
             int fd = evs[k].data.fd;
             uint32_t e = evs[k].events;
-            if (fd == g->wfd) {
+            if (fd == g->w.wfd) {
                 char drain[64];
                 while (read(fd, drain, sizeof(drain)) > 0)
                     ;
                 woken = 1;
-            } else if (fd == g->lfd) {
+            } else if (fd == g->w.lfd) {
                 if ((rc = fl_accept(g)) < 0)
                     return rc;
-            } else if (g->bulk) {
+            } else if (g->w.bulk) {
                 if (e & (EPOLLIN | EPOLLERR | EPOLLHUP))
                     bulk_readable(g, fd);
                 if (e & EPOLLOUT && g->c[fd].open)

@@ -23,6 +23,30 @@ void fu_close(struct fu *g);
 
 /* Both servers' work, shared. */
 
+/* What a server is asked to do, as fl_open and fu_open take it. */
+struct fl_work {
+    int lfd, wfd, bulk;          /* the listening socket, the signal wakeup fd (or -1), the mode */
+    uint32_t req, resp, chunk;   /* rr: the request and reply sizes; bulk: the chunk's */
+    char *out;                   /* one reply (rr) or one chunk (bulk) of zeros */
+};
+
+/* 0, -EINVAL for a size of 0, or -ENOMEM; fl_work_free undoes it. */
+static inline int fl_work_init(struct fl_work *w, int lfd, int wfd, int bulk, uint32_t a, uint32_t b)
+{
+    if (!a || (!bulk && !b))
+        return -EINVAL;
+    *w = (struct fl_work){ .lfd = lfd, .wfd = wfd, .bulk = bulk, .req = bulk ? 0 : a, .resp = bulk ? 0 : b,
+                           .chunk = bulk ? a : 0 };
+    w->out = calloc(1, bulk ? a : b);
+    return w->out ? 0 : -ENOMEM;
+}
+
+static inline void fl_work_free(struct fl_work *w)
+{
+    free(w->out);
+    w->out = NULL;
+}
+
 /* rr: the iovecs of `owed` reply bytes, one per RESP-byte reply of zeros at `reply` (the first the
  * unsent tail of a reply a short send cut), at most `max`: *n of them, holding the bytes returned. */
 static inline uint64_t fl_gather_replies(char *reply, uint32_t resp, uint64_t owed, struct iovec *iov, int max,

@@ -80,11 +80,10 @@ struct fu_conn {
 };
 
 struct fu {
+    struct fl_work w;
     struct ni_ring *r;
     struct ni_bufring *br;
-    int lfd, wfd, bulk, woken, wake_armed, accept_armed;
-    uint32_t req, resp, chunk;
-    char *out;                /* one reply (rr) or one chunk (bulk) of zeros */
+    int woken, wake_armed, accept_armed;
     struct fu_conn *c;        /* by fd */
     int *todo, ntodo;         /* the sockets to serve this pass: they received, or a send of theirs ended */
     int *owing;               /* of those, the ones to send on */
@@ -144,7 +143,7 @@ static int fu_arm_pollout(struct fu *g, int fd)
 static uint64_t fu_gather(struct fu *g, struct fu_conn *c, struct iovec *iov, unsigned *n)
 {
     int k;
-    uint64_t asked = fl_gather_replies(g->out, g->resp, c->owed, iov, NI_IOV_MAX, &k);
+    uint64_t asked = fl_gather_replies(g->w.out, g->w.resp, c->owed, iov, NI_IOV_MAX, &k);
 
     *n = (unsigned)k;
     return asked;
@@ -154,7 +153,7 @@ static uint64_t fu_gather(struct fu *g, struct fu_conn *c, struct iovec *iov, un
 static int fu_send_direct(struct fu *g, int fd)
 {
     struct fu_conn *c = &g->c[fd];
-    int rc = fl_send_replies(fd, g->out, g->resp, &c->owed, NI_IOV_MAX);
+    int rc = fl_send_replies(fd, g->w.out, g->w.resp, &c->owed, NI_IOV_MAX);
 
     if (rc < 0)
         fu_fail(c, fd);
@@ -170,12 +169,12 @@ static int fu_send_ring(struct fu *g, int fd)
     struct ni_send *s = &c->send;
     int rc;
 
-    if (g->bulk) {
+    if (g->w.bulk) {
         for (s->iovcnt = 0; s->iovcnt < FU_BULK_IOVS; s->iovcnt++) {
-            s->iov[s->iovcnt].iov_base = g->out;
-            s->iov[s->iovcnt].iov_len = g->chunk;
+            s->iov[s->iovcnt].iov_base = g->w.out;
+            s->iov[s->iovcnt].iov_len = g->w.chunk;
         }
-        c->asked = (uint64_t)FU_BULK_IOVS * g->chunk;
+        c->asked = (uint64_t)FU_BULK_IOVS * g->w.chunk;
         s->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
     } else {
         c->asked = fu_gather(g, c, s->iov, &s->iovcnt);
@@ -217,15 +216,15 @@ static int fu_accepted(struct fu *g, int fd)
     c->inflight = c->ended = c->listed = 0;
     if ((rc = fu_arm_recv(g, c)) < 0)
         return rc;
-    return g->bulk ? fu_send_ring(g, fd) : 0;
+    return g->w.bulk ? fu_send_ring(g, fd) : 0;
 }
 
 static int fu_arm_accept(struct fu *g)
 {
     int rc = fu_room(g);
 
-    if (rc < 0 || (rc = ni_prep_accept_multishot(g->r, g->lfd, SOCK_NONBLOCK | SOCK_CLOEXEC,
-                                                 FU_UD(FU_ACCEPT, g->lfd))) < 0)
+    if (rc < 0 || (rc = ni_prep_accept_multishot(g->r, g->w.lfd, SOCK_NONBLOCK | SOCK_CLOEXEC,
+                                                 FU_UD(FU_ACCEPT, g->w.lfd))) < 0)
         return rc;
     g->accept_armed = 1;
     return 0;
@@ -253,7 +252,7 @@ static int fu_cqe(struct fu *g, uint64_t ud, int res, unsigned flags)
     case FU_WAKE: {
         char drain[64];
 
-        while (read(g->wfd, drain, sizeof(drain)) > 0)
+        while (read(g->w.wfd, drain, sizeof(drain)) > 0)
             ;
         g->wake_armed = 0;
         g->woken = 1;
@@ -263,7 +262,7 @@ static int fu_cqe(struct fu *g, uint64_t ud, int res, unsigned flags)
         c->inflight--;
         if (res < 0 && res != -EAGAIN && res != -EINTR) {
             fu_fail(c, fd);
-        } else if (g->bulk) {
+        } else if (g->w.bulk) {
             if (!c->ended)
                 return fu_send_ring(g, fd);  /* the next chunks (the rest of a cut one too: zeros) */
         } else {
@@ -365,9 +364,9 @@ static int fu_serve(struct fu *g)
         if (q->bytes) {
             uint64_t all = c->carry + fu_consume(q);
 
-            if (!g->bulk && !c->ended) {
-                c->owed += all / g->req * g->resp;
-                c->carry = all % g->req;
+            if (!g->w.bulk && !c->ended) {
+                c->owed += all / g->w.req * g->w.resp;
+                c->carry = all % g->w.req;
             }
         }
         if (!q->armed && !c->ended) {
@@ -396,7 +395,7 @@ void fu_close(struct fu *g)
     /* The ring first: closing it cancels what is in flight, so no receive reports into a freed queue. */
     if (g->r)
         ni_ring_destroy(g->r);
-    for (int fd = 0; fd < g->cap; fd++)
+    for (int fd = 0; g->c && fd < g->cap; fd++)
         if (g->c[fd].q) {
             ni_rxq_free(g->c[fd].q);
             close(fd);
@@ -406,7 +405,7 @@ void fu_close(struct fu *g)
     free(g->c);
     free(g->todo);
     free(g->owing);
-    free(g->out);
+    fl_work_free(&g->w);
     free(g);
 }
 
@@ -417,24 +416,22 @@ int fu_open(struct fu **out, int listen_fd, int wake_fd, int bulk, uint32_t a, u
     int rc;
 
     *out = NULL;
-    if (!a || (!bulk && !b))
-        return -EINVAL;
-    if (fcntl(listen_fd, F_GETFD) < 0)  /* as epoll_ctl tells floor.c: the ACCEPT would say so only later */
-        return -errno;
     if ((g = calloc(1, sizeof(*g))) == NULL)
         return -ENOMEM;
-    g->lfd = listen_fd;
-    g->wfd = wake_fd;
-    g->bulk = bulk;
-    g->req = bulk ? 0 : a;
-    g->resp = bulk ? 0 : b;
-    g->chunk = bulk ? a : 0;
+    if ((rc = fl_work_init(&g->w, listen_fd, wake_fd, bulk, a, b)) < 0) {
+        fu_close(g);
+        return rc;
+    }
+    if (fcntl(listen_fd, F_GETFD) < 0) {  /* as epoll_ctl tells floor.c: the ACCEPT would say so only later */
+        rc = -errno;
+        fu_close(g);
+        return rc;
+    }
     g->cap = 64;
     g->c = calloc((size_t)g->cap, sizeof(*g->c));
     g->todo = calloc((size_t)g->cap, sizeof(*g->todo));
     g->owing = calloc((size_t)g->cap, sizeof(*g->owing));
-    g->out = calloc(1, bulk ? a : b);
-    if (!g->c || !g->todo || !g->owing || !g->out) {
+    if (!g->c || !g->todo || !g->owing) {
         fu_close(g);
         return -ENOMEM;
     }
@@ -460,8 +457,8 @@ int fu_run(struct fu *g, int timeout_ms)
     for (;;) {
         if (!g->accept_armed && (rc = fu_arm_accept(g)) < 0)
             return rc;
-        if (g->wfd >= 0 && !g->wake_armed) {
-            if ((rc = fu_room(g)) < 0 || (rc = ni_prep_poll_add(g->r, g->wfd, POLLIN, FU_UD(FU_WAKE, g->wfd))) < 0)
+        if (g->w.wfd >= 0 && !g->wake_armed) {
+            if ((rc = fu_room(g)) < 0 || (rc = ni_prep_poll_add(g->r, g->w.wfd, POLLIN, FU_UD(FU_WAKE, g->w.wfd))) < 0)
                 return rc;
             g->wake_armed = 1;
         }
