@@ -143,10 +143,10 @@ static void bulk_readable(struct fl *g, int fd)
 
 static int fl_grow(struct fl *g, int fd)
 {
-    int rc = fl_grow_array((void **)&g->c, sizeof(*g->c), g->cap, fd);
+    int cap = fl_grown_cap(g->cap, fd), rc = fl_grow_array((void **)&g->c, sizeof(*g->c), g->cap, cap);
 
     if (rc == 0)
-        g->cap = fl_grown_cap(g->cap, fd);
+        g->cap = cap;
     return rc;
 }
 

@@ -49,8 +49,8 @@ static inline void fl_work_free(struct fl_work *w)
 
 /* rr: the iovecs of `owed` reply bytes, one per RESP-byte reply of zeros at `reply` (the first the
  * unsent tail of a reply a short send cut), at most `max`: *n of them, holding the bytes returned. */
-static inline uint64_t fl_gather_replies(char *reply, uint32_t resp, uint64_t owed, struct iovec *iov, int max,
-                                         int *n)
+static inline uint64_t fl_gather_replies(char *reply, uint32_t resp, uint64_t owed, struct iovec *iov,
+                                         unsigned max, unsigned *n)
 {
     uint32_t head = (uint32_t)(owed % resp);
     uint64_t asked = 0;
@@ -71,13 +71,13 @@ static inline uint64_t fl_gather_replies(char *reply, uint32_t resp, uint64_t ow
 
 /* rr: sendmsg(2) on fd what *owed says, at most `max` iovecs a call, until it is sent (then 0), the
  * socket is full (1) or the send failed (-errno); *owed counts down what the kernel took. */
-static inline int fl_send_replies(int fd, char *reply, uint32_t resp, uint64_t *owed, int max)
+static inline int fl_send_replies(int fd, char *reply, uint32_t resp, uint64_t *owed, unsigned max)
 {
     struct iovec iov[max];
     struct msghdr msg = { .msg_iov = iov };
 
     while (*owed) {
-        int n;
+        unsigned n;
         uint64_t asked = fl_gather_replies(reply, resp, *owed, iov, max, &n);
 
         msg.msg_iovlen = n;
@@ -94,28 +94,25 @@ static inline int fl_send_replies(int fd, char *reply, uint32_t resp, uint64_t *
     return 0;
 }
 
-/* Grow *arr, an array of *cap elements of elem bytes indexed by fd, to hold index fd (doubling), the
- * new elements zeroed; *cap is the caller's to update once all its arrays grew. 0 or -ENOMEM. */
-static inline int fl_grow_array(void **arr, size_t elem, int cap, int fd)
-{
-    int want = cap;
-
-    while (want <= fd)
-        want *= 2;
-    char *p = realloc(*arr, (size_t)want * elem);
-    if (!p)
-        return -ENOMEM;
-    memset(p + (size_t)cap * elem, 0, (size_t)(want - cap) * elem);
-    *arr = p;
-    return 0;
-}
-
-/* The capacity fl_grow_array grows to for fd. */
+/* The capacity, doubled from cap, of a table indexed by fd that holds fd. */
 static inline int fl_grown_cap(int cap, int fd)
 {
     while (cap <= fd)
         cap *= 2;
     return cap;
+}
+
+/* Grow *arr, a table of cap elements of elem bytes, to want of them, the new ones zeroed; the
+ * caller updates its capacity once all its tables grew. 0 or -ENOMEM. */
+static inline int fl_grow_array(void **arr, size_t elem, int cap, int want)
+{
+    char *p = realloc(*arr, (size_t)want * elem);
+
+    if (!p)
+        return -ENOMEM;
+    memset(p + (size_t)cap * elem, 0, (size_t)(want - cap) * elem);
+    *arr = p;
+    return 0;
 }
 
 #endif

@@ -139,16 +139,6 @@ static int fu_arm_pollout(struct fu *g, int fd)
     return 0;
 }
 
-/* rr: the iovecs of what c owes, as netimpl gathers them (at most NI_IOV_MAX per send). */
-static uint64_t fu_gather(struct fu *g, struct fu_conn *c, struct iovec *iov, unsigned *n)
-{
-    int k;
-    uint64_t asked = fl_gather_replies(g->w.out, g->w.resp, c->owed, iov, NI_IOV_MAX, &k);
-
-    *n = (unsigned)k;
-    return asked;
-}
-
 /* rr, the direct flush: sendmsg(2) until c owes nothing or the socket is full. */
 static int fu_send_direct(struct fu *g, int fd)
 {
@@ -177,7 +167,7 @@ static int fu_send_ring(struct fu *g, int fd)
         c->asked = (uint64_t)FU_BULK_IOVS * g->w.chunk;
         s->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
     } else {
-        c->asked = fu_gather(g, c, s->iov, &s->iovcnt);
+        c->asked = fl_gather_replies(g->w.out, g->w.resp, c->owed, s->iov, NI_IOV_MAX, &s->iovcnt);  /* as netimpl gathers */
         s->msg_flags = MSG_NOSIGNAL;
     }
     s->fd = fd;
@@ -193,11 +183,13 @@ static int fu_grow(struct fu *g, int fd)
 {
     int rc;
 
-    if ((rc = fl_grow_array((void **)&g->c, sizeof(*g->c), g->cap, fd)) < 0 ||
-        (rc = fl_grow_array((void **)&g->todo, sizeof(*g->todo), g->cap, fd)) < 0 ||
-        (rc = fl_grow_array((void **)&g->owing, sizeof(*g->owing), g->cap, fd)) < 0)
+    int cap = fl_grown_cap(g->cap, fd);
+
+    if ((rc = fl_grow_array((void **)&g->c, sizeof(*g->c), g->cap, cap)) < 0 ||
+        (rc = fl_grow_array((void **)&g->todo, sizeof(*g->todo), g->cap, cap)) < 0 ||
+        (rc = fl_grow_array((void **)&g->owing, sizeof(*g->owing), g->cap, cap)) < 0)
         return rc;
-    g->cap = fl_grown_cap(g->cap, fd);
+    g->cap = cap;
     return 0;
 }
 
@@ -335,21 +327,6 @@ static int fu_enter(struct fu *g, int wait, int64_t timeout_ns)
     return n;
 }
 
-/* The bytes q holds, read: its buffers go back to the ring. */
-static uint64_t fu_consume(struct ni_rxq *q)
-{
-    uint64_t n = q->bytes;
-
-    while (q->count) {
-        ni_bufring_put(q->br, q->bid[q->head]);
-        q->head = (q->head + 1) % q->cap;
-        q->count--;
-    }
-    q->bytes = 0;
-    q->off = 0;
-    return n;
-}
-
 /* The application work of the listed sockets; the ones that owe replies go on g->owing. Their count. */
 static int fu_serve(struct fu *g)
 {
@@ -362,7 +339,7 @@ static int fu_serve(struct fu *g)
 
         c->listed = 0;
         if (q->bytes) {
-            uint64_t all = c->carry + fu_consume(q);
+            uint64_t all = c->carry + ni_rxq_discard(q);  /* read: the buffers go back */
 
             if (!g->w.bulk && !c->ended) {
                 c->owed += all / g->w.req * g->w.resp;

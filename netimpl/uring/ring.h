@@ -344,15 +344,26 @@ static inline int ni_bufring_return(struct ni_bufring *br, uint16_t bid)
     return 0;
 }
 
-/* Free q, its held buffers back to the ring. Its receive must have ended. With the GIL held
- * (_bridge.rxq_free), as every change to a buffer ring that a lent buffer's return makes too. */
-static inline void ni_rxq_free(struct ni_rxq *q)
+/* Hand every buffer q holds back to the ring, unread: the bytes they held. */
+static inline uint64_t ni_rxq_discard(struct ni_rxq *q)
 {
+    uint64_t n = q->bytes;
+
     while (q->count) {
         ni_bufring_put(q->br, q->bid[q->head]);
         q->head = (q->head + 1) % q->cap;
         q->count--;
     }
+    q->bytes = 0;
+    q->off = 0;
+    return n;
+}
+
+/* Free q, its held buffers back to the ring. Its receive must have ended. With the GIL held
+ * (_bridge.rxq_free), as every change to a buffer ring that a lent buffer's return makes too. */
+static inline void ni_rxq_free(struct ni_rxq *q)
+{
+    ni_rxq_discard(q);
     free(q->bid);
     free(q->len);
     free(q);
