@@ -1148,6 +1148,7 @@ core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->dirty);
     Py_VISIT(self->stats);
     Py_VISIT(self->group);
+    Py_VISIT(self->read_cb);
     Py_VISIT(self->pipe);
     Py_VISIT(self->sys);
     Py_VISIT(self->zc);
@@ -1164,6 +1165,7 @@ core_clear(Core *self)
     Py_CLEAR(self->dirty);
     Py_CLEAR(self->stats);
     Py_CLEAR(self->group);
+    Py_CLEAR(self->read_cb);
     Py_CLEAR(self->pipe);
     Py_CLEAR(self->sys);
     Py_CLEAR(self->zc);
@@ -1765,6 +1767,7 @@ static PyMemberDef core_members[] = {
     {"_direct", T_BOOL, offsetof(Core, direct), 0, NULL},
     {"_read_paused", T_BOOL, offsetof(Core, read_paused), 0, NULL},
     {"_group", T_OBJECT, offsetof(Core, group), 0, NULL},
+    {"_read_cb", T_OBJECT, offsetof(Core, read_cb), 0, NULL},
     {"_pipe", T_OBJECT, offsetof(Core, pipe), 0, NULL},
     {"_sys", T_OBJECT, offsetof(Core, sys), 0, NULL},
     {"_zc", T_OBJECT, offsetof(Core, zc), 0, NULL},
@@ -1794,6 +1797,249 @@ static PyTypeObject CoreType = {
     .tp_methods = core_methods,
     .tp_getset = core_getset,
     .tp_members = core_members,
+};
+
+/* ------------------------------------------------------------------------ */
+/* ReadyList: a group's pending-recv list                                    */
+/* ------------------------------------------------------------------------ */
+
+/* SockGroup._ready on the compiled core: the sockets with something to read, in service order.
+ * The list runs through the sockets themselves (Core.ready_prev and ready_next), as SPDK's
+ * pending_recv TAILQ does, so that appending, taking the first and taking one out are pointer
+ * moves, where a dict hashed into a table whose lines a pass over many sockets finds cold. It is an
+ * ordered set with the part of dict's interface the generic layer uses (ready[sock] = None, del,
+ * pop, in, len, iteration, clear); the Python twin uses a dict. A socket is in one list at most. */
+typedef struct {
+    PyObject_HEAD
+    Core *head, *tail;  /* each member holds one reference, owned by the list */
+    Py_ssize_t len;
+} ReadyList;
+
+static PyTypeObject ReadyListType;
+
+#define IS_READY_LIST(o) Py_IS_TYPE((o), &ReadyListType)
+#define RL(o) ((ReadyList *)(o))
+
+/* Append sock (nothing if it is in already): 0, or -1 with an exception. */
+static int
+rl_add(ReadyList *rl, PyObject *sock)
+{
+    if (!PyObject_TypeCheck(sock, &CoreType)) {
+        PyErr_Format(PyExc_TypeError, "a ReadyList holds netimpl sockets, not %.60R", sock);
+        return -1;
+    }
+    Core *c = (Core *)sock;
+    if (c->ready_list == (PyObject *)rl)
+        return 0;
+    if (c->ready_list != NULL) {
+        PyErr_Format(PyExc_ValueError, "%.60R is on another group's pending-recv list", sock);
+        return -1;
+    }
+    Py_INCREF(sock);
+    c->ready_list = (PyObject *)rl;
+    c->ready_next = NULL;
+    c->ready_prev = rl->tail;
+    if (rl->tail != NULL)
+        rl->tail->ready_next = c;
+    else
+        rl->head = c;
+    rl->tail = c;
+    rl->len++;
+    return 0;
+}
+
+/* Take c (a member) out: the list's reference passes to the caller. */
+static PyObject *
+rl_unlink(ReadyList *rl, Core *c)
+{
+    if (c->ready_prev != NULL)
+        c->ready_prev->ready_next = c->ready_next;
+    else
+        rl->head = c->ready_next;
+    if (c->ready_next != NULL)
+        c->ready_next->ready_prev = c->ready_prev;
+    else
+        rl->tail = c->ready_prev;
+    c->ready_prev = c->ready_next = NULL;
+    c->ready_list = NULL;
+    rl->len--;
+    return (PyObject *)c;
+}
+
+static inline int
+rl_has(ReadyList *rl, PyObject *sock)
+{
+    return PyObject_TypeCheck(sock, &CoreType) && ((Core *)sock)->ready_list == (PyObject *)rl;
+}
+
+static PyObject *
+rl_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "ReadyList() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);  /* zeroed: empty */
+}
+
+static int
+rl_traverse(ReadyList *rl, visitproc visit, void *arg)
+{
+    for (Core *c = rl->head; c != NULL; c = c->ready_next)
+        Py_VISIT(c);
+    return 0;
+}
+
+static int
+rl_clear(ReadyList *rl)
+{
+    while (rl->head != NULL)  /* a finalizer run by a decref may change the list: read its head anew */
+        Py_DECREF(rl_unlink(rl, rl->head));
+    return 0;
+}
+
+static void
+rl_dealloc(ReadyList *rl)
+{
+    PyObject_GC_UnTrack(rl);
+    rl_clear(rl);
+    Py_TYPE(rl)->tp_free((PyObject *)rl);
+}
+
+static PyObject *
+rl_repr(ReadyList *rl)
+{
+    return PyUnicode_FromFormat("<netimpl ReadyList of %zd sockets>", rl->len);
+}
+
+static Py_ssize_t
+rl_length(ReadyList *rl)
+{
+    return rl->len;
+}
+
+static int
+rl_contains(ReadyList *rl, PyObject *sock)
+{
+    return rl_has(rl, sock);
+}
+
+/* ready[sock] = None appends it unless it is in; del ready[sock] takes it out (KeyError if not in). */
+static int
+rl_ass_subscript(ReadyList *rl, PyObject *sock, PyObject *value)
+{
+    if (value == NULL) {
+        if (!rl_has(rl, sock)) {
+            PyErr_SetObject(PyExc_KeyError, sock);
+            return -1;
+        }
+        Py_DECREF(rl_unlink(rl, (Core *)sock));
+        return 0;
+    }
+    if (value != Py_None) {
+        PyErr_Format(PyExc_TypeError, "a ReadyList is a set of sockets: its values are None, not %.60R", value);
+        return -1;
+    }
+    return rl_add(rl, sock);
+}
+
+static PyObject *
+rl_subscript(ReadyList *rl, PyObject *sock)
+{
+    if (!rl_has(rl, sock)) {
+        PyErr_SetObject(PyExc_KeyError, sock);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* A list of the members, in order. */
+static PyObject *
+rl_list(ReadyList *rl)
+{
+    PyObject *l = PyList_New(rl->len);
+    Py_ssize_t i = 0;
+
+    if (l == NULL)
+        return NULL;
+    for (Core *c = rl->head; c != NULL; c = c->ready_next) {
+        Py_INCREF(c);
+        PyList_SET_ITEM(l, i++, (PyObject *)c);
+    }
+    return l;
+}
+
+/* Iterates over the members as they were when it began (the serving loop changes the list). */
+static PyObject *
+rl_iter(ReadyList *rl)
+{
+    PyObject *l = rl_list(rl), *it;
+
+    if (l == NULL)
+        return NULL;
+    it = PyObject_GetIter(l);
+    Py_DECREF(l);
+    return it;
+}
+
+static PyObject *
+rl_pop(ReadyList *rl, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "pop expected 1 or 2 arguments, got %zd", nargs);
+        return NULL;
+    }
+    if (rl_has(rl, args[0])) {
+        Py_DECREF(rl_unlink(rl, (Core *)args[0]));
+        Py_RETURN_NONE;
+    }
+    if (nargs == 2) {
+        Py_INCREF(args[1]);
+        return args[1];
+    }
+    PyErr_SetObject(PyExc_KeyError, args[0]);
+    return NULL;
+}
+
+static PyObject *
+rl_py_clear(ReadyList *rl, PyObject *unused)
+{
+    rl_clear(rl);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef rl_methods[] = {
+    {"pop", (PyCFunction)(void (*)(void))rl_pop, METH_FASTCALL,
+     "pop(sock[, default]): take sock out; None, or default (KeyError without one) if it was not in."},
+    {"clear", (PyCFunction)rl_py_clear, METH_NOARGS, "Take every socket out."},
+    {NULL},
+};
+
+static PyMappingMethods rl_as_mapping = {
+    .mp_length = (lenfunc)rl_length,
+    .mp_subscript = (binaryfunc)rl_subscript,
+    .mp_ass_subscript = (objobjargproc)rl_ass_subscript,
+};
+
+static PySequenceMethods rl_as_sequence = {
+    .sq_contains = (objobjproc)rl_contains,
+};
+
+static PyTypeObject ReadyListType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netimpl._native.ReadyList",
+    .tp_basicsize = sizeof(ReadyList),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "ReadyList(): a group's pending-recv list, an ordered set of sockets linked through them.",
+    .tp_new = rl_new,
+    .tp_dealloc = (destructor)rl_dealloc,
+    .tp_traverse = (traverseproc)rl_traverse,
+    .tp_clear = (inquiry)rl_clear,
+    .tp_repr = (reprfunc)rl_repr,
+    .tp_iter = (getiterfunc)rl_iter,
+    .tp_as_mapping = &rl_as_mapping,
+    .tp_as_sequence = &rl_as_sequence,
+    .tp_methods = rl_methods,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -2022,7 +2268,7 @@ error:
  * arming EPOLLOUT (_watch_writable); the orphanage; a uring group impl's own poll. */
 
 static PyTypeObject *posix_gi_type;  /* netimpl.posix.group.PosixGroupImpl */
-static PyObject *s_has_buffered, *s_update_busy, *s_socks, *s_stats, *s_polls, *s_callbacks, *s_fds,
+static PyObject *s_has_buffered, *s_update_busy, *s_stats, *s_polls, *s_callbacks, *s_fds,
     *s_want_out, *s_orphanage, *s_reap, *s_watch_writable, *s_event, *s_poll_py, *s_flush_dirty,
     *s_poll, *s_self, *s_max_events, *s_timeout;
 
@@ -2096,7 +2342,7 @@ call_flush_dirty(PyObject *gi)
     return 0;
 }
 
-/* PosixGroupImpl.poll, adding the readable sockets to ready (a dict, in order). */
+/* PosixGroupImpl.poll, adding the readable sockets to ready (the group's ReadyList). */
 static int
 posix_gi_poll(PyObject *gi, double wait, PyObject *ready)
 {
@@ -2205,7 +2451,7 @@ posix_gi_poll(PyObject *gi, double wait, PyObject *ready)
             readable = r ? PyObject_IsTrue(r) : -1;
             Py_XDECREF(r);
         }
-        int err = readable < 0 || (readable && PyDict_SetItem(ready, sock, Py_None) < 0);
+        int err = readable < 0 || (readable && rl_add(RL(ready), sock) < 0);
         Py_DECREF(sock);
         if (err)
             goto out;
@@ -2237,37 +2483,20 @@ group_requeue(PyObject *group, PyObject *ready, PyObject *sock)
     int buffered = core_has_buffered(sock);
     if (buffered <= 0)
         return buffered;
-    return PyDict_SetItem(ready, sock, Py_None);
+    return rl_add(RL(ready), sock);
 }
 
 /* SockGroup._serve: up to max_events read callbacks, then flush what they queued. */
 static Py_ssize_t
 group_serve(PyObject *group, PyObject *ready, PyObject *impls, PyObject *stats, long max_events)
 {
-    PyObject *socks = member_get(group, ((GroupCore *)group)->socks, s_socks);  /* group_poll checked its type */
-    if (socks == NULL)
-        return -1;
-    if (!PyDict_Check(socks)) {
-        Py_DECREF(socks);
-        PyErr_SetString(PyExc_TypeError, "SockGroup._socks must be a dict");
-        return -1;
-    }
     Py_ssize_t served = 0;
-    while (served < max_events && PyDict_GET_SIZE(ready)) {
-        Py_ssize_t pos = 0;
-        PyObject *sock, *v;
-        PyDict_Next(ready, &pos, &sock, &v);
-        Py_INCREF(sock);
-        if (PyDict_DelItem(ready, sock) < 0)
-            goto fail_sock;
-        PyObject *cb = PyDict_GetItemWithError(socks, sock);
-        if (cb == NULL) {
-            if (PyErr_Occurred())
-                goto fail_sock;
-            Py_DECREF(sock);
-            continue;
-        }
-        if (PyObject_TypeCheck(sock, &CoreType) && ((Core *)sock)->read_paused) {
+    while (served < max_events && RL(ready)->head != NULL) {
+        Core *c = RL(ready)->head;
+        PyObject *sock = rl_unlink(RL(ready), c);  /* the list's reference, now ours */
+        /* Still in this group and not paused: its callback. */
+        PyObject *cb = c->group == group && !c->read_paused ? c->read_cb : NULL;
+        if (cb == NULL || cb == Py_None) {
             Py_DECREF(sock);
             continue;
         }
@@ -2288,13 +2517,12 @@ group_serve(PyObject *group, PyObject *ready, PyObject *impls, PyObject *stats, 
         int rc = group_requeue(group, ready, sock);
         Py_DECREF(sock);
         if (rc < 0)
-            goto fail;
+            return -1;
         continue;
     fail_sock:
         Py_DECREF(sock);
-        goto fail;
+        return -1;
     }
-    Py_DECREF(socks);
     if (add_to_attr(stats, s_callbacks, served) < 0)
         return -1;
     if (served) {
@@ -2319,9 +2547,6 @@ group_serve(PyObject *group, PyObject *ready, PyObject *impls, PyObject *stats, 
         return -1;
     Py_DECREF(r);
     return served;
-fail:
-    Py_DECREF(socks);
-    return -1;
 }
 
 /* poll(self, max_events=32, timeout=0.0)'s arguments, as vectorcall passes them (no tuple, no dict
@@ -2401,8 +2626,8 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
     GroupCore *g = (GroupCore *)group;
     /* A closed group (EBADF) and what is not a GroupCore go to _poll_py. */
     if (fast && IS_GROUP(group) && !g->closed && g->impls && g->ready && PyDict_Check(g->impls) &&
-        PyDict_Check(g->ready)) {
-        Py_ssize_t nimpls = PyDict_GET_SIZE(g->impls), nready = PyDict_GET_SIZE(g->ready);
+        IS_READY_LIST(g->ready)) {
+        Py_ssize_t nimpls = PyDict_GET_SIZE(g->impls), nready = RL(g->ready)->len;
         if (g->wake_fd >= 0) {
             /* fileno() was asked for (netimpl.aio drives the group with timeout 0): served here too,
              * unless this poll may wait, which _poll_py does on the waiter epoll. */
@@ -2442,7 +2667,7 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
     stats = member_get(group, g->stats, s_stats);
     if (stats == NULL || add_to_attr(stats, s_polls, 1) < 0)
         goto out;
-    double wait = PyDict_GET_SIZE(ready) || exported || PyDict_GET_SIZE(impls) > 1 ? 0.0 : timeout;
+    double wait = RL(ready)->len || exported || PyDict_GET_SIZE(impls) > 1 ? 0.0 : timeout;
     if ((gis = PyDict_Values(impls)) == NULL)
         goto out;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gis); i++) {
@@ -2465,7 +2690,7 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
             goto out;
         PyObject *sock;
         while ((sock = PyIter_Next(it)) != NULL) {
-            int rc = PyDict_SetItem(ready, sock, Py_None);
+            int rc = rl_add(RL(ready), sock);
             Py_DECREF(sock);
             if (rc < 0)
                 break;
@@ -2660,7 +2885,6 @@ PyInit__native(void)
     INTERN(s_zerocopy_threshold, "zerocopy_threshold");
     INTERN(s_sent, "sent");
     INTERN(s_update_busy, "_update_busy");
-    INTERN(s_socks, "_socks");
     INTERN(s_stats, "stats");
     INTERN(s_polls, "polls");
     INTERN(s_callbacks, "callbacks");
@@ -2678,7 +2902,7 @@ PyInit__native(void)
     INTERN(s_flush_dirty, "flush_dirty");
     if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&CoreType) < 0 ||
         PyType_Ready(&PipeType) < 0 || PyType_Ready(&GroupCoreType) < 0 || PyType_Ready(&GroupImplCoreType) < 0 ||
-        PyType_Ready(&PosixGroupStateType) < 0)
+        PyType_Ready(&PosixGroupStateType) < 0 || PyType_Ready(&ReadyListType) < 0)
         return NULL;
     owner_member = PyDict_GetItemWithError(GroupImplCoreType.tp_dict, s_owner);  /* the type holds it */
     if (owner_member == NULL)
@@ -2693,6 +2917,7 @@ PyInit__native(void)
         PyModule_AddObjectRef(m, "GroupCore", (PyObject *)&GroupCoreType) < 0 ||
         PyModule_AddObjectRef(m, "GroupImplCore", (PyObject *)&GroupImplCoreType) < 0 ||
         PyModule_AddObjectRef(m, "PosixGroupState", (PyObject *)&PosixGroupStateType) < 0 ||
+        PyModule_AddObjectRef(m, "ReadyList", (PyObject *)&ReadyListType) < 0 ||
         PyModule_AddIntConstant(m, "IOV_BATCH_SIZE", IOV_BATCH_SIZE) < 0) {
         Py_DECREF(m);
         return NULL;

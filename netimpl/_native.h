@@ -19,7 +19,7 @@
 
 #define NI_CORE_API_NAME "netimpl._native._C_API"
 /* Bumped whenever a layout below or the table changes: a stale build refuses to pair. */
-#define NI_CORE_API_VERSION 3
+#define NI_CORE_API_VERSION 4
 /* The most iovecs one gather fills (IOV_BATCH_SIZE in the Python core). */
 #define NI_GATHER_MAX 64
 
@@ -50,7 +50,7 @@ typedef struct {
     Py_ssize_t len;
 } ReqQueue;
 
-typedef struct {
+typedef struct Core {
     PyObject_HEAD
     ReqQueue queued;         /* each request in a queue holds one reference owned by the queue */
     ReqQueue pending;
@@ -68,6 +68,11 @@ typedef struct {
     /* Attributes of the generic layer and the posix backend kept here so the hot path reads them
      * without a dict lookup; Python sees them as ordinary attributes. */
     PyObject *group;         /* _group: the SockGroup */
+    PyObject *read_cb;       /* _read_cb: the read callback that group calls for it */
+    /* The group's pending-recv list (SockGroup._ready, a ReadyList) runs through its sockets, as
+     * SPDK's pending_recv TAILQ does: a socket is in at most one, which holds a reference to it. */
+    PyObject *ready_list;    /* the ReadyList it is in (borrowed: the list unlinks it before it goes), or NULL */
+    struct Core *ready_prev, *ready_next;
     PyObject *pipe;          /* _pipe: the recv pipe or None */
     PyObject *sys;           /* _sys: the posix syscall seam */
     PyObject *zc;            /* _zc: the posix zero-copy tracker or None */

@@ -18,8 +18,8 @@ from types import ModuleType
 from . import _pycore
 from .errors import callback_errors, ebadf, logger, wrong_thread
 
-__all__ = ["native", "reason", "Request", "SockCore", "GroupCore", "GroupImplCore", "PosixGroupState", "completions",
-           "flush_dirty", "ENV_VAR"]
+__all__ = ["native", "reason", "Request", "SockCore", "GroupCore", "GroupImplCore", "PosixGroupState", "ReadyList",
+           "completions", "flush_dirty", "ENV_VAR"]
 
 ENV_VAR = "NETIMPL_NATIVE"
 
@@ -46,6 +46,8 @@ if native is not None:
     GroupCore = native.GroupCore
     GroupImplCore = native.GroupImplCore
     PosixGroupState = native.PosixGroupState
+    #: A group's pending-recv list: an ordered set of sockets linked through them (SockGroup._ready).
+    ReadyList = native.ReadyList
     #: ``GroupImpl.flush_dirty``, compiled: one C call flushes every dirty socket.
     flush_dirty = native.as_method(native.flush_dirty)
 
@@ -58,4 +60,5 @@ else:
     GroupCore = _pycore.GroupCore  # type: ignore[misc]
     GroupImplCore = _pycore.GroupImplCore  # type: ignore[misc]
     PosixGroupState = _pycore.PosixGroupState  # type: ignore[misc]
+    ReadyList = dict  # type: ignore[misc] (the same ordered set, as a dict of sockets to None)
     flush_dirty = _pycore.flush_dirty

@@ -39,6 +39,7 @@ from .stats import SockStatsType
 
 if TYPE_CHECKING:
     from .group import SockGroup
+    from .group.sockgroup import ReadCallback
     from .impl import GroupImpl, NetImpl
     from .options import ImplOpts, SockOpts
 
@@ -73,6 +74,7 @@ class Sock(SockCore, metaclass=_SockType):
         self._sock_opts = sock_opts
         self._init_queues()
         self._group: "SockGroup | None" = None
+        self._read_cb: "ReadCallback | None" = None  # the callback _group calls when it is readable
         self._group_impl: "GroupImpl | None" = None
         self._group_pid = -1
         self._read_paused = False  # SockGroup.pause_reading: no read callback, no readiness wake-up

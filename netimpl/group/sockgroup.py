@@ -19,7 +19,7 @@ import select
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..accel import GroupCore, native
+from ..accel import GroupCore, ReadyList, native
 from ..errors import callback_errors, ebadf, logger, oserror
 from ..stats import GroupStats
 from .placement import placement_map
@@ -55,7 +55,7 @@ class SockGroup(GroupCore):
         self.stats = GroupStats()
         self._impls: dict[str, "GroupImpl"] = {}
         self._socks: dict["Sock", ReadCallback] = {}
-        self._ready: dict["Sock", None] = {}  # the pending-recv list, in service order
+        self._ready: dict["Sock", None] = ReadyList()  # the pending-recv list, in service order
         self._closed = False
         self._waiter: select.epoll | None = None  # over the group impls' fds (and _wake_fd): mixed waits, fileno()
         self._wake_fd = -1        # eventfd: set while poll has work of its own (fileno() asked for)
@@ -99,6 +99,7 @@ class SockGroup(GroupCore):
         gi.socks[sock] = None
         sock._group = self
         sock._group_impl = gi
+        sock._read_cb = cb
         self._socks[sock] = cb
         if sock._queued:
             gi._dirty[sock] = None
@@ -176,6 +177,7 @@ class SockGroup(GroupCore):
         self._ready.pop(sock, None)
         sock._group = None
         sock._group_impl = None
+        sock._read_cb = None
         sock._read_paused = False
         if sock._group_pid >= 0:
             placement_map.release(sock._group_pid, self)
@@ -314,13 +316,12 @@ class SockGroup(GroupCore):
     def _serve(self, max_events: int) -> int:
         ready = self._ready
         served = 0
-        socks = self._socks
         while served < max_events and ready:
             sock = next(iter(ready))
             del ready[sock]
-            cb = socks.get(sock)
-            if cb is None or sock._read_paused:
+            if sock._group is not self or sock._read_paused:
                 continue
+            cb = sock._read_cb
             served += 1
             try:
                 cb(self, sock)

@@ -313,9 +313,18 @@ def test_request_callback_closes_another_socket_with_completions_in_the_same_bat
     assert not [r.getMessage() for r in caplog.records if r.name == "netimpl"]
 
 
-def test_read_callback_closes_another_ready_socket(net):
+def _two_ready(net, cb):
+    """A group with two sockets, each with a byte waiting, both served by ``cb``: the group and the sockets."""
     (c1, s1), (c2, s2) = net.pair(), net.pair()
     g = net.group()
+    g.add_sock(s1, cb)
+    g.add_sock(s2, cb)
+    c1.writev([b"x"])
+    c2.writev([b"y"])
+    return g, s1, s2
+
+
+def test_read_callback_closes_another_ready_socket(net):
     served = []
 
     def on_read(grp, sock):
@@ -323,14 +332,57 @@ def test_read_callback_closes_another_ready_socket(net):
         sock.recv_into(bytearray(16))
         (s2 if sock is s1 else s1).close()
 
-    g.add_sock(s1, on_read)
-    g.add_sock(s2, on_read)
-    c1.writev([b"x"])
-    c2.writev([b"y"])
+    g, s1, s2 = _two_ready(net, on_read)
     wait_for(lambda: served, lambda: g.poll(timeout=0.01))
     for _ in range(5):
         g.poll()
     assert len(served) == 1  # the other was closed before its turn and never served
+
+
+def test_read_callback_pauses_another_ready_socket_which_waits_for_its_resume(net):
+    served = []
+
+    def on_read(grp, sock):
+        served.append(sock)
+        sock.recv_into(bytearray(16))
+        other = s2 if sock is s1 else s1
+        if not other.closed and other.group is grp:
+            grp.pause_reading(other)
+
+    g, s1, s2 = _two_ready(net, on_read)
+    wait_for(lambda: served, lambda: g.poll(timeout=0.01))
+    for _ in range(5):
+        g.poll(timeout=0.01)
+    assert len(served) == 1  # the other was paused before its turn
+    first = served[0]
+    paused = s2 if first is s1 else s1
+    g.resume_reading(paused)
+    wait_for(lambda: len(served) == 2, lambda: g.poll(timeout=0.01))
+    assert served[1] is paused
+
+
+def test_a_socket_a_callback_removes_and_adds_back_is_served_by_its_new_callback(net):
+    calls = []
+
+    def old(grp, sock):
+        calls.append(("old", sock))
+        sock.recv_into(bytearray(16))
+        other = s2 if sock is s1 else s1
+        if ("new", other) not in calls and other.group is grp:
+            grp.remove_sock(other)
+            grp.add_sock(other, new)
+
+    def new(grp, sock):
+        calls.append(("new", sock))
+        sock.recv_into(bytearray(16))
+
+    g, s1, s2 = _two_ready(net, old)
+    wait_for(lambda: len(calls) == 2, lambda: g.poll(timeout=0.01))
+    (k1, first), (k2, second) = calls
+    assert k1 == "old" and (k2, second) == ("new", s2 if first is s1 else s1)
+    assert second._read_cb is new and first._read_cb is old
+    g.remove_sock(second)
+    assert second._read_cb is None
 
 
 def test_listener_in_a_group_accepts_from_its_callback(net):
