@@ -1773,6 +1773,7 @@ static PyMemberDef core_members[] = {
     {"_zc", T_OBJECT, offsetof(Core, zc), 0, NULL},
     /* The uring backend's (see _native.h). */
     {"_send_ud", T_ULONGLONG, offsetof(Core, send_ud), 0, NULL},
+    {"_write_ud", T_ULONGLONG, offsetof(Core, write_ud), 0, NULL},
     {"_send_addr", T_ULONGLONG, offsetof(Core, send_addr), 0, NULL},
     {"_send_total", T_PYSSIZET, offsetof(Core, send_total), 0, NULL},
     {"_send_iovs", T_OBJECT, offsetof(Core, send_iovs), 0, NULL},

@@ -79,6 +79,7 @@ typedef struct Core {
     /* The uring backend's per-socket state (netimpl/uring/sock.py names each), here for the same
      * reason: its completion loop (bridge.c) reads it per request. */
     unsigned long long send_ud;   /* _send_ud: the write task in flight, 0 when none */
+    unsigned long long write_ud;  /* _write_ud: the op-table entry of its plain write tasks, 0 when none */
     unsigned long long send_addr; /* _send_addr: its struct ni_send */
     Py_ssize_t send_total;        /* _send_total: bytes that task asked the kernel to take */
     PyObject *send_iovs;          /* _send_iovs: what its iovecs point into, held until the CQE */

@@ -640,10 +640,9 @@ static PyObject *b_rx_lend(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
 static const struct ni_core_api *core;   /* NULL until use_core(): then these functions refuse */
 static long K_SEND, K_RECV;              /* group.SEND, group.RECV: the op kinds */
-static PyObject *k_send_obj;             /* K_SEND as an int object, for the op table's entries */
 static Py_ssize_t direct_send_max;       /* group.DIRECT_SEND_MAX */
 static Py_ssize_t flush_rounds;          /* group.FLUSH_ROUNDS */
-static PyObject *s_ring, *s_addr, *s_ops, *s_inflight, *s_removing, *s_backlog, *s_carry,
+static PyObject *s_ring, *s_addr, *s_ops, *s_removing, *s_backlog, *s_carry,
     *s_dirty, *s_dispatch, *s_popleft, *s_impl, *s_orphanage, *s_arm_polls, *s_poll_py, *s_prep_dirty_py, *s_flush_sock_py, *s_recv_other,
     *s_recv_next_py, *s_has_buffered_py, *s_bytes_available, *s_socks, *s_recv_into_py, *s_wait_writable;
 
@@ -661,9 +660,10 @@ typedef struct {
     PyObject *unarmed;    /* _unarmed: sockets whose readiness poll is not armed */
     PyObject *starved;    /* _starved: multishot receives ended by ENOBUFS */
     PyObject *removing;   /* _removing: sockets being removed, a set */
-    PyObject *inflight;   /* _inflight: socket -> operations in flight */
+    PyObject *inflight;   /* _inflight: socket -> its polls, receives and accepts in flight */
     PyObject *carry;      /* _carry: readable sockets found outside poll, a list */
     unsigned long long next_ud;  /* _next_ud */
+    unsigned long long ring_sends;  /* _ring_sends: write tasks started on the ring (SEND, SENDMSG_ZC) */
     int efd;              /* _efd: the eventfd behind fileno(), -1 until asked for */
     char orphans_armed;   /* _orphans_armed */
 } GroupState;
@@ -678,6 +678,7 @@ static PyMemberDef gs_members[] = {
     {"_inflight", T_OBJECT_EX, offsetof(GroupState, inflight), 0, NULL},
     {"_carry", T_OBJECT_EX, offsetof(GroupState, carry), 0, NULL},
     {"_next_ud", T_ULONGLONG, offsetof(GroupState, next_ud), 0, NULL},
+    {"_ring_sends", T_ULONGLONG, offsetof(GroupState, ring_sends), 0, NULL},
     {"_efd", T_INT, offsetof(GroupState, efd), 0, NULL},
     {"_orphans_armed", T_BOOL, offsetof(GroupState, orphans_armed), 0, NULL},
     {NULL},
@@ -746,24 +747,6 @@ static int in_set(PyObject *set, PyObject *o)
     return PySet_GET_SIZE(set) ? PySet_Contains(set, o) : 0;
 }
 
-/* counts[sock] += d */
-static int count_add(PyObject *counts, PyObject *sock, long d, long dflt)
-{
-    PyObject *v = PyDict_GetItemWithError(counts, sock), *n;
-    long cur = dflt;
-    int rc;
-
-    if (v == NULL && PyErr_Occurred())
-        return -1;
-    if (v != NULL && (cur = PyLong_AsLong(v)) == -1 && PyErr_Occurred())
-        return -1;
-    if ((n = PyLong_FromLong(cur + d)) == NULL)
-        return -1;
-    rc = PyDict_SetItem(counts, sock, n);
-    Py_DECREF(n);
-    return rc;
-}
-
 /* gi._dirty[sock] = None (the socket's cached dict, or the attribute when it has none cached). */
 static int mark_dirty(PyObject *gi, Core *c)
 {
@@ -814,7 +797,7 @@ static int submit_now(struct ni_ring *r)
 static int flush_one(PyObject *gi, PyObject *sock, int submit, int direct)
 {
     Core *c = (Core *)sock;
-    PyObject *removing, *ops, *inflight, *held_t, *key, *op;
+    PyObject *removing, *held_t;
     PyObject *held[NI_IOV_MAX];
     struct ni_ring *r;
     struct ni_send *s;
@@ -871,7 +854,7 @@ again:
         full = c->stats->bytes_sent - sent < offered;  /* it took less than it was offered */
         goto again;
     }
-    if (!c->send_addr)
+    if (!c->send_addr || !c->write_ud)
         goto python;  /* the first ring send's struct: made by Python */
     if ((r = group_ring(gi)) == NULL) {
         if (PyErr_Occurred())
@@ -909,44 +892,29 @@ again:
         PyErr_SetFromErrnoWithFilename(PyExc_OSError, "prep_send");
         return -1;
     }
-    rc = -1;
-    key = op = ops = inflight = NULL;
-    ud = GS(gi)->next_ud;
-    if ((key = PyLong_FromUnsignedLongLong(ud)) == NULL)
-        goto out;
-    GS(gi)->next_ud = ud + 1;
-    if ((ops = GS_GET(gi, ops, s_ops)) == NULL || (inflight = GS_GET(gi, inflight, s_inflight)) == NULL)
-        goto out;
-    if ((op = PyTuple_Pack(3, k_send_obj, sock, Py_False)) == NULL || PyObject_SetItem(ops, key, op) < 0)
-        goto out;
+    /* The socket's own op-table entry (SEND, sock, False), made by add_sock: nothing made per send. */
+    ud = c->write_ud;
     s->iovcnt = (unsigned)cnt;
     s->zerocopy = 0;
     s->user_data = ud;
     if ((rc = ni_prep_send_inline(r, s)) < 0) {
-        PyObject_DelItem(ops, key);
+        Py_DECREF(held_t);
         errno = -rc;
         PyErr_SetFromErrnoWithFilename(PyExc_OSError, "prep_send");
-        goto out;
+        return -1;
     }
     Py_XSETREF(c->send_iovs, held_t);
-    held_t = NULL;
     c->send_total = total;
     c->send_ud = ud;
-    if (unmark_dirty(gi, c) < 0 || count_add(inflight, sock, 1, 0) < 0)
-        goto out;
+    GS(gi)->ring_sends++;
+    if (unmark_dirty(gi, c) < 0)
+        return -1;
     if (submit) {
         c->stats->syscalls++;
         if (submit_now(r) < 0)
-            goto out;
+            return -1;
     }
-    rc = 0;
-out:
-    Py_XDECREF(held_t);
-    Py_XDECREF(key);
-    Py_XDECREF(op);
-    Py_XDECREF(ops);
-    Py_XDECREF(inflight);
-    return rc;
+    return 0;
 python:
     {
         PyObject *res = PyObject_CallMethodObjArgs(gi, s_flush_sock_py, sock, submit ? Py_True : Py_False,
@@ -1037,24 +1005,16 @@ static int dispatch_one(PyObject *gi, PyObject *ops, PyObject *removing, PyObjec
     if (kind == -1 && PyErr_Occurred())
         return -1;
     if (kind == K_SEND && !(flags & IORING_CQE_F_NOTIF) && PyTuple_GET_ITEM(op, 2) == Py_False && res >= 0 &&
-        res == c->send_total) {
+        res == c->send_total && c->send_ud == c->write_ud) {
         int rm = in_set(removing, sock), rc = -1;
-        PyObject *inflight;
 
         if (rm)
             goto python_or_error;
         Py_INCREF(sock);
-        if ((inflight = GS_GET(gi, inflight, s_inflight)) == NULL)
-            goto send_out;
-        c->send_ud = 0;
+        c->send_ud = 0;  /* its entry, the socket's own, stays for the next send */
         Py_CLEAR(c->send_iovs);
-        if (count_add(inflight, sock, -1, 1) < 0)
-            goto send_out;
         c->stats->bytes_sent += res;
         if (core->requests_sent(c, res, NULL) < 0)
-            goto send_out;
-        /* The op table is made consistent before any callback runs (a callback may close or remove). */
-        if (PyDict_DelItem(ops, key) < 0)
             goto send_out;
         if (core->complete_pending(c) < 0)
             goto send_out;
@@ -1065,7 +1025,6 @@ static int dispatch_one(PyObject *gi, PyObject *ops, PyObject *removing, PyObjec
         }
         rc = 0;
     send_out:
-        Py_XDECREF(inflight);
         Py_DECREF(sock);
         return rc;
     }
@@ -1482,11 +1441,6 @@ static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     if (api->version != NI_CORE_API_VERSION)
         Py_RETURN_FALSE;
-    PyObject *ks = PyLong_FromLong(send);
-
-    if (ks == NULL)
-        return NULL;
-    Py_XSETREF(k_send_obj, ks);
     K_SEND = send;
     K_RECV = recv;
     direct_send_max = dmax;
@@ -1553,7 +1507,7 @@ PyMODINIT_FUNC PyInit__bridge(void)
 
     static const struct { PyObject **var; const char *s; } names[] = {
         {&s_append, "append"}, {&s_ring, "_ring"}, {&s_addr, "addr"}, {&s_ops, "_ops"},
-        {&s_inflight, "_inflight"}, {&s_removing, "_removing"},
+        {&s_removing, "_removing"},
         {&s_backlog, "_backlog"}, {&s_carry, "_carry"}, {&s_dirty, "_dirty"}, {&s_dispatch, "_dispatch"},
         {&s_popleft, "popleft"}, {&s_impl, "impl"}, {&s_orphanage, "_orphanage"}, {&s_socks, "_socks"}, {&s_arm_polls, "_arm_polls"}, {&s_poll_py, "_poll_py"},
         {&s_prep_dirty_py, "_prep_dirty_py"}, {&s_flush_sock_py, "_flush_sock_py"},

@@ -184,8 +184,9 @@ class UringGroupImpl(_GroupState, GroupImpl):
         self._ring_thread: threading.Thread | None = None  # the thread that created the ring: the only one that may enter it
         self._ops: dict[int, tuple] = {}          # user_data -> (kind, sock, extra)
         self._next_ud = 1
+        self._ring_sends = 0  # write tasks started on the ring
         self._unarmed: dict["UringSock", None] = {}
-        self._inflight: dict["UringSock", int] = {}
+        self._inflight: dict["UringSock", int] = {}  # its polls, receives and accepts (its write task: _send_ud)
         self._backlog: deque[tuple[int, int, int]] = deque()
         self._removing: set["UringSock"] = set()
         self._orphans_armed = False
@@ -248,6 +249,8 @@ class UringGroupImpl(_GroupState, GroupImpl):
             kind = POLL
         sock._rx_kind = kind
         sock._poll_ud = self._ud(kind, sock)
+        # And one serves each of its plain write tasks, one in flight at a time (zero-copy's: one each).
+        sock._write_ud = self._ud(SEND, sock, False)
         sock._poll_armed = sock._out_armed = sock._out_registered = False
         if not sock._read_paused:
             self._unarmed[sock] = None
@@ -260,7 +263,7 @@ class UringGroupImpl(_GroupState, GroupImpl):
         if self._carry:
             # In place: a flush_dirty being served holds this very list and appends to it.
             self._carry[:] = [s for s in self._carry if s is not sock]
-        if self._inflight.get(sock, 0) and self._ring is not None:
+        if (self._inflight.get(sock, 0) or sock._send_ud) and self._ring is not None:
             self._removing.add(sock)
             try:
                 self._cancel_and_wait(sock)
@@ -268,7 +271,8 @@ class UringGroupImpl(_GroupState, GroupImpl):
                 self._removing.discard(sock)
         self._inflight.pop(sock, None)
         self._ops.pop(sock._poll_ud, None)
-        sock._poll_ud = 0
+        self._ops.pop(sock._write_ud, None)
+        sock._poll_ud = sock._write_ud = 0
         sock._poll_armed = False
         if sock._rxq is not None:
             self._drop_rxq(sock)
@@ -327,7 +331,7 @@ class UringGroupImpl(_GroupState, GroupImpl):
         ring.prep_cancel_fd(sock._fd, self._ud(CANCEL, sock))
         deadline = time.monotonic() + 10.0
         backlog = self._backlog
-        while self._inflight.get(sock, 0) > 0:
+        while self._inflight.get(sock, 0) > 0 or sock._send_ud:
             ring.submit(1, 0.1)
             backlog.extend(ring.reap())
             # One at a time, each taken out of the backlog as it is dispatched: a completion callback
@@ -446,14 +450,14 @@ class UringGroupImpl(_GroupState, GroupImpl):
             sock._send_addr = address(send)
         zc = sock._zc is not None and self._zc_op and total >= sock._impl_opts.zerocopy_threshold
         send.zerocopy = zc
-        ud = send.user_data = self._ud(SEND, sock, zc)
+        ud = send.user_data = self._ud(SEND, sock, True) if zc else sock._write_ud
         ring = self._ring or self.ring
         ring.prep_send_bufs(sock._send_addr, iovs)
         sock._send_iovs = iovs  # the kernel reads these (slices included) until the CQE
         sock._send_total = total
         sock._send_ud = ud
+        self._ring_sends += 1
         self._dirty.pop(sock, None)
-        self._inflight[sock] = self._inflight.get(sock, 0) + 1
         if submit:
             sock.stats.syscalls += 1
             ring.submit()
@@ -672,7 +676,6 @@ class UringGroupImpl(_GroupState, GroupImpl):
     def _on_send(self, ud: int, sock: "UringSock", zc: bool, res: int, flags: int) -> None:
         sock._send_ud = 0
         sock._send_iovs = None
-        self._inflight[sock] = self._inflight.get(sock, 1) - 1
         stats = sock.stats
         touched: list = []
         if res >= 0:
@@ -684,11 +687,11 @@ class UringGroupImpl(_GroupState, GroupImpl):
         # remove the socket, and that waits for (and dispatches) this very send's notification.
         if zc and flags & F_MORE:
             self._ops[ud] = (SEND, sock, touched)  # the notification comes later
-        else:
+        elif zc:
             del self._ops[ud]
-            if zc:
-                for req in touched:
-                    sock._zc_released(req)
+            for req in touched:
+                sock._zc_released(req)
+        # (a plain send's entry is the socket's _write_ud: it stays for the next one)
         alive = not sock._closed and sock._group_impl is self and sock not in self._removing
         if res == -errno.EAGAIN or (0 <= res < sock._send_total):
             # The send buffer is full: wait for write space rather than try again at once.

@@ -51,6 +51,7 @@ class UringSock(PosixSock):
         self._send = None          # struct ni_send, allocated on the first ring send
         self._send_addr = 0        # its address, as _bridge takes it
         self._send_ud = 0          # user_data of the write task in flight, 0 when none
+        self._write_ud = 0         # the op-table entry every plain (not zero-copy) write task uses, while in a group
         self._send_iovs: list | None = None  # what that task's iovecs point into
         self._send_total = 0       # bytes that task asked the kernel to take
         self._poll_ud = 0          # user_data of the socket's readiness poll / multishot while in a group

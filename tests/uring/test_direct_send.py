@@ -34,13 +34,13 @@ def test_a_lone_reply_goes_by_sendmsg_and_completes_in_the_poll_that_read_its_re
     server, client = pair(request, group, echo(replies))
     gi = gi_of(group)
     group.poll(timeout=0)
-    ops = gi._next_ud  # the user_data the next ring operation takes
+    ops = gi._ring_sends
     for i in range(20):
         client.writev([b"ping %d" % i])
         n = len(replies)
         poll_until(group, lambda: len(replies) > n)
         assert replies[-1] == 0
-        assert gi._next_ud == ops, "a ring operation (a SEND) was made for a lone reply"
+        assert gi._ring_sends == ops, "a SEND was made for a lone reply"
         got = bytearray(64)
         poll_until(group, lambda: client.recv_into(got) is not None)
         assert bytes(got).rstrip(b"\0") == b"ping %d" % i
@@ -54,13 +54,13 @@ def test_replies_of_many_sockets_go_as_sends_in_one_enter(request):
     pairs = [pair(request, group, echo(replies)) for _ in range(ugroup.DIRECT_SEND_MAX + 3)]
     group.poll(timeout=0)
     gi = gi_of(group)
-    ops = gi._next_ud
+    ops = gi._ring_sends
     for _, client in pairs:
         client.writev([b"x" * 100])
     while len(replies) < len(pairs):
         group.poll(timeout=0.05)
     # The requests arrived together and were answered by one flush: a SEND each.
-    assert gi._next_ud - ops == len(pairs), "not a SEND per socket"
+    assert gi._ring_sends - ops == len(pairs), "not a SEND per socket"
     assert replies == [0] * len(pairs)
     for _, client in pairs:
         got = bytearray(200)
@@ -78,11 +78,11 @@ def test_what_a_direct_send_leaves_waits_for_write_space_and_arrives_whole(reque
     data = bytes(range(256)) * 4096  # 1 MiB: far more than the kernel takes at once
     done: list[int] = []
     group.poll(timeout=0)
-    ops = gi._next_ud
+    ops = gi._ring_sends
     server.writev_async(netimpl.Request([data], lambda r, st: done.append(st)))
     group.poll(timeout=0)
     assert not done and server._out_armed, "not waiting for write space"
-    assert gi._next_ud == ops and server._send_ud == 0, "a SEND was made on a full socket"
+    assert gi._ring_sends == ops and server._send_ud == 0, "a SEND was made on a full socket"
     assert 0 < server.stats.bytes_sent < len(data)
     got = bytearray()
     buf = bytearray(65536)
@@ -92,7 +92,8 @@ def test_what_a_direct_send_leaves_waits_for_write_space_and_arrives_whole(reque
         if n:
             got += buf[:n]
     assert done == [0] and bytes(got) == data and server.stats.bytes_sent == len(data)
-    assert not server._out_armed and not any(op[0] == ugroup.SEND for op in gi._ops.values())
+    assert not server._out_armed
+    assert {ud for ud, op in gi._ops.items() if op[0] == ugroup.SEND} == {s._write_ud for s in gi.socks}
 
 
 def test_a_poll_whose_first_flush_completes_a_request_does_not_sleep(request):
