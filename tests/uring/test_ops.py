@@ -5,13 +5,19 @@ from __future__ import annotations
 import netimpl
 
 
-def test_ops_table_is_empty_once_the_sockets_leave(request):
+def _pair(request):
+    """A connected pair of uring sockets: (client, server)."""
     lsock = netimpl.listen("127.0.0.1", 0, impl="uring")
     request.addfinalizer(lsock.close)
     client = netimpl.connect("127.0.0.1", lsock.getaddr()[1], impl="uring")
     server = None
     while server is None:
         server = lsock.accept()
+    return client, server
+
+
+def test_ops_table_is_empty_once_the_sockets_leave(request):
+    client, server = _pair(request)
     group = netimpl.SockGroup()
     got = bytearray()
 
@@ -42,12 +48,7 @@ def test_ops_table_is_empty_once_the_sockets_leave(request):
 def test_ring_sends_make_no_op_entry_of_their_own(request):
     """A plain write task goes out under its socket's one entry (_write_ud): no user_data, tuple or
     in-flight count is made and dropped per send, and the bytes arrive whole and in order."""
-    lsock = netimpl.listen("127.0.0.1", 0, impl="uring")
-    request.addfinalizer(lsock.close)
-    a = netimpl.connect("127.0.0.1", lsock.getaddr()[1], impl="uring")
-    b = None
-    while b is None:
-        b = lsock.accept()
+    a, b = _pair(request)
     group = netimpl.SockGroup()
     got = {a: bytearray(), b: bytearray()}
 
