@@ -798,6 +798,11 @@ static PyTypeObject PipeType = {
 
 #define FIELD(o) ((o) != NULL ? (o) : Py_None)
 
+/* The sockets' lists (SockList, below): c->dirty, when cached, is a DirtyList. */
+static PyTypeObject DirtyListType;
+static int dirty_add(Core *c);
+static void dirty_discard(Core *c);
+
 static PyTypeObject CoreType;
 /* SockGroup's base: the state its compiled poll reads (the section "Group state" below). */
 typedef struct {
@@ -1059,8 +1064,8 @@ core_requests_sent(Core *c, Py_ssize_t n, PyObject *touched)
 static void
 core_undirty(Core *c)
 {
-    if (c->dirty != NULL && PyDict_DelItem(c->dirty, (PyObject *)c) < 0)
-        PyErr_Clear(); /* not there: fine */
+    if (c->dirty != NULL)
+        dirty_discard(c);
 }
 
 /* Complete every queued request with status: a send error fails them in queue order, behind what the
@@ -1236,7 +1241,7 @@ core_writev_async(Core *self, PyObject *arg)
     self->queued_bytes += r->nbytes;
     if (self->queued.len == 1 && gi != NULL) {
         if (self->dirty != NULL) {
-            if (PyDict_SetItem(self->dirty, (PyObject *)self, Py_None) < 0)
+            if (dirty_add(self) < 0)
                 return NULL;
         } else {
             PyObject *d = PyObject_GetAttr(gi, s_dirty);
@@ -1720,7 +1725,7 @@ core_set_group_impl(Core *self, PyObject *gi, void *closure)
         dirty = PyObject_GetAttr(gi, s_dirty);
         if (dirty == NULL)
             PyErr_Clear();
-        else if (!PyDict_CheckExact(dirty))
+        else if (!Py_IS_TYPE(dirty, &DirtyListType))  /* anything else is reached by name */
             Py_CLEAR(dirty);
     }
     Py_XINCREF(gi);
@@ -1801,180 +1806,201 @@ static PyTypeObject CoreType = {
 };
 
 /* ------------------------------------------------------------------------ */
-/* ReadyList: a group's pending-recv list                                    */
+/* SockList: a group's pending-recv list and its dirty list                  */
 /* ------------------------------------------------------------------------ */
 
-/* SockGroup._ready on the compiled core: the sockets with something to read, in service order.
- * The list runs through the sockets themselves (Core.ready_prev and ready_next), as SPDK's
+/* SockGroup._ready (ReadyList: the sockets with something to read, in service order) and
+ * GroupImpl._dirty (DirtyList: the sockets with requests queued, in the order they got them), on
+ * the compiled core. Each runs through the sockets themselves (Core.link[slot]), as SPDK's
  * pending_recv TAILQ does, so that appending, taking the first and taking one out are pointer
- * moves, where a dict hashed into a table whose lines a pass over many sockets finds cold. It is an
- * ordered set with the part of dict's interface the generic layer uses (ready[sock] = None, del,
- * pop, in, len, iteration, clear); the Python twin uses a dict. A socket is in one list at most. */
+ * moves, where a dict hashed into a table whose lines a pass over many sockets finds cold. Both are
+ * ordered sets with the part of dict's interface the generic layer and the backends use
+ * (list[sock] = None, del, pop, in, len, iteration, keys, clear); the Python twin uses dicts. A
+ * socket is in one list of each kind at most. */
 typedef struct {
     PyObject_HEAD
     Core *head, *tail;  /* each member holds one reference, owned by the list */
     Py_ssize_t len;
-} ReadyList;
+    int slot;           /* NI_LINK_READY or NI_LINK_DIRTY: the links it runs through */
+} SockList;
 
 static PyTypeObject ReadyListType;
 
 #define IS_READY_LIST(o) Py_IS_TYPE((o), &ReadyListType)
-#define RL(o) ((ReadyList *)(o))
+#define IS_DIRTY_LIST(o) Py_IS_TYPE((o), &DirtyListType)
+#define SL(o) ((SockList *)(o))
+#define LINK(c, sl) (&(c)->link[(sl)->slot])
+
+static const char *const sl_what[NI_LINKS] = {"pending-recv list", "dirty list"};
 
 /* Append sock (nothing if it is in already): 0, or -1 with an exception. */
 static int
-rl_add(ReadyList *rl, PyObject *sock)
+sl_add(SockList *sl, PyObject *sock)
 {
     if (!PyObject_TypeCheck(sock, &CoreType)) {
-        PyErr_Format(PyExc_TypeError, "a ReadyList holds netimpl sockets, not %.60R", sock);
+        PyErr_Format(PyExc_TypeError, "a %s holds netimpl sockets, not %.60R", sl_what[sl->slot], sock);
         return -1;
     }
     Core *c = (Core *)sock;
-    if (c->ready_list == (PyObject *)rl)
+    struct ni_link *l = LINK(c, sl);
+    if (l->list == (PyObject *)sl)
         return 0;
-    if (c->ready_list != NULL) {
-        PyErr_Format(PyExc_ValueError, "%.60R is on another group's pending-recv list", sock);
+    if (l->list != NULL) {
+        PyErr_Format(PyExc_ValueError, "%.60R is on another group's %s", sock, sl_what[sl->slot]);
         return -1;
     }
     Py_INCREF(sock);
-    c->ready_list = (PyObject *)rl;
-    c->ready_next = NULL;
-    c->ready_prev = rl->tail;
-    if (rl->tail != NULL)
-        rl->tail->ready_next = c;
+    l->list = (PyObject *)sl;
+    l->next = NULL;
+    l->prev = sl->tail;
+    if (sl->tail != NULL)
+        LINK(sl->tail, sl)->next = c;
     else
-        rl->head = c;
-    rl->tail = c;
-    rl->len++;
+        sl->head = c;
+    sl->tail = c;
+    sl->len++;
     return 0;
 }
 
 /* Take c (a member) out: the list's reference passes to the caller. */
 static PyObject *
-rl_unlink(ReadyList *rl, Core *c)
+sl_unlink(SockList *sl, Core *c)
 {
-    if (c->ready_prev != NULL)
-        c->ready_prev->ready_next = c->ready_next;
+    struct ni_link *l = LINK(c, sl);
+    if (l->prev != NULL)
+        LINK(l->prev, sl)->next = l->next;
     else
-        rl->head = c->ready_next;
-    if (c->ready_next != NULL)
-        c->ready_next->ready_prev = c->ready_prev;
+        sl->head = l->next;
+    if (l->next != NULL)
+        LINK(l->next, sl)->prev = l->prev;
     else
-        rl->tail = c->ready_prev;
-    c->ready_prev = c->ready_next = NULL;
-    c->ready_list = NULL;
-    rl->len--;
+        sl->tail = l->prev;
+    l->prev = l->next = NULL;
+    l->list = NULL;
+    sl->len--;
     return (PyObject *)c;
 }
 
 static inline int
-rl_has(ReadyList *rl, PyObject *sock)
+sl_has(SockList *sl, PyObject *sock)
 {
-    return PyObject_TypeCheck(sock, &CoreType) && ((Core *)sock)->ready_list == (PyObject *)rl;
+    return PyObject_TypeCheck(sock, &CoreType) && LINK((Core *)sock, sl)->list == (PyObject *)sl;
+}
+
+/* Take sock out if it is in: 1 if it was, else 0. */
+static int
+sl_discard(SockList *sl, PyObject *sock)
+{
+    if (!sl_has(sl, sock))
+        return 0;
+    Py_DECREF(sl_unlink(sl, (Core *)sock));
+    return 1;
 }
 
 static PyObject *
-rl_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+sl_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
-        PyErr_SetString(PyExc_TypeError, "ReadyList() takes no arguments");
+        PyErr_Format(PyExc_TypeError, "%s() takes no arguments", _PyType_Name(type));
         return NULL;
     }
-    return type->tp_alloc(type, 0);  /* zeroed: empty */
+    PyObject *o = type->tp_alloc(type, 0);  /* zeroed: empty */
+    if (o != NULL)
+        SL(o)->slot = type == &DirtyListType ? NI_LINK_DIRTY : NI_LINK_READY;
+    return o;
 }
 
 static int
-rl_traverse(ReadyList *rl, visitproc visit, void *arg)
+sl_traverse(SockList *sl, visitproc visit, void *arg)
 {
-    for (Core *c = rl->head; c != NULL; c = c->ready_next)
+    for (Core *c = sl->head; c != NULL; c = LINK(c, sl)->next)
         Py_VISIT(c);
     return 0;
 }
 
 static int
-rl_clear(ReadyList *rl)
+sl_clear(SockList *sl)
 {
-    while (rl->head != NULL)  /* a finalizer run by a decref may change the list: read its head anew */
-        Py_DECREF(rl_unlink(rl, rl->head));
+    while (sl->head != NULL)  /* a finalizer run by a decref may change the list: read its head anew */
+        Py_DECREF(sl_unlink(sl, sl->head));
     return 0;
 }
 
 static void
-rl_dealloc(ReadyList *rl)
+sl_dealloc(SockList *sl)
 {
-    PyObject_GC_UnTrack(rl);
-    rl_clear(rl);
-    Py_TYPE(rl)->tp_free((PyObject *)rl);
+    PyObject_GC_UnTrack(sl);
+    sl_clear(sl);
+    Py_TYPE(sl)->tp_free((PyObject *)sl);
 }
 
 static PyObject *
-rl_repr(ReadyList *rl)
+sl_repr(SockList *sl)
 {
-    return PyUnicode_FromFormat("<netimpl ReadyList of %zd sockets>", rl->len);
+    return PyUnicode_FromFormat("<netimpl %s of %zd sockets>", _PyType_Name(Py_TYPE(sl)), sl->len);
 }
 
 static Py_ssize_t
-rl_length(ReadyList *rl)
+sl_length(SockList *sl)
 {
-    return rl->len;
+    return sl->len;
 }
 
 static int
-rl_contains(ReadyList *rl, PyObject *sock)
+sl_contains(SockList *sl, PyObject *sock)
 {
-    return rl_has(rl, sock);
+    return sl_has(sl, sock);
 }
 
-/* ready[sock] = None appends it unless it is in; del ready[sock] takes it out (KeyError if not in). */
+/* list[sock] = None appends it unless it is in; del list[sock] takes it out (KeyError if not in). */
 static int
-rl_ass_subscript(ReadyList *rl, PyObject *sock, PyObject *value)
+sl_ass_subscript(SockList *sl, PyObject *sock, PyObject *value)
 {
     if (value == NULL) {
-        if (!rl_has(rl, sock)) {
-            PyErr_SetObject(PyExc_KeyError, sock);
-            return -1;
-        }
-        Py_DECREF(rl_unlink(rl, (Core *)sock));
-        return 0;
-    }
-    if (value != Py_None) {
-        PyErr_Format(PyExc_TypeError, "a ReadyList is a set of sockets: its values are None, not %.60R", value);
+        if (sl_discard(sl, sock))
+            return 0;
+        PyErr_SetObject(PyExc_KeyError, sock);
         return -1;
     }
-    return rl_add(rl, sock);
+    if (value != Py_None) {
+        PyErr_Format(PyExc_TypeError, "a %s is a set of sockets: its values are None, not %.60R",
+                     sl_what[sl->slot], value);
+        return -1;
+    }
+    return sl_add(sl, sock);
 }
 
 static PyObject *
-rl_subscript(ReadyList *rl, PyObject *sock)
+sl_subscript(SockList *sl, PyObject *sock)
 {
-    if (!rl_has(rl, sock)) {
+    if (!sl_has(sl, sock)) {
         PyErr_SetObject(PyExc_KeyError, sock);
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
-/* A list of the members, in order. */
+/* A list of the members, in order (keys(), and what iteration walks). */
 static PyObject *
-rl_list(ReadyList *rl)
+sl_keys(SockList *sl, PyObject *unused)
 {
-    PyObject *l = PyList_New(rl->len);
+    PyObject *l = PyList_New(sl->len);
     Py_ssize_t i = 0;
 
     if (l == NULL)
         return NULL;
-    for (Core *c = rl->head; c != NULL; c = c->ready_next) {
+    for (Core *c = sl->head; c != NULL; c = LINK(c, sl)->next) {
         Py_INCREF(c);
         PyList_SET_ITEM(l, i++, (PyObject *)c);
     }
     return l;
 }
 
-/* Iterates over the members as they were when it began (the serving loop changes the list). */
+/* Iterates over the members as they were when it began (a flush or a serving loop changes the list). */
 static PyObject *
-rl_iter(ReadyList *rl)
+sl_iter(SockList *sl)
 {
-    PyObject *l = rl_list(rl), *it;
+    PyObject *l = sl_keys(sl, NULL), *it;
 
     if (l == NULL)
         return NULL;
@@ -1984,16 +2010,14 @@ rl_iter(ReadyList *rl)
 }
 
 static PyObject *
-rl_pop(ReadyList *rl, PyObject *const *args, Py_ssize_t nargs)
+sl_pop(SockList *sl, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 1 || nargs > 2) {
         PyErr_Format(PyExc_TypeError, "pop expected 1 or 2 arguments, got %zd", nargs);
         return NULL;
     }
-    if (rl_has(rl, args[0])) {
-        Py_DECREF(rl_unlink(rl, (Core *)args[0]));
+    if (sl_discard(sl, args[0]))
         Py_RETURN_NONE;
-    }
     if (nargs == 2) {
         Py_INCREF(args[1]);
         return args[1];
@@ -2003,45 +2027,88 @@ rl_pop(ReadyList *rl, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-rl_py_clear(ReadyList *rl, PyObject *unused)
+sl_py_clear(SockList *sl, PyObject *unused)
 {
-    rl_clear(rl);
+    sl_clear(sl);
     Py_RETURN_NONE;
 }
 
-static PyMethodDef rl_methods[] = {
-    {"pop", (PyCFunction)(void (*)(void))rl_pop, METH_FASTCALL,
+static PyMethodDef sl_methods[] = {
+    {"pop", (PyCFunction)(void (*)(void))sl_pop, METH_FASTCALL,
      "pop(sock[, default]): take sock out; None, or default (KeyError without one) if it was not in."},
-    {"clear", (PyCFunction)rl_py_clear, METH_NOARGS, "Take every socket out."},
+    {"keys", (PyCFunction)sl_keys, METH_NOARGS, "The sockets, in order, as a list."},
+    {"clear", (PyCFunction)sl_py_clear, METH_NOARGS, "Take every socket out."},
     {NULL},
 };
 
-static PyMappingMethods rl_as_mapping = {
-    .mp_length = (lenfunc)rl_length,
-    .mp_subscript = (binaryfunc)rl_subscript,
-    .mp_ass_subscript = (objobjargproc)rl_ass_subscript,
+static PyMappingMethods sl_as_mapping = {
+    .mp_length = (lenfunc)sl_length,
+    .mp_subscript = (binaryfunc)sl_subscript,
+    .mp_ass_subscript = (objobjargproc)sl_ass_subscript,
 };
 
-static PySequenceMethods rl_as_sequence = {
-    .sq_contains = (objobjproc)rl_contains,
+static PySequenceMethods sl_as_sequence = {
+    .sq_contains = (objobjproc)sl_contains,
 };
 
-static PyTypeObject ReadyListType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "netimpl._native.ReadyList",
-    .tp_basicsize = sizeof(ReadyList),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "ReadyList(): a group's pending-recv list, an ordered set of sockets linked through them.",
-    .tp_new = rl_new,
-    .tp_dealloc = (destructor)rl_dealloc,
-    .tp_traverse = (traverseproc)rl_traverse,
-    .tp_clear = (inquiry)rl_clear,
-    .tp_repr = (reprfunc)rl_repr,
-    .tp_iter = (getiterfunc)rl_iter,
-    .tp_as_mapping = &rl_as_mapping,
-    .tp_as_sequence = &rl_as_sequence,
-    .tp_methods = rl_methods,
-};
+#define SOCK_LIST_TYPE(NAME, DOC)                                   \
+    {                                                               \
+        PyVarObject_HEAD_INIT(NULL, 0)                              \
+        .tp_name = "netimpl._native." NAME,                         \
+        .tp_basicsize = sizeof(SockList),                           \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,        \
+        .tp_doc = DOC,                                              \
+        .tp_new = sl_new,                                           \
+        .tp_dealloc = (destructor)sl_dealloc,                       \
+        .tp_traverse = (traverseproc)sl_traverse,                   \
+        .tp_clear = (inquiry)sl_clear,                              \
+        .tp_repr = (reprfunc)sl_repr,                               \
+        .tp_iter = (getiterfunc)sl_iter,                            \
+        .tp_as_mapping = &sl_as_mapping,                            \
+        .tp_as_sequence = &sl_as_sequence,                          \
+        .tp_methods = sl_methods,                                   \
+    }
+
+static PyTypeObject ReadyListType = SOCK_LIST_TYPE(
+    "ReadyList", "ReadyList(): a group's pending-recv list, an ordered set of sockets linked through them.");
+static PyTypeObject DirtyListType = SOCK_LIST_TYPE(
+    "DirtyList", "DirtyList(): a group impl's sockets with requests queued, an ordered set linked through them.");
+
+static int
+dirty_add(Core *c)
+{
+    return sl_add(SL(c->dirty), (PyObject *)c);
+}
+
+static void
+dirty_discard(Core *c)
+{
+    sl_discard(SL(c->dirty), (PyObject *)c);
+}
+
+/* The members of a DirtyList, or the keys of a dict: a new list, or NULL with an exception. */
+static PyObject *
+dirty_members(PyObject *dirty)
+{
+    if (IS_DIRTY_LIST(dirty))
+        return sl_keys(SL(dirty), NULL);
+    if (PyDict_Check(dirty))
+        return PyDict_Keys(dirty);
+    PyErr_Format(PyExc_TypeError, "_dirty must be a DirtyList, not %.60R", dirty);
+    return NULL;
+}
+
+/* len() of a DirtyList or a dict; -1 with TypeError for anything else. */
+static Py_ssize_t
+dirty_len(PyObject *dirty)
+{
+    if (IS_DIRTY_LIST(dirty))
+        return SL(dirty)->len;
+    if (PyDict_Check(dirty))
+        return PyDict_GET_SIZE(dirty);
+    PyErr_Format(PyExc_TypeError, "_dirty must be a DirtyList, not %.60R", dirty);
+    return -1;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Group state: what a poll pass reads, as C fields                         */
@@ -2215,16 +2282,12 @@ mod_flush_dirty(PyObject *mod, PyObject *gi)
     PyObject *dirty = gi_dirty(gi);
     if (dirty == NULL)
         return NULL;
-    if (!PyDict_Check(dirty)) {
+    Py_ssize_t len = dirty_len(dirty);
+    if (len <= 0) {
         Py_DECREF(dirty);
-        PyErr_SetString(PyExc_TypeError, "_dirty must be a dict");
-        return NULL;
+        return len < 0 ? NULL : Py_NewRef(Py_None);
     }
-    if (PyDict_GET_SIZE(dirty) == 0) {
-        Py_DECREF(dirty);
-        Py_RETURN_NONE;
-    }
-    PyObject *socks = PyDict_Keys(dirty);
+    PyObject *socks = dirty_members(dirty);  /* a snapshot: the flushes' callbacks change the list */
     if (socks == NULL) {
         Py_DECREF(dirty);
         return NULL;
@@ -2241,7 +2304,11 @@ mod_flush_dirty(PyObject *mod, PyObject *gi)
             if (res == NULL)
                 goto error;
             Py_DECREF(res);
-            if (c->queued.head == NULL && PyDict_DelItem(dirty, s) < 0)
+            if (c->queued.head != NULL)
+                continue;
+            if (IS_DIRTY_LIST(dirty))
+                sl_discard(SL(dirty), s);
+            else if (PyDict_DelItem(dirty, s) < 0)
                 PyErr_Clear();
         } else {
             PyErr_Format(PyExc_TypeError, "not a netimpl socket: %.60R", s);
@@ -2356,18 +2423,18 @@ posix_gi_poll(PyObject *gi, double wait, PyObject *ready)
         (want_out = member_get(gi, st->want_out, s_want_out)) == NULL ||
         (fds = member_get(gi, st->fds, s_fds)) == NULL)
         goto out;
-    if (!PyDict_Check(dirty) || !PyAnySet_Check(want_out) || !PyDict_Check(fds)) {
+    if (!(IS_DIRTY_LIST(dirty) || PyDict_Check(dirty)) || !PyAnySet_Check(want_out) || !PyDict_Check(fds)) {
         PyErr_SetString(PyExc_TypeError, "PosixGroupImpl: _dirty, _want_out or _fds of the wrong type");
         goto out;
     }
-    if (PyDict_GET_SIZE(dirty)) {
+    if (dirty_len(dirty)) {
         unsigned long long before = completions;
         if (call_flush_dirty(gi) < 0)
             goto out;
         if (completions != before)
             wait = 0.0; /* callbacks ran: let the caller act on them first */
     }
-    if ((wait > 0 || PySet_GET_SIZE(want_out)) && (PyDict_GET_SIZE(dirty) || PySet_GET_SIZE(want_out))) {
+    if ((wait > 0 || PySet_GET_SIZE(want_out)) && (dirty_len(dirty) || PySet_GET_SIZE(want_out))) {
         PyObject *r = PyObject_CallMethodNoArgs(gi, s_watch_writable);
         if (r == NULL)
             goto out;
@@ -2452,7 +2519,7 @@ posix_gi_poll(PyObject *gi, double wait, PyObject *ready)
             readable = r ? PyObject_IsTrue(r) : -1;
             Py_XDECREF(r);
         }
-        int err = readable < 0 || (readable && rl_add(RL(ready), sock) < 0);
+        int err = readable < 0 || (readable && sl_add(SL(ready), sock) < 0);
         Py_DECREF(sock);
         if (err)
             goto out;
@@ -2484,7 +2551,7 @@ group_requeue(PyObject *group, PyObject *ready, PyObject *sock)
     int buffered = core_has_buffered(sock);
     if (buffered <= 0)
         return buffered;
-    return rl_add(RL(ready), sock);
+    return sl_add(SL(ready), sock);
 }
 
 /* SockGroup._serve: up to max_events read callbacks, then flush what they queued. */
@@ -2492,9 +2559,9 @@ static Py_ssize_t
 group_serve(PyObject *group, PyObject *ready, PyObject *impls, PyObject *stats, long max_events)
 {
     Py_ssize_t served = 0;
-    while (served < max_events && RL(ready)->head != NULL) {
-        Core *c = RL(ready)->head;
-        PyObject *sock = rl_unlink(RL(ready), c);  /* the list's reference, now ours */
+    while (served < max_events && SL(ready)->head != NULL) {
+        Core *c = SL(ready)->head;
+        PyObject *sock = sl_unlink(SL(ready), c);  /* the list's reference, now ours */
         /* Still in this group and not paused: its callback. */
         PyObject *cb = c->group == group && !c->read_paused ? c->read_cb : NULL;
         if (cb == NULL || cb == Py_None) {
@@ -2628,7 +2695,7 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
     /* A closed group (EBADF) and what is not a GroupCore go to _poll_py. */
     if (fast && IS_GROUP(group) && !g->closed && g->impls && g->ready && PyDict_Check(g->impls) &&
         IS_READY_LIST(g->ready)) {
-        Py_ssize_t nimpls = PyDict_GET_SIZE(g->impls), nready = RL(g->ready)->len;
+        Py_ssize_t nimpls = PyDict_GET_SIZE(g->impls), nready = SL(g->ready)->len;
         if (g->wake_fd >= 0) {
             /* fileno() was asked for (netimpl.aio drives the group with timeout 0): served here too,
              * unless this poll may wait, which _poll_py does on the waiter epoll. */
@@ -2668,7 +2735,7 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
     stats = member_get(group, g->stats, s_stats);
     if (stats == NULL || add_to_attr(stats, s_polls, 1) < 0)
         goto out;
-    double wait = RL(ready)->len || exported || PyDict_GET_SIZE(impls) > 1 ? 0.0 : timeout;
+    double wait = SL(ready)->len || exported || PyDict_GET_SIZE(impls) > 1 ? 0.0 : timeout;
     if ((gis = PyDict_Values(impls)) == NULL)
         goto out;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gis); i++) {
@@ -2691,7 +2758,7 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
             goto out;
         PyObject *sock;
         while ((sock = PyIter_Next(it)) != NULL) {
-            int rc = rl_add(RL(ready), sock);
+            int rc = sl_add(SL(ready), sock);
             Py_DECREF(sock);
             if (rc < 0)
                 break;
@@ -2823,6 +2890,10 @@ static struct ni_core_api core_api = {
     .members_traverse = members_traverse,
     .members_clear = members_clear,
     .member_get = member_get,
+    .dirty_len = dirty_len,
+    .dirty_members = dirty_members,
+    .dirty_add = dirty_add,
+    .dirty_discard = dirty_discard,
 };
 
 static PyMethodDef mod_methods[] = {
@@ -2903,7 +2974,8 @@ PyInit__native(void)
     INTERN(s_flush_dirty, "flush_dirty");
     if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&CoreType) < 0 ||
         PyType_Ready(&PipeType) < 0 || PyType_Ready(&GroupCoreType) < 0 || PyType_Ready(&GroupImplCoreType) < 0 ||
-        PyType_Ready(&PosixGroupStateType) < 0 || PyType_Ready(&ReadyListType) < 0)
+        PyType_Ready(&PosixGroupStateType) < 0 || PyType_Ready(&ReadyListType) < 0 ||
+        PyType_Ready(&DirtyListType) < 0)
         return NULL;
     owner_member = PyDict_GetItemWithError(GroupImplCoreType.tp_dict, s_owner);  /* the type holds it */
     if (owner_member == NULL)
@@ -2919,6 +2991,7 @@ PyInit__native(void)
         PyModule_AddObjectRef(m, "GroupImplCore", (PyObject *)&GroupImplCoreType) < 0 ||
         PyModule_AddObjectRef(m, "PosixGroupState", (PyObject *)&PosixGroupStateType) < 0 ||
         PyModule_AddObjectRef(m, "ReadyList", (PyObject *)&ReadyListType) < 0 ||
+        PyModule_AddObjectRef(m, "DirtyList", (PyObject *)&DirtyListType) < 0 ||
         PyModule_AddIntConstant(m, "IOV_BATCH_SIZE", IOV_BATCH_SIZE) < 0) {
         Py_DECREF(m);
         return NULL;

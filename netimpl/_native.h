@@ -50,6 +50,15 @@ typedef struct {
     Py_ssize_t len;
 } ReqQueue;
 
+/* A socket's place in a SockList: the list (borrowed: it unlinks its members before it goes), or NULL. */
+#define NI_LINK_READY 0
+#define NI_LINK_DIRTY 1
+#define NI_LINKS 2
+struct ni_link {
+    PyObject *list;
+    struct Core *prev, *next;
+};
+
 typedef struct Core {
     PyObject_HEAD
     ReqQueue queued;         /* each request in a queue holds one reference owned by the queue */
@@ -69,10 +78,10 @@ typedef struct Core {
      * without a dict lookup; Python sees them as ordinary attributes. */
     PyObject *group;         /* _group: the SockGroup */
     PyObject *read_cb;       /* _read_cb: the read callback that group calls for it */
-    /* The group's pending-recv list (SockGroup._ready, a ReadyList) runs through its sockets, as
-     * SPDK's pending_recv TAILQ does: a socket is in at most one, which holds a reference to it. */
-    PyObject *ready_list;    /* the ReadyList it is in (borrowed: the list unlinks it before it goes), or NULL */
-    struct Core *ready_prev, *ready_next;
+    /* The group's pending-recv list (SockGroup._ready, a ReadyList) and its group impl's dirty list
+     * (_dirty, a DirtyList) run through their sockets, as SPDK's pending_recv TAILQ does: a socket
+     * is in one of each at most, which holds a reference to it. */
+    struct ni_link link[NI_LINKS];
     PyObject *pipe;          /* _pipe: the recv pipe or None */
     PyObject *sys;           /* _sys: the posix syscall seam */
     PyObject *zc;            /* _zc: the posix zero-copy tracker or None */
@@ -119,6 +128,13 @@ struct ni_core_api {
     int (*members_traverse)(PyObject *self, const PyMemberDef *m, visitproc visit, void *arg);
     void (*members_clear)(PyObject *self, const PyMemberDef *m);
     PyObject *(*member_get)(PyObject *self, PyObject *v, PyObject *name);
+    /* A group impl's dirty list (_dirty: a DirtyList, or a dict): its length, -1 with TypeError for
+     * anything else; its members in order (a new list); c, whose cached c->dirty is a DirtyList,
+     * appended unless it is in (0, or -1 with an exception), or taken out if it is in. */
+    Py_ssize_t (*dirty_len)(PyObject *dirty);
+    PyObject *(*dirty_members)(PyObject *dirty);
+    int (*dirty_add)(Core *c);
+    void (*dirty_discard)(Core *c);
 };
 
 /* tp_traverse, tp_clear and tp_dealloc (NAME_traverse, NAME_clear, NAME_dealloc) of a state type that

@@ -19,7 +19,7 @@ from . import _pycore
 from .errors import callback_errors, ebadf, logger, wrong_thread
 
 __all__ = ["native", "reason", "Request", "SockCore", "GroupCore", "GroupImplCore", "PosixGroupState", "ReadyList",
-           "completions", "flush_dirty", "ENV_VAR"]
+           "DirtyList", "completions", "flush_dirty", "ENV_VAR"]
 
 ENV_VAR = "NETIMPL_NATIVE"
 
@@ -48,6 +48,8 @@ if native is not None:
     PosixGroupState = native.PosixGroupState
     #: A group's pending-recv list: an ordered set of sockets linked through them (SockGroup._ready).
     ReadyList = native.ReadyList
+    #: A group impl's sockets with requests queued, linked the same way (GroupImpl._dirty).
+    DirtyList = native.DirtyList
     #: ``GroupImpl.flush_dirty``, compiled: one C call flushes every dirty socket.
     flush_dirty = native.as_method(native.flush_dirty)
 
@@ -61,4 +63,5 @@ else:
     GroupImplCore = _pycore.GroupImplCore  # type: ignore[misc]
     PosixGroupState = _pycore.PosixGroupState  # type: ignore[misc]
     ReadyList = dict  # type: ignore[misc] (the same ordered set, as a dict of sockets to None)
+    DirtyList = dict  # type: ignore[misc]
     flush_dirty = _pycore.flush_dirty

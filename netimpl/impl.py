@@ -21,7 +21,7 @@ import threading
 from typing import TYPE_CHECKING, ClassVar
 
 from .errors import NetImplError, wrong_thread
-from .accel import GroupImplCore, flush_dirty as _flush_dirty
+from .accel import DirtyList, GroupImplCore, flush_dirty as _flush_dirty
 from .options import ImplOpts, SockOpts
 
 if TYPE_CHECKING:
@@ -90,7 +90,8 @@ class GroupImpl(GroupImplCore, abc.ABC):
 
     ``_dirty`` holds the sockets with queued requests; the generic layer adds
     a socket to it when its queue becomes non-empty, so ``poll`` flushes only
-    those instead of walking every socket. ``_owner`` is the thread
+    those instead of walking every socket (on the compiled core a
+    ``DirtyList``, linked through the sockets; a dict in the Python twin). ``_owner`` is the thread
     (``threading.get_ident()``) that alone may drive this group impl and its
     sockets' writes, or 0 when any thread may; it is checked before a call
     changes anything. Both are fields of :class:`netimpl.accel.GroupImplCore`
@@ -100,7 +101,7 @@ class GroupImpl(GroupImplCore, abc.ABC):
     def __init__(self, impl: NetImpl) -> None:
         self.impl = impl
         self.socks: dict["Sock", None] = {}
-        self._dirty: dict["Sock", None] = {}
+        self._dirty: dict["Sock", None] = DirtyList()
 
     def _check_thread(self, what: object, call: str = "this call") -> None:
         """Raise ``OSError(EEXIST)`` when called from a thread other than :attr:`_owner`."""

@@ -754,7 +754,7 @@ static int mark_dirty(PyObject *gi, Core *c)
     int rc;
 
     if (c->dirty != NULL)
-        return PyDict_SetItem(c->dirty, (PyObject *)c, Py_None);
+        return core->dirty_add(c);
     if ((d = GS_GET(gi, base.dirty, s_dirty)) == NULL)
         return -1;
     rc = PyObject_SetItem(d, (PyObject *)c, Py_None);
@@ -768,8 +768,7 @@ static int unmark_dirty(PyObject *gi, Core *c)
     PyObject *d = c->dirty, *r;
 
     if (d != NULL) {
-        if (PyDict_DelItem(d, (PyObject *)c) < 0)
-            PyErr_Clear();  /* not there */
+        core->dirty_discard(c);
         return 0;
     }
     if ((d = GS_GET(gi, base.dirty, s_dirty)) == NULL)
@@ -935,11 +934,11 @@ static int prep_dirty(PyObject *gi, int allow_direct)
 
     if (dirty == NULL)
         return -1;
-    if (!PyDict_Check(dirty) || PyDict_GET_SIZE(dirty) == 0) {
+    if ((n = core->dirty_len(dirty)) <= 0) {
         Py_DECREF(dirty);
-        return 0;
+        return n < 0 ? -1 : 0;
     }
-    socks = PyDict_Keys(dirty);
+    socks = core->dirty_members(dirty);  /* a snapshot: direct sends run callbacks that change it */
     if (socks == NULL) {
         Py_DECREF(dirty);
         return -1;
@@ -958,8 +957,7 @@ static int prep_dirty(PyObject *gi, int allow_direct)
             break;
         }
         if (c->send_ud || c->out_armed || c->queued.head == NULL) {
-            if (PyDict_DelItem(dirty, sock) < 0)
-                PyErr_Clear();
+            rc = unmark_dirty(gi, c);
         } else if (!(c->cb_cnt || c->closed)) {
             rc = flush_one(gi, sock, 0, direct);
         }

@@ -55,7 +55,7 @@ def test_state_attributes_read_and_write_as_ordinary_attributes(request):
     group, sock, _ = _posix_group(request)
     gi = group._impls["posix"]
     assert group._closed is False and group._wake_fd == -1 and group._busy is False
-    assert gi._owner == 0 and gi.impl is sock._impl and gi._dirty == {}
+    assert gi._owner == 0 and gi.impl is sock._impl and dict(gi._dirty) == {}
     assert gi._fds[sock._fd] is sock and gi._epfd == gi.fileno()
     gi._owner = 12345
     assert gi._owner == 12345

@@ -1,12 +1,13 @@
-"""SockGroup's pending-recv list (``SockGroup._ready``).
+"""A group's pending-recv list (``SockGroup._ready``) and a group impl's dirty list (``GroupImpl._dirty``).
 
-On the compiled core it is a ``netimpl._native.ReadyList``: an ordered set
-of sockets linked through the sockets themselves (SPDK's pending_recv
-TAILQ), so the poll appends, takes the first and takes one out without a
-dict operation. The Python twin uses a dict of sockets to None. The
-ordered-set behaviour below holds for both; what only the linked list
-does (refusing what it cannot hold, the references it keeps, its
-iteration over a snapshot) is checked on the compiled core.
+On the compiled core they are a ``netimpl._native.ReadyList`` and a
+``DirtyList``: ordered sets of sockets linked through the sockets
+themselves (SPDK's pending_recv TAILQ), so a pass appends, takes the
+first and takes one out without a dict operation. The Python twin uses
+dicts of sockets to None. The ordered-set behaviour below holds for both;
+what only the linked lists do (refusing what they cannot hold, the
+references they keep, iteration over a snapshot) is checked on the
+compiled core.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import pytest
 
 import netimpl
 from netimpl import accel
-from netimpl.accel import ReadyList
+from netimpl.accel import DirtyList, ReadyList
+
+KINDS = pytest.mark.parametrize("kind", [ReadyList, DirtyList], ids=["ReadyList", "DirtyList"])
 
 
 @pytest.fixture
@@ -35,21 +38,36 @@ def socks(request):
 
 def compiled():
     if accel.native is None:
-        pytest.skip("the Python twin runs (NETIMPL_NATIVE=0): its pending-recv list is a dict")
+        pytest.skip("the Python twin runs (NETIMPL_NATIVE=0): its socket lists are dicts")
     return accel.native
 
 
-def test_a_group_keeps_its_pending_recv_list_in_a_ready_list():
+def test_a_group_keeps_its_pending_recv_list_in_a_ready_list_and_its_impls_their_dirty_lists(socks):
     g = netimpl.SockGroup()
     try:
         assert type(g._ready) is ReadyList and len(g._ready) == 0 and not g._ready
+        g.add_sock(socks[0], lambda grp, s: None)
+        gi = socks[0]._group_impl
+        assert type(gi._dirty) is DirtyList and dict(gi._dirty) == {}
+        g.remove_sock(socks[0])
     finally:
         g.close()
 
 
-def test_the_pending_recv_list_is_an_ordered_set(socks):
+def test_a_socket_is_in_a_ready_list_and_a_dirty_list_at_once(socks):
+    a, b, _ = socks
+    ready, dirty = ReadyList(), DirtyList()
+    ready[a] = ready[b] = None
+    dirty[b] = dirty[a] = None
+    assert list(ready) == [a, b] and list(dirty) == [b, a]
+    del ready[a]
+    assert list(ready) == [b] and list(dirty) == [b, a] and list(dirty.keys()) == [b, a]
+
+
+@KINDS
+def test_a_socket_list_is_an_ordered_set(socks, kind):
     a, b, c = socks
-    rl = ReadyList()
+    rl = kind()
     for s in (a, b, c, a):
         rl[s] = None
     assert list(rl) == [a, b, c] and len(rl) == 3 and rl
@@ -67,16 +85,17 @@ def test_the_pending_recv_list_is_an_ordered_set(socks):
     assert list(rl) == [] and len(rl) == 0 and not rl
 
 
-def test_a_ready_list_refuses_what_it_cannot_hold(socks):
-    native = compiled()
+@KINDS
+def test_a_socket_list_refuses_what_it_cannot_hold(socks, kind):
+    compiled()
     a, b, _ = socks
-    rl, other = native.ReadyList(), native.ReadyList()
+    rl, other = kind(), kind()
     with pytest.raises(TypeError, match="not 'x'"):
         rl["x"] = None
     with pytest.raises(TypeError, match="not 1"):
         rl[a] = 1
     with pytest.raises(TypeError, match="no arguments"):
-        native.ReadyList([a])
+        kind([a])
     with pytest.raises(TypeError, match="1 or 2 arguments"):
         rl.pop()
     other[a] = None
@@ -90,11 +109,12 @@ def test_a_ready_list_refuses_what_it_cannot_hold(socks):
         rl[b]
 
 
-def test_a_ready_list_holds_a_reference_to_each_member_until_it_leaves():
-    native = compiled()
+@KINDS
+def test_a_socket_list_holds_a_reference_to_each_member_until_it_leaves(kind):
+    compiled()
     a = netimpl.listen("127.0.0.1", 0, impl="posix")
     try:
-        rl = native.ReadyList()
+        rl = kind()
         counts = [sys.getrefcount(a)]
         rl[a] = None
         counts.append(sys.getrefcount(a))
@@ -115,9 +135,10 @@ def test_a_ready_list_holds_a_reference_to_each_member_until_it_leaves():
         a.close()
 
 
-def test_iterating_a_ready_list_sees_it_as_it_was_when_the_loop_began(socks):
-    native = compiled()
-    rl = native.ReadyList()
+@KINDS
+def test_iterating_a_socket_list_sees_it_as_it_was_when_the_loop_began(socks, kind):
+    compiled()
+    rl = kind()
     for s in socks:
         rl[s] = None
     seen = []
@@ -125,14 +146,15 @@ def test_iterating_a_ready_list_sees_it_as_it_was_when_the_loop_began(socks):
         seen.append(s)
         del rl[s]
     assert seen == socks and len(rl) == 0
-    assert repr(rl) == "<netimpl ReadyList of 0 sockets>"
+    assert repr(rl) == f"<netimpl {kind.__name__} of 0 sockets>"
 
 
-def test_a_ready_list_in_a_reference_cycle_is_collected():
+@KINDS
+def test_a_socket_list_in_a_reference_cycle_is_collected(kind):
     compiled()
     s = netimpl.listen("127.0.0.1", 0, impl="posix")
     s.close()
-    rl = ReadyList()
+    rl = kind()
     rl[s] = None
     s.cycle = rl  # the list holds the socket, the socket the list: collected only if the list is traversed
     ref = weakref.ref(s)
