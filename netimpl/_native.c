@@ -2373,17 +2373,41 @@ call_method(PyObject *name, PyObject *const *args, size_t nargs)
     return PyObject_VectorcallMethod(name, args, nargs, NULL);
 }
 
+static PyObject *backend_has_buffered;        /* the compiled function a backend's _has_buffered wraps */
+static int (*backend_buffered)(Core *c);      /* and its C twin (set_has_buffered) */
+
+static int
+api_set_has_buffered(PyObject *function, int (*buffered)(Core *c))
+{
+    if (backend_has_buffered != NULL && backend_has_buffered != function) {
+        PyErr_SetString(PyExc_RuntimeError, "set_has_buffered: another backend's function is set already");
+        return -1;
+    }
+    Py_INCREF(function);
+    Py_XSETREF(backend_has_buffered, function);
+    backend_buffered = buffered;
+    return 0;
+}
+
 /* sock._has_buffered(): 1, 0, -1 on error. Done in C unless a class overrides it (TlsSock: OpenSSL's
- * buffers). */
+ * buffers); a backend's compiled override, through its C twin. */
 static int
 core_has_buffered(PyObject *sock)
 {
     PyObject *m = _PyType_Lookup(Py_TYPE(sock), s_has_buffered);
     if (m != NULL && m != base_has_buffered) {
-        PyObject *r = call_method(s_has_buffered, &sock, 1);
-        int t = r ? PyObject_IsTrue(r) : -1;
-        Py_XDECREF(r);
-        return t;
+        int t = -1;
+        if (backend_buffered != NULL && PyInstanceMethod_Check(m) &&
+            PyInstanceMethod_GET_FUNCTION(m) == backend_has_buffered && PyObject_TypeCheck(sock, &CoreType))
+            t = backend_buffered((Core *)sock);
+        if (t == 1)
+            return 1;
+        if (t < 0) {
+            PyObject *r = call_method(s_has_buffered, &sock, 1);
+            t = r ? PyObject_IsTrue(r) : -1;
+            Py_XDECREF(r);
+            return t;
+        }
     }
     PyObject *pipe = PyObject_TypeCheck(sock, &CoreType) ? FIELD(((Core *)sock)->pipe) : NULL;
     if (pipe == NULL && (pipe = PyObject_GetAttr(sock, s_pipe)) == NULL)
@@ -2894,6 +2918,7 @@ static struct ni_core_api core_api = {
     .dirty_members = dirty_members,
     .dirty_add = dirty_add,
     .dirty_discard = dirty_discard,
+    .set_has_buffered = api_set_has_buffered,
 };
 
 static PyMethodDef mod_methods[] = {

@@ -135,6 +135,12 @@ struct ni_core_api {
     PyObject *(*dirty_members)(PyObject *dirty);
     int (*dirty_add)(Core *c);
     void (*dirty_discard)(Core *c);
+    /* A backend whose sockets hold received bytes of their own (uring: the provided buffers) names
+     * the compiled function its class's _has_buffered wraps, and a C twin of it that the group's
+     * serving loop calls instead: 1 when the socket holds bytes, 0 when it holds none (the recv
+     * pipe, checked as for any socket, decides), -1 when only the method can say. 0, or -1 with an
+     * exception. */
+    int (*set_has_buffered)(PyObject *function, int (*buffered)(Core *c));
 };
 
 /* tp_traverse, tp_clear and tp_dealloc (NAME_traverse, NAME_clear, NAME_dealloc) of a state type that

@@ -1383,6 +1383,18 @@ static PyObject *b_sock_recv_next(PyObject *self, PyObject *sock)
 }
 
 /* sock_has_buffered(sock): UringSock._has_buffered. */
+/* b_sock_has_buffered's C twin for the group's serving loop: 1 when the provided buffers hold bytes
+ * (or an end), 0 when they hold none (the recv pipe decides), -1 for a socket with no receive queue
+ * (a listener's accepted connections: the method says). */
+static int sock_buffered(Core *c)
+{
+    struct ni_rxq *q = (struct ni_rxq *)(uintptr_t)c->rxq_addr;
+
+    if (q == NULL)
+        return -1;
+    return q->bytes || q->end;
+}
+
 static PyObject *b_sock_has_buffered(PyObject *self, PyObject *sock)
 {
     Core *c = (Core *)sock;
@@ -1451,6 +1463,12 @@ static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_RuntimeError, "use_core: paired with another netimpl._native already");
         return NULL;
     }
+    PyObject *fn = PyObject_GetAttrString(self, "sock_has_buffered");
+    int rc = fn == NULL ? -1 : api->set_has_buffered(fn, sock_buffered);
+
+    Py_XDECREF(fn);
+    if (rc < 0)
+        return NULL;
     core = api;
     Py_RETURN_TRUE;
 }
