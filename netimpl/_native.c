@@ -801,7 +801,7 @@ static PyTypeObject PipeType = {
 /* The sockets' lists (SockList, below): c->dirty, when cached, is a DirtyList. */
 static PyTypeObject DirtyListType;
 static int dirty_add(Core *c);
-static void dirty_discard(Core *c);
+static int dirty_discard(PyObject *dirty, PyObject *sock);
 
 static PyTypeObject CoreType;
 /* SockGroup's base: the state its compiled poll reads (the section "Group state" below). */
@@ -1065,7 +1065,7 @@ static void
 core_undirty(Core *c)
 {
     if (c->dirty != NULL)
-        dirty_discard(c);
+        dirty_discard(c->dirty, (PyObject *)c);
 }
 
 /* Complete every queued request with status: a send error fails them in queue order, behind what the
@@ -1815,8 +1815,10 @@ static PyTypeObject CoreType = {
  * pending_recv TAILQ does, so that appending, taking the first and taking one out are pointer
  * moves, where a dict hashed into a table whose lines a pass over many sockets finds cold. Both are
  * ordered sets with the part of dict's interface the generic layer and the backends use
- * (list[sock] = None, del, pop, in, len, iteration, keys, clear); the Python twin uses dicts. A
- * socket is in one list of each kind at most. */
+ * (list[sock] = None, del, pop, in, len, iteration, keys, clear) and popfirst(); the Python twin
+ * uses dicts with popfirst (netimpl._pycore.SockList). A socket is on one list of each kind at
+ * most: adding it to another takes it off the first (one left behind there by a socket that
+ * changed groups is stale, and must not keep it from its new group's list). */
 typedef struct {
     PyObject_HEAD
     Core *head, *tail;  /* each member holds one reference, owned by the list */
@@ -1833,7 +1835,10 @@ static PyTypeObject ReadyListType;
 
 static const char *const sl_what[NI_LINKS] = {"pending-recv list", "dirty list"};
 
-/* Append sock (nothing if it is in already): 0, or -1 with an exception. */
+static PyObject *sl_unlink(SockList *sl, Core *c);
+
+/* Append sock (nothing if it is in already; off another list of the kind first): 0, or -1 with an
+ * exception. */
 static int
 sl_add(SockList *sl, PyObject *sock)
 {
@@ -1845,11 +1850,10 @@ sl_add(SockList *sl, PyObject *sock)
     struct ni_link *l = LINK(c, sl);
     if (l->list == (PyObject *)sl)
         return 0;
-    if (l->list != NULL) {
-        PyErr_Format(PyExc_ValueError, "%.60R is on another group's %s", sock, sl_what[sl->slot]);
-        return -1;
-    }
-    Py_INCREF(sock);
+    if (l->list != NULL)
+        sl_unlink(SL(l->list), c);  /* its reference moves with it */
+    else
+        Py_INCREF(sock);
     l->list = (PyObject *)sl;
     l->next = NULL;
     l->prev = sl->tail;
@@ -2026,6 +2030,17 @@ sl_pop(SockList *sl, PyObject *const *args, Py_ssize_t nargs)
     return NULL;
 }
 
+/* The first socket, taken out (KeyError when empty): how a serving loop takes its next one. */
+static PyObject *
+sl_popfirst(SockList *sl, PyObject *unused)
+{
+    if (sl->head == NULL) {
+        PyErr_Format(PyExc_KeyError, "popfirst(): the %s is empty", sl_what[sl->slot]);
+        return NULL;
+    }
+    return sl_unlink(sl, sl->head);
+}
+
 static PyObject *
 sl_py_clear(SockList *sl, PyObject *unused)
 {
@@ -2037,6 +2052,7 @@ static PyMethodDef sl_methods[] = {
     {"pop", (PyCFunction)(void (*)(void))sl_pop, METH_FASTCALL,
      "pop(sock[, default]): take sock out; None, or default (KeyError without one) if it was not in."},
     {"keys", (PyCFunction)sl_keys, METH_NOARGS, "The sockets, in order, as a list."},
+    {"popfirst", (PyCFunction)sl_popfirst, METH_NOARGS, "Take the first socket out and return it (KeyError when empty)."},
     {"clear", (PyCFunction)sl_py_clear, METH_NOARGS, "Take every socket out."},
     {NULL},
 };
@@ -2080,10 +2096,24 @@ dirty_add(Core *c)
     return sl_add(SL(c->dirty), (PyObject *)c);
 }
 
-static void
-dirty_discard(Core *c)
+/* sock taken off a DirtyList or a dict if it is there: 0, or -1 with an exception. */
+static int
+dirty_discard(PyObject *dirty, PyObject *sock)
 {
-    sl_discard(SL(c->dirty), (PyObject *)c);
+    if (IS_DIRTY_LIST(dirty)) {
+        sl_discard(SL(dirty), sock);
+        return 0;
+    }
+    if (!PyDict_Check(dirty)) {
+        PyErr_Format(PyExc_TypeError, "_dirty must be a DirtyList, not %.60R", dirty);
+        return -1;
+    }
+    if (PyDict_DelItem(dirty, sock) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError))
+            return -1;
+        PyErr_Clear();  /* not there */
+    }
+    return 0;
 }
 
 /* The members of a DirtyList, or the keys of a dict: a new list, or NULL with an exception. */
@@ -2298,18 +2328,19 @@ mod_flush_dirty(PyObject *mod, PyObject *gi)
         PyObject *res;
         if (PyObject_TypeCheck(s, &CoreType)) {
             Core *c = (Core *)s;
+            if (c->group_impl != gi) {  /* it left this group impl meanwhile (a callback moved it) */
+                if (dirty_discard(dirty, s) < 0)
+                    goto error;
+                continue;
+            }
             if (c->cb_cnt || c->closed)
                 continue;
             res = core_call_flush(c);
             if (res == NULL)
                 goto error;
             Py_DECREF(res);
-            if (c->queued.head != NULL)
-                continue;
-            if (IS_DIRTY_LIST(dirty))
-                sl_discard(SL(dirty), s);
-            else if (PyDict_DelItem(dirty, s) < 0)
-                PyErr_Clear();
+            if (c->queued.head == NULL && dirty_discard(dirty, s) < 0)
+                goto error;
         } else {
             PyErr_Format(PyExc_TypeError, "not a netimpl socket: %.60R", s);
             goto error;
@@ -2434,9 +2465,19 @@ call_flush_dirty(PyObject *gi)
     return 0;
 }
 
+/* A socket found readable goes on the group's pending-recv list if it is still the group's (a
+ * callback run on the way, a send's completion, may have removed it). */
+static int
+ready_add(PyObject *group, PyObject *ready, PyObject *sock)
+{
+    if (PyObject_TypeCheck(sock, &CoreType) && ((Core *)sock)->group != group)
+        return 0;
+    return sl_add(SL(ready), sock);
+}
+
 /* PosixGroupImpl.poll, adding the readable sockets to ready (the group's ReadyList). */
 static int
-posix_gi_poll(PyObject *gi, double wait, PyObject *ready)
+posix_gi_poll(PyObject *group, PyObject *gi, double wait, PyObject *ready)
 {
     int rc = -1;
     PosixGroupState *st = (PosixGroupState *)gi;  /* set_posix_group_type took a subclass of it */
@@ -2543,7 +2584,7 @@ posix_gi_poll(PyObject *gi, double wait, PyObject *ready)
             readable = r ? PyObject_IsTrue(r) : -1;
             Py_XDECREF(r);
         }
-        int err = readable < 0 || (readable && sl_add(SL(ready), sock) < 0);
+        int err = readable < 0 || (readable && ready_add(group, ready, sock) < 0);
         Py_DECREF(sock);
         if (err)
             goto out;
@@ -2765,7 +2806,7 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gis); i++) {
         PyObject *gi = PyList_GET_ITEM(gis, i);
         if (Py_TYPE(gi) == posix_gi_type) {
-            if (posix_gi_poll(gi, wait, ready) < 0)
+            if (posix_gi_poll(group, gi, wait, ready) < 0)
                 goto out;
             continue;
         }
@@ -2782,7 +2823,7 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
             goto out;
         PyObject *sock;
         while ((sock = PyIter_Next(it)) != NULL) {
-            int rc = sl_add(SL(ready), sock);
+            int rc = ready_add(group, ready, sock);
             Py_DECREF(sock);
             if (rc < 0)
                 break;

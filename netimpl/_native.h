@@ -130,11 +130,12 @@ struct ni_core_api {
     PyObject *(*member_get)(PyObject *self, PyObject *v, PyObject *name);
     /* A group impl's dirty list (_dirty: a DirtyList, or a dict): its length, -1 with TypeError for
      * anything else; its members in order (a new list); c, whose cached c->dirty is a DirtyList,
-     * appended unless it is in (0, or -1 with an exception), or taken out if it is in. */
+     * appended unless it is in (0, or -1 with an exception); sock taken off it if it is there (0,
+     * or -1 with an exception). */
     Py_ssize_t (*dirty_len)(PyObject *dirty);
     PyObject *(*dirty_members)(PyObject *dirty);
     int (*dirty_add)(Core *c);
-    void (*dirty_discard)(Core *c);
+    int (*dirty_discard)(PyObject *dirty, PyObject *sock);
     /* A backend whose sockets hold received bytes of their own (uring: the provided buffers) names
      * the compiled function its class's _has_buffered wraps, and a C twin of it that the group's
      * serving loop calls instead: 1 when the socket holds bytes, 0 when it holds none (the recv

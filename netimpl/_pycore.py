@@ -440,12 +440,30 @@ class PosixGroupState(GroupImplCore):
     __slots__ = ()
 
 
+class SockList(dict):
+    """A group's pending-recv list and a group impl's dirty list: an ordered set of sockets, as a
+    dict of sockets to None. The compiled core's ``ReadyList`` and ``DirtyList`` link their sockets
+    through the sockets themselves, with the same interface."""
+
+    __slots__ = ()
+
+    def popfirst(self) -> Any:
+        """Take the first socket out and return it (KeyError when empty)."""
+        for sock in self:
+            del self[sock]
+            return sock
+        raise KeyError("popfirst(): the list is empty")
+
+
 def flush_dirty(gi: "GroupImpl") -> None:
     """Flush every socket of ``gi`` with queued requests (deferred ones stay dirty)."""
     dirty = gi._dirty
     if not dirty:
         return
     for sock in list(dirty):
+        if sock._group_impl is not gi:  # it left this group impl meanwhile (a callback moved it)
+            dirty.pop(sock, None)
+            continue
         if sock._cb_cnt or sock._closed:
             continue
         sock._flush()

@@ -62,6 +62,5 @@ else:
     GroupCore = _pycore.GroupCore  # type: ignore[misc]
     GroupImplCore = _pycore.GroupImplCore  # type: ignore[misc]
     PosixGroupState = _pycore.PosixGroupState  # type: ignore[misc]
-    ReadyList = dict  # type: ignore[misc] (the same ordered set, as a dict of sockets to None)
-    DirtyList = dict  # type: ignore[misc]
+    ReadyList = DirtyList = _pycore.SockList  # type: ignore[misc] (the same ordered set, as a dict)
     flush_dirty = _pycore.flush_dirty

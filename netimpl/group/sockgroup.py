@@ -213,8 +213,7 @@ class SockGroup(GroupCore):
         impls = self._impls
         if len(impls) == 1:
             for gi in impls.values():
-                for sock in gi.poll(max_events, wait):
-                    ready[sock] = None
+                self._found(gi.poll(max_events, wait))
         elif impls:
             self._poll_many(max_events, wait)
         elif wait > 0:
@@ -313,15 +312,23 @@ class SockGroup(GroupCore):
             self._waiter = waiter
         return waiter
 
+    def _found(self, socks: "list[Sock]") -> bool:
+        """Put sockets a group impl found readable on the pending-recv list, those still in this
+        group (a callback run on the way, a send's completion, may have removed one); True if any."""
+        ready = self._ready
+        for sock in socks:
+            if sock._group is self:
+                ready[sock] = None
+        return bool(socks)
+
     def _serve(self, max_events: int) -> int:
         ready = self._ready
         served = 0
         while served < max_events and ready:
-            sock = next(iter(ready))
-            del ready[sock]
-            if sock._group is not self or sock._read_paused:
-                continue
+            sock = ready.popfirst()
             cb = sock._read_cb
+            if sock._group is not self or sock._read_paused or cb is None:
+                continue
             served += 1
             try:
                 cb(self, sock)
@@ -347,20 +354,16 @@ class SockGroup(GroupCore):
             self._ready[sock] = None
 
     def _poll_many(self, max_events: int, wait: float) -> None:
-        ready = self._ready
         found = False
         for gi in list(self._impls.values()):
-            for sock in gi.poll(max_events, 0.0):
-                ready[sock] = None
-                found = True
+            found = self._found(gi.poll(max_events, 0.0)) or found
         if found or wait <= 0:
             return
         for gi in self._impls.values():
             gi.before_wait()  # arrange that everything pending wakes the waiter
         if self._waiter_get().poll(wait, 1):
             for gi in list(self._impls.values()):
-                for sock in gi.poll(max_events, 0.0):
-                    ready[sock] = None
+                self._found(gi.poll(max_events, 0.0))
 
     def _waiter_close(self) -> None:
         if self._waiter is not None:
@@ -377,6 +380,7 @@ class SockGroup(GroupCore):
         if self._socks:
             raise oserror(errno.EBUSY, f"{len(self._socks)} sockets are still in the group")
         self._closed = True
+        self._ready.clear()  # what is left there is stale (sockets that left it): let them go
         self._waiter_close()
         for gi in self._impls.values():
             gi.close()

@@ -765,18 +765,16 @@ static int mark_dirty(PyObject *gi, Core *c)
 /* dict.pop(sock, None) on gi._dirty. */
 static int unmark_dirty(PyObject *gi, Core *c)
 {
-    PyObject *d = c->dirty, *r;
+    PyObject *d;
+    int rc;
 
-    if (d != NULL) {
-        core->dirty_discard(c);
-        return 0;
-    }
+    if (c->dirty != NULL)
+        return core->dirty_discard(c->dirty, (PyObject *)c);
     if ((d = GS_GET(gi, base.dirty, s_dirty)) == NULL)
         return -1;
-    r = PyObject_CallMethod(d, "pop", "OO", (PyObject *)c, Py_None);
+    rc = core->dirty_discard(d, (PyObject *)c);
     Py_DECREF(d);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
+    return rc;
 }
 
 /* The submit of Ring.submit(): a timeout, a signal or a CQ overflow is not an error. */
@@ -807,7 +805,8 @@ static int flush_one(PyObject *gi, PyObject *sock, int submit, int direct)
     if (!IS_CORE(sock))
         goto python;
 again:
-    if (c->send_ud || c->out_armed || c->queued.head == NULL || c->cb_cnt)
+    /* (One that left this group impl, a callback moved it, is its new group's to send.) */
+    if (c->group_impl != gi || c->send_ud || c->out_armed || c->queued.head == NULL || c->cb_cnt)
         return 0;
     if (c->zc != NULL && c->zc != Py_None)
         goto python;  /* zero-copy's choice and bookkeeping: Python's */
@@ -956,8 +955,8 @@ static int prep_dirty(PyObject *gi, int allow_direct)
             rc = res ? 0 : -1;
             break;
         }
-        if (c->send_ud || c->out_armed || c->queued.head == NULL) {
-            rc = unmark_dirty(gi, c);
+        if (c->group_impl != gi || c->send_ud || c->out_armed || c->queued.head == NULL) {
+            rc = core->dirty_discard(dirty, sock);  /* this group impl's list (one that left: it is stale here) */
         } else if (!(c->cb_cnt || c->closed)) {
             rc = flush_one(gi, sock, 0, direct);
         }

@@ -402,8 +402,8 @@ class UringGroupImpl(_GroupState, GroupImpl):
         dirty = self._dirty
         direct = direct and len(dirty) <= DIRECT_SEND_MAX
         for sock in list(dirty):
-            if sock._send_ud or sock._out_armed or not sock._queued:  # type: ignore[attr-defined]
-                dirty.pop(sock, None)
+            if sock._group_impl is not self or sock._send_ud or sock._out_armed or not sock._queued:  # type: ignore[attr-defined]
+                dirty.pop(sock, None)  # (one that left this group impl, a callback moved it, is stale here)
             elif not (sock._cb_cnt or sock._closed):
                 self.flush_sock(sock, False, direct)  # type: ignore[arg-type]
 
@@ -417,7 +417,8 @@ class UringGroupImpl(_GroupState, GroupImpl):
         space, and what callbacks queued meanwhile goes as a SEND. ``full``:
         the kernel just took less than it was offered.
         """
-        if sock._send_ud or sock._out_armed or not sock._queued or sock._cb_cnt or sock in self._removing:
+        if sock._send_ud or sock._out_armed or not sock._queued or sock._cb_cnt or sock in self._removing \
+                or sock._group_impl is not self:  # (moved by a callback: its new group's to send)
             return
         if (submit if direct is None else direct) and sock._zc is None:
             offered = sum(req._nbytes - req._offset for req in sock._queued)
@@ -762,11 +763,12 @@ class UringGroupImpl(_GroupState, GroupImpl):
         if ring is None:
             return
         deadline = time.monotonic() + CLOSE_WAIT
-        while any(op[0] == SEND for op in self._ops.values()) and time.monotonic() < deadline:
+        # (zero-copy sends' entries; a plain one, a socket's _write_ud, goes with its socket)
+        while any(op[0] == SEND and op[2] is not False for op in self._ops.values()) and time.monotonic() < deadline:
             ring.submit(1, 0.05)
             for ud, res, flags in ring.reap():
                 self._dispatch(ud, res, flags, None)
-        if any(op[0] == SEND for op in self._ops.values()):
+        if any(op[0] == SEND and op[2] is not False for op in self._ops.values()):
             # Freeing the ring would not free the pages; but its owed callbacks could never run.
             logger.warning("uring group closed with zero-copy notifications still owed; keeping its ring")
             _abandoned.append(ring)

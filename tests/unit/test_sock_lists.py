@@ -89,7 +89,7 @@ def test_a_socket_list_is_an_ordered_set(socks, kind):
 def test_a_socket_list_refuses_what_it_cannot_hold(socks, kind):
     compiled()
     a, b, _ = socks
-    rl, other = kind(), kind()
+    rl = kind()
     with pytest.raises(TypeError, match="not 'x'"):
         rl["x"] = None
     with pytest.raises(TypeError, match="not 1"):
@@ -98,15 +98,52 @@ def test_a_socket_list_refuses_what_it_cannot_hold(socks, kind):
         kind([a])
     with pytest.raises(TypeError, match="1 or 2 arguments"):
         rl.pop()
-    other[a] = None
-    with pytest.raises(ValueError, match="another group"):
-        rl[a] = None
-    assert list(rl) == [] and list(other) == [a]
-    del other[a]
-    rl[a] = None  # free to join another list once out
-    assert list(rl) == [a] and rl[a] is None
+    with pytest.raises(KeyError, match="empty"):
+        rl.popfirst()
+    rl[a] = None
+    assert rl[a] is None
     with pytest.raises(KeyError):
         rl[b]
+
+
+@KINDS
+def test_a_socket_joins_one_list_of_a_kind_and_leaves_the_one_it_was_on(kind):
+    """A socket is on one pending-recv (or dirty) list at most: one left on a group's list when it
+    moved to another group must not keep it from the new group's, nor be served by the old."""
+    compiled()
+    a = netimpl.listen("127.0.0.1", 0, impl="posix")
+    try:
+        old, new, other = kind(), kind(), ReadyList if kind is DirtyList else DirtyList
+        old[a] = None
+        before = sys.getrefcount(a)
+        new[a] = None
+        after = sys.getrefcount(a)
+        assert after == before  # the list's reference moved with it
+        assert list(old) == [] and list(new) == [a]
+        third = other()
+        third[a] = None  # a list of the other kind is another link: it stays on new
+        assert list(new) == [a] and list(third) == [a]
+        new.clear()
+        third.clear()
+    finally:
+        a.close()
+
+
+def test_popfirst_takes_the_sockets_in_order(socks):
+    for kind in (ReadyList, DirtyList):
+        rl = kind()
+        for s in reversed(socks):
+            rl[s] = None
+        assert [rl.popfirst() for _ in socks] == socks[::-1] and not rl
+        with pytest.raises(KeyError):
+            rl.popfirst()
+
+
+def test_a_closed_group_lets_go_of_what_its_pending_recv_list_held(socks):
+    g = netimpl.SockGroup()
+    g._ready[socks[0]] = None  # as a socket that left it while found readable would be
+    g.close()
+    assert len(g._ready) == 0
 
 
 @KINDS

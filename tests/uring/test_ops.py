@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import netimpl
 
 
@@ -86,3 +88,55 @@ def test_ring_sends_make_no_op_entry_of_their_own(request):
         s.close()
     assert list(gi._ops) == [gi._out_ud] and gi._inflight == {}
     group.close()
+
+
+def test_a_socket_a_flush_callback_moves_to_another_group_is_sent_by_that_group_alone(request, caplog):
+    """A flush of two sockets: the first one's request callback moves the second to another group and
+    queues on it there. The first group's flush leaves it (its snapshot is stale), and the second
+    group sends the bytes, once, under its own op table."""
+    caplog.set_level("WARNING", logger="netimpl")
+    a, a_peer = _pair(request)
+    b, b_peer = _pair(request)
+    g1, g2 = netimpl.SockGroup(), netimpl.SockGroup()
+    request.addfinalizer(g2.close)
+    request.addfinalizer(g1.close)
+    for s in (a, b, a_peer, b_peer):
+        request.addfinalizer(s.close)
+    g1.add_sock(a, lambda g, s: None)
+    g1.add_sock(b, lambda g, s: None)
+    gi1 = a._group_impl
+    warm = bytearray(8)
+    for s in (a, b):
+        s.writev_async(netimpl.Request([b"w"]))
+    gi1._prep_dirty()  # as SENDs (two sockets): the first ring send of each, whose struct Python makes
+    for peer in (a_peer, b_peer):
+        while not peer.recv_into(warm):
+            g1.poll(timeout=0.01)
+    assert gi1._ring_sends == 2
+    statuses: list[tuple[str, int]] = []
+
+    def move_b(req, status):
+        statuses.append(("a", status))
+        g1.remove_sock(b)  # b's queued request is cancelled
+        g2.add_sock(b, lambda g, s: None)
+        b.writev_async(netimpl.Request([b"moved"], cb=lambda r, st: statuses.append(("b2", st))))
+
+    a.writev_async(netimpl.Request([b""], cb=move_b))  # nothing to send: completes inside the flush
+    b.writev_async(netimpl.Request([b"first"], cb=lambda r, st: statuses.append(("b1", st))))
+    g1.poll(timeout=0)  # two dirty sockets: a ring flush, whose snapshot still names b
+    got = bytearray()
+    buf = bytearray(64)
+    for _ in range(200):
+        g2.poll(timeout=0.01)
+        n = b_peer.recv_into(buf)
+        if n:
+            got += buf[:n]
+        if got == b"moved" and ("b2", 0) in statuses:
+            break
+    assert bytes(got) == b"moved"
+    assert statuses == [("a", 0), ("b1", errno.ECANCELED), ("b2", 0)]
+    assert b._group_impl is not gi1 and b not in gi1._dirty and b._send_ud == 0
+    assert set(gi1._ops) == {a._poll_ud, a._write_ud, gi1._out_ud}
+    assert not [r.getMessage() for r in caplog.records if r.name == "netimpl"]
+    g1.remove_sock(a)
+    g2.remove_sock(b)
