@@ -19,7 +19,7 @@
 
 #define NI_CORE_API_NAME "netimpl._native._C_API"
 /* Bumped whenever a layout below or the table changes: a stale build refuses to pair. */
-#define NI_CORE_API_VERSION 4
+#define NI_CORE_API_VERSION 5
 /* The most iovecs one gather fills (IOV_BATCH_SIZE in the Python core). */
 #define NI_GATHER_MAX 64
 

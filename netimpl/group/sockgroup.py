@@ -314,12 +314,15 @@ class SockGroup(GroupCore):
 
     def _found(self, socks: "list[Sock]") -> bool:
         """Put sockets a group impl found readable on the pending-recv list, those still in this
-        group (a callback run on the way, a send's completion, may have removed one); True if any."""
+        group (a callback run on the way, a send's completion, may have removed one); True if any
+        was put there."""
         ready = self._ready
+        found = False
         for sock in socks:
             if sock._group is self:
                 ready[sock] = None
-        return bool(socks)
+                found = True
+        return found
 
     def _serve(self, max_events: int) -> int:
         ready = self._ready
