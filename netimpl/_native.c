@@ -26,6 +26,10 @@
  *              sendmsg(2) with MSG_NOSIGNAL) and recv_into (recv(2) straight
  *              into the caller's buffer, or readv(2) into the C pipe and a
  *              copy out of it).
+ *   ReadyList, DirtyList  a group's pending-recv list (SockGroup._ready) and a
+ *              group impl's sockets with requests queued (GroupImpl._dirty):
+ *              ordered sets linked through the sockets themselves, as SPDK's
+ *              pending_recv TAILQ (the twin: netimpl._pycore.SockList).
  *   flush_dirty  GroupImpl.flush_dirty as one C call.
  *   group_poll   SockGroup.poll: for posix group impls epoll_wait and the
  *              fd -> socket map in C (other backends' impls through their
