@@ -85,8 +85,8 @@ static unsigned long long completions;
 
 static PyObject *s_inflight, *s_check_zcopy, *s_impl_opts, *s_zerocopy_threshold, *s_sent;
 static PyObject *s_read_into, *s_readv;
-static PyObject *s_sys, *s_zc, *s_flush, *s_flush_py, *s_close_now, *s_send_failed, *s_pipe, *s_read,
-    *s_write, *s_full, *s_error, *s_dirty, *s_owner, *s_check_thread, *s_group,
+static PyObject *s_sys, *s_zc, *s_flush, *s_flush_py, *s_close_now, *s_send_failed, *s_read,
+    *s_write, *s_full, *s_error, *s_dirty, *s_owner, *s_check_thread,
     *s_work_arrived;
 
 /* ------------------------------------------------------------------------ */
@@ -805,6 +805,7 @@ static PyTypeObject PipeType = {
 /* The sockets' lists (SockList, below): c->dirty, when cached, is a DirtyList. */
 static PyTypeObject DirtyListType;
 static int dirty_add(Core *c);
+static void dirty_drop(Core *c);
 static int dirty_discard(PyObject *dirty, PyObject *sock);
 
 static PyTypeObject CoreType;
@@ -1069,7 +1070,7 @@ static void
 core_undirty(Core *c)
 {
     if (c->dirty != NULL)
-        dirty_discard(c->dirty, (PyObject *)c);
+        dirty_drop(c);
 }
 
 /* Complete every queued request with status: a send error fails them in queue order, behind what the
@@ -1841,23 +1842,17 @@ static const char *const sl_what[NI_LINKS] = {"pending-recv list", "dirty list"}
 
 static PyObject *sl_unlink(SockList *sl, Core *c);
 
-/* Append sock (nothing if it is in already; off another list of the kind first): 0, or -1 with an
- * exception. */
-static int
-sl_add(SockList *sl, PyObject *sock)
+/* Append c (nothing if it is in already; off another list of the kind first). */
+static void
+sl_link(SockList *sl, Core *c)
 {
-    if (!PyObject_TypeCheck(sock, &CoreType)) {
-        PyErr_Format(PyExc_TypeError, "a %s holds netimpl sockets, not %.60R", sl_what[sl->slot], sock);
-        return -1;
-    }
-    Core *c = (Core *)sock;
     struct ni_link *l = LINK(c, sl);
     if (l->list == (PyObject *)sl)
-        return 0;
+        return;
     if (l->list != NULL)
         sl_unlink(SL(l->list), c);  /* its reference moves with it */
     else
-        Py_INCREF(sock);
+        Py_INCREF(c);
     l->list = (PyObject *)sl;
     l->next = NULL;
     l->prev = sl->tail;
@@ -1867,6 +1862,17 @@ sl_add(SockList *sl, PyObject *sock)
         sl->head = c;
     sl->tail = c;
     sl->len++;
+}
+
+/* sl_link for what Python hands in: 0, or -1 with TypeError when it is not a netimpl socket. */
+static int
+sl_add(SockList *sl, PyObject *sock)
+{
+    if (!PyObject_TypeCheck(sock, &CoreType)) {
+        PyErr_Format(PyExc_TypeError, "a %s holds netimpl sockets, not %.60R", sl_what[sl->slot], sock);
+        return -1;
+    }
+    sl_link(sl, (Core *)sock);
     return 0;
 }
 
@@ -1895,14 +1901,21 @@ sl_has(SockList *sl, PyObject *sock)
     return PyObject_TypeCheck(sock, &CoreType) && LINK((Core *)sock, sl)->list == (PyObject *)sl;
 }
 
-/* Take sock out if it is in: 1 if it was, else 0. */
+/* Take c out if it is in: 1 if it was, else 0. */
+static int
+sl_drop(SockList *sl, Core *c)
+{
+    if (LINK(c, sl)->list != (PyObject *)sl)
+        return 0;
+    Py_DECREF(sl_unlink(sl, c));
+    return 1;
+}
+
+/* sl_drop for what Python hands in (anything: what is not a socket is not in). */
 static int
 sl_discard(SockList *sl, PyObject *sock)
 {
-    if (!sl_has(sl, sock))
-        return 0;
-    Py_DECREF(sl_unlink(sl, (Core *)sock));
-    return 1;
+    return sl_has(sl, sock) && sl_drop(sl, (Core *)sock);
 }
 
 static PyObject *
@@ -2094,10 +2107,18 @@ static PyTypeObject ReadyListType = SOCK_LIST_TYPE(
 static PyTypeObject DirtyListType = SOCK_LIST_TYPE(
     "DirtyList", "DirtyList(): a group impl's sockets with requests queued, an ordered set linked through them.");
 
+/* c on (off) its group impl's dirty list, c->dirty (cached only when a DirtyList). */
 static int
 dirty_add(Core *c)
 {
-    return sl_add(SL(c->dirty), (PyObject *)c);
+    sl_link(SL(c->dirty), c);
+    return 0;
+}
+
+static void
+dirty_drop(Core *c)
+{
+    sl_drop(SL(c->dirty), c);
 }
 
 /* sock taken off a DirtyList or a dict if it is there: 0, or -1 with an exception. */
@@ -2427,14 +2448,15 @@ api_set_has_buffered(PyObject *function, int (*buffered)(Core *c))
 /* sock._has_buffered(): 1, 0, -1 on error. Done in C unless a class overrides it (TlsSock: OpenSSL's
  * buffers); a backend's compiled override, through its C twin. */
 static int
-core_has_buffered(PyObject *sock)
+core_has_buffered(Core *c)
 {
+    PyObject *sock = (PyObject *)c;
     PyObject *m = _PyType_Lookup(Py_TYPE(sock), s_has_buffered);
     if (m != NULL && m != base_has_buffered) {
         int t = -1;
         if (backend_buffered != NULL && PyInstanceMethod_Check(m) &&
-            PyInstanceMethod_GET_FUNCTION(m) == backend_has_buffered && PyObject_TypeCheck(sock, &CoreType))
-            t = backend_buffered((Core *)sock);
+            PyInstanceMethod_GET_FUNCTION(m) == backend_has_buffered)
+            t = backend_buffered(c);
         if (t == 1)
             return 1;
         if (t < 0) {
@@ -2444,9 +2466,7 @@ core_has_buffered(PyObject *sock)
             return t;
         }
     }
-    PyObject *pipe = PyObject_TypeCheck(sock, &CoreType) ? FIELD(((Core *)sock)->pipe) : NULL;
-    if (pipe == NULL && (pipe = PyObject_GetAttr(sock, s_pipe)) == NULL)
-        return -1;
+    PyObject *pipe = FIELD(c->pipe);
     Py_INCREF(pipe);
     int r = 0;
     if (pipe != Py_None) {
@@ -2474,9 +2494,11 @@ call_flush_dirty(PyObject *gi)
 static int
 ready_add(PyObject *group, PyObject *ready, PyObject *sock)
 {
-    if (PyObject_TypeCheck(sock, &CoreType) && ((Core *)sock)->group != group)
-        return 0;
-    return sl_add(SL(ready), sock);
+    if (!PyObject_TypeCheck(sock, &CoreType))
+        return sl_add(SL(ready), sock);  /* TypeError naming it */
+    if (((Core *)sock)->group == group)
+        sl_link(SL(ready), (Core *)sock);
+    return 0;
 }
 
 /* PosixGroupImpl.poll, adding the readable sockets to ready (the group's ReadyList). */
@@ -2603,24 +2625,17 @@ out:
     return rc;
 }
 
-/* Back of the pending-recv list while the pipe holds data; otherwise the kernel will say. */
+/* Back of the pending-recv list while the socket holds bytes; otherwise the kernel will say. */
 static int
-group_requeue(PyObject *group, PyObject *ready, PyObject *sock)
+group_requeue(PyObject *group, PyObject *ready, Core *c)
 {
-    PyObject *g;
-    if (PyObject_TypeCheck(sock, &CoreType)) {
-        g = FIELD(((Core *)sock)->group);
-    } else {
-        if ((g = PyObject_GetAttr(sock, s_group)) == NULL)
-            return -1;
-        Py_DECREF(g);
-    }
-    if (g != group || (PyObject_TypeCheck(sock, &CoreType) && ((Core *)sock)->read_paused))
+    if (c->group != group || c->read_paused)
         return 0;
-    int buffered = core_has_buffered(sock);
+    int buffered = core_has_buffered(c);
     if (buffered <= 0)
         return buffered;
-    return sl_add(SL(ready), sock);
+    sl_link(SL(ready), c);
+    return 0;
 }
 
 /* SockGroup._serve: up to max_events read callbacks, then flush what they queued. */
@@ -2645,13 +2660,13 @@ group_serve(PyObject *group, PyObject *ready, PyObject *impls, PyObject *stats, 
         if (res == NULL) {
             PyObject *t, *val, *tb;
             PyErr_Fetch(&t, &val, &tb);
-            if (group_requeue(group, ready, sock) < 0 || add_to_attr(stats, s_callbacks, served) < 0)
+            if (group_requeue(group, ready, c) < 0 || add_to_attr(stats, s_callbacks, served) < 0)
                 PyErr_WriteUnraisable(group);
             PyErr_Restore(t, val, tb);
             goto fail_sock;
         }
         Py_DECREF(res);
-        int rc = group_requeue(group, ready, sock);
+        int rc = group_requeue(group, ready, c);
         Py_DECREF(sock);
         if (rc < 0)
             return -1;
@@ -3008,7 +3023,6 @@ PyInit__native(void)
     INTERN(s_flush_py, "_flush_py");
     INTERN(s_close_now, "_close_now");
     INTERN(s_send_failed, "_send_failed");
-    INTERN(s_pipe, "_pipe");
     INTERN(s_read, "_read");
     INTERN(s_write, "_write");
     INTERN(s_full, "_full");
@@ -3016,7 +3030,6 @@ PyInit__native(void)
     INTERN(s_dirty, "_dirty");
     INTERN(s_owner, "_owner");
     INTERN(s_check_thread, "_check_thread");
-    INTERN(s_group, "_group");
     INTERN(s_work_arrived, "_work_arrived");
     INTERN(s_has_buffered, "_has_buffered");
     INTERN(s_read_into, "_read_into");

@@ -765,15 +765,10 @@ static int mark_dirty(PyObject *gi, Core *c)
 /* dict.pop(sock, None) on gi._dirty. */
 static int unmark_dirty(PyObject *gi, Core *c)
 {
-    PyObject *d;
-    int rc;
+    PyObject *d = c->dirty != NULL ? Py_NewRef(c->dirty) : GS_GET(gi, base.dirty, s_dirty);
+    int rc = d == NULL ? -1 : core->dirty_discard(d, (PyObject *)c);
 
-    if (c->dirty != NULL)
-        return core->dirty_discard(c->dirty, (PyObject *)c);
-    if ((d = GS_GET(gi, base.dirty, s_dirty)) == NULL)
-        return -1;
-    rc = core->dirty_discard(d, (PyObject *)c);
-    Py_DECREF(d);
+    Py_XDECREF(d);
     return rc;
 }
 

@@ -758,17 +758,20 @@ class UringGroupImpl(_GroupState, GroupImpl):
         _prep_dirty = _prep_dirty_py
         flush_sock = _flush_sock_py
 
+    def _zc_owed(self) -> bool:
+        """Zero-copy sends' entries are left (a plain send's, a socket's _write_ud, goes with its socket)."""
+        return any(op[0] == SEND and op[2] is not False for op in self._ops.values())
+
     def close(self) -> None:
         ring = self._ring
         if ring is None:
             return
         deadline = time.monotonic() + CLOSE_WAIT
-        # (zero-copy sends' entries; a plain one, a socket's _write_ud, goes with its socket)
-        while any(op[0] == SEND and op[2] is not False for op in self._ops.values()) and time.monotonic() < deadline:
+        while self._zc_owed() and time.monotonic() < deadline:
             ring.submit(1, 0.05)
             for ud, res, flags in ring.reap():
                 self._dispatch(ud, res, flags, None)
-        if any(op[0] == SEND and op[2] is not False for op in self._ops.values()):
+        if self._zc_owed():
             # Freeing the ring would not free the pages; but its owed callbacks could never run.
             logger.warning("uring group closed with zero-copy notifications still owed; keeping its ring")
             _abandoned.append(ring)
