@@ -13,7 +13,8 @@
  *  - A multishot ACCEPT on the listener; each accepted socket gets
  *    TCP_NODELAY and a multishot RECV into the server's provided-buffer
  *    ring: 512 buffers of 16 KiB, bundles where the kernel has them
- *    (IORING_FEAT_RECVSEND_BUNDLE).
+ *    (IORING_FEAT_RECVSEND_BUNDLE), its working set sized after each reap
+ *    (ni_bufring_settle) as the backend's is.
  *  - A loop pass is one io_uring_enter that waits for a completion, the
  *    reap (entering again while a reap reaches the 20 CQEs of task work an
  *    enter runs, IO_LOCAL_TW_DEFAULT_MAX), the application work of every
@@ -284,8 +285,10 @@ static int fu_reap(struct fu *g)
         unsigned head = *r->cq_khead, tail = load_acquire(r->cq_ktail);
 
         if (head == tail) {
-            if (!ni_cq_overflowed(r))
+            if (!ni_cq_overflowed(r)) {
+                ni_bufring_settle(g->br);  /* size its working set, as backend uring's reap does */
                 return n;
+            }
             if ((rc = ni_submit_inline(r, 0, -1)) < 0 && rc != -EBUSY && rc != -EINTR)
                 return rc;
             continue;

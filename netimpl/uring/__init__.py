@@ -57,7 +57,9 @@ class UringOpts(ImplOpts):
     multishot: bool = documented("Multishot receive and accept where the kernel has them (False: a poll per "
                                  "readiness event and recv(2)/accept(2)).", default=True)
     pbuf_entries: int = documented("Buffers in each group's provided-buffer ring (a power of two), shared by its "
-                                   "sockets' multishot receives.", default=512)
+                                   "sockets' multishot receives. The ring keeps only as many published as its "
+                                   "receives have lately needed (64 at the least), the rest spare, so the "
+                                   "kernel fills buffers still in cache.", default=512)
     pbuf_size: int = documented("Bytes per provided buffer: one multishot receive CQE carries at most this many.",
                                 default=16384)
 

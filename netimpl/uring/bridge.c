@@ -150,6 +150,8 @@ static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max)
     }
     store_release(r->cq_khead, head);
     r->n_cqe += n;
+    if (nq)
+        ni_bufring_settle(touched[0]->br);  /* a group's receives share its one buffer ring */
     for (unsigned i = 0; i < nq; i++) {
         struct ni_rxq *q = touched[i];
 

@@ -52,6 +52,12 @@ Facts that shape it:
   or it is switched off, a socket falls back to the one-shot POLL_ADD
   below and ``recv(2)``. With bundles (IORING_RECVSEND_BUNDLE, 6.10) one
   CQE covers as many buffers as the data filled (decoded in ring.h).
+  The ring publishes a working set of its buffers, not all of them: the
+  kernel fills them in ring order, so a ring of 512 published buffers
+  would sweep 8 MiB of memory through the cache. ``ni_bufring_settle``
+  (ring.h), after each reap, doubles the set when the reap found the ring
+  drained and halves it after a window in which it stayed over half full;
+  free buffers beyond it wait on a stack, the last freed first.
 * POLL_ADD is one-shot: a socket is re-armed at the start of the next poll,
   after its read callback ran, so unread data is reported again, as a
   level-triggered epoll would.

@@ -277,7 +277,10 @@ int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsign
         return err;
     }
     br->pos = calloc(entries, sizeof(*br->pos));
-    if (!br->pos) {
+    br->spare = calloc(entries, sizeof(*br->spare));
+    if (!br->pos || !br->spare) {
+        free(br->pos);
+        free(br->spare);
         munmap(br->bufs, br->bufs_len);
         munmap(br->ring, br->ring_len);
         free(br);
@@ -287,6 +290,7 @@ int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsign
     br->mask = entries - 1;
     br->buf_size = buf_size;
     br->bgid = bgid;
+    br->want = br->low = entries < NI_BUF_WANT_MIN ? entries : NI_BUF_WANT_MIN;
     memset(&reg, 0, sizeof(reg));
     reg.ring_addr = (uint64_t)(uintptr_t)br->ring;
     reg.ring_entries = entries;
@@ -294,12 +298,13 @@ int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsign
     if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
         err = -errno;
         free(br->pos);
+        free(br->spare);
         munmap(br->bufs, br->bufs_len);
         munmap(br->ring, br->ring_len);
         free(br);
         return err;
     }
-    for (unsigned i = 0; i < entries; i++)
+    for (unsigned i = 0; i < entries; i++)  /* the first `want` into the ring, the rest spare */
         ni_bufring_put(br, (uint16_t)i);
     *out = br;
     return 0;
@@ -321,6 +326,14 @@ void ni_bufring_set_bundle(struct ni_bufring *br, int on) { br->bundle = on; }
 unsigned ni_bufring_avail(struct ni_bufring *br) { return br->avail; }
 
 unsigned ni_bufring_lent(struct ni_bufring *br) { return br->lent; }
+
+void ni_bufring_working_set(struct ni_bufring *br, uint64_t out[4])
+{
+    out[0] = br->want;
+    out[1] = br->nspare;
+    out[2] = br->n_grow;
+    out[3] = br->n_shrink;
+}
 
 int ni_rxq_create(struct ni_bufring *br, int fd, uint64_t py_ud, struct ni_rxq **out)
 {

@@ -125,6 +125,15 @@ struct ni_bufring {
     unsigned entries, mask, buf_size, bgid;
     uint16_t tail;                  /* ours; published to ring->tail */
     unsigned avail;                 /* buffers in the ring, not yet filled by the kernel */
+    /* The working set (see ni_bufring_settle): `want` buffers are kept in the ring, the other
+     * free ones wait in `spare`, last freed on top. Whenever avail < want, spare is empty. */
+    unsigned want;
+    uint16_t *spare;
+    unsigned nspare;
+    unsigned low;                   /* the fewest in the ring at a settle, this window */
+    unsigned taken;                 /* buffers the kernel filled, this window */
+    int drained;                    /* a receive found the ring empty (ENOBUFS) since the last settle */
+    uint64_t n_grow, n_shrink;      /* times `want` doubled and halved: for tests and measuring */
     int bundle;                     /* receives ask for IORING_RECVSEND_BUNDLE */
     uint16_t *pos;                  /* per bid: the ring slot it was last put in */
     unsigned lent;                  /* buffers lent to callers (ni_rxq_lend), not given back yet */
@@ -232,7 +241,13 @@ static inline int ni_submit_inline(struct ni_ring *r, unsigned wait_nr, int64_t 
     return ret;
 }
 
-static inline void ni_bufring_put(struct ni_bufring *br, uint16_t bid)
+/* The fewest buffers a ring keeps published (all of them in a smaller ring). */
+#define NI_BUF_WANT_MIN 64
+/* `want` halves when, over a window of NI_BUF_WINDOW x want buffers filled, the ring never
+ * fell below half full at a settle. */
+#define NI_BUF_WINDOW 4
+
+static inline void ni_bufring_publish(struct ni_bufring *br, uint16_t bid)
 {
     struct io_uring_buf *b = &br->ring->bufs[br->tail & br->mask];
 
@@ -243,6 +258,61 @@ static inline void ni_bufring_put(struct ni_bufring *br, uint16_t bid)
     br->tail++;
     br->avail++;
     store_release(&br->ring->tail, br->tail);
+}
+
+/* A free buffer: into the ring while it holds fewer than `want`, else onto the spare stack. */
+static inline void ni_bufring_put(struct ni_bufring *br, uint16_t bid)
+{
+    if (br->avail < br->want)
+        ni_bufring_publish(br, bid);
+    else
+        br->spare[br->nspare++] = bid;
+}
+
+/* Publish spare buffers, the last freed (the likeliest still in cache) first, up to `want`. */
+static inline void ni_bufring_top_up(struct ni_bufring *br)
+{
+    while (br->avail < br->want && br->nspare)
+        ni_bufring_publish(br, br->spare[--br->nspare]);
+}
+
+/*
+ * After a reap: size the working set. The kernel takes provided buffers in ring order, so a
+ * ring that published all its buffers would have every receive land in the one least recently
+ * used: with 512 x 16 KiB that is 8 MiB swept through for every 8 MiB received, and both
+ * copies (the kernel's in, ours out) miss the cache. So the ring publishes only `want`
+ * buffers, as many as its receives have lately needed between two reaps: doubled when a reap
+ * found it drained (a receive may have ended with ENOBUFS, and is re-armed), halved when for
+ * a window it never fell below half.
+ */
+static inline void ni_bufring_settle(struct ni_bufring *br)
+{
+    if (br->avail == 0 || br->drained) {
+        if (br->want < br->entries) {
+            br->want = br->want * 2 < br->entries ? br->want * 2 : br->entries;
+            br->n_grow++;
+        }
+        br->drained = 0;
+        br->low = 0;
+    } else if (br->avail < br->low) {
+        br->low = br->avail;
+    }
+    if (br->taken >= NI_BUF_WINDOW * br->want) {
+        if (br->low > br->want / 2 && br->want > NI_BUF_WANT_MIN) {
+            br->want /= 2;
+            br->n_shrink++;
+        }
+        br->taken = 0;
+        br->low = br->want;
+    }
+    ni_bufring_top_up(br);
+}
+
+/* k buffers the kernel filled (settled after the reap). */
+static inline void ni_bufring_took(struct ni_bufring *br, unsigned k)
+{
+    br->avail -= k;
+    br->taken += k;
 }
 
 static inline void ni_rxq_hold(struct ni_rxq *q, uint16_t bid, uint32_t len)
@@ -266,10 +336,10 @@ static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
         uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
 
         if (res <= 0) {
-            br->avail--;
+            ni_bufring_took(br, 1);
             ni_bufring_put(br, bid);
         } else if (res <= (int)br->buf_size) {
-            br->avail--;
+            ni_bufring_took(br, 1);
             ni_rxq_hold(q, bid, (uint32_t)res);
         } else {
             uint16_t slot = br->pos[bid];
@@ -278,7 +348,7 @@ static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
             while (left) {
                 uint32_t k = left < br->buf_size ? left : br->buf_size;
 
-                br->avail--;
+                ni_bufring_took(br, 1);
                 ni_rxq_hold(q, br->ring->bufs[slot & br->mask].bid, k);
                 slot++;
                 left -= k;
@@ -292,6 +362,7 @@ static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
                 q->end = NI_RX_EOF;
         } else if (res == -ENOBUFS) {
             q->nobufs = 1;
+            q->br->drained = 1;
         } else if (res < 0 && res != -ECANCELED && res != -EINTR && !q->end) {
             q->end = res;
         }
@@ -327,6 +398,7 @@ static inline void ni_bufring_free(struct ni_bufring *br)
     munmap(br->bufs, br->bufs_len);
     munmap(br->ring, br->ring_len);
     free(br->pos);
+    free(br->spare);
     free(br);
 }
 

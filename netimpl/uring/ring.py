@@ -256,6 +256,13 @@ class BufRing:
         """Buffers lent by ``recv_next`` whose views are not yet released."""
         return lib.ni_bufring_lent(self._br)
 
+    def working_set(self) -> dict[str, int]:
+        """How many buffers the ring keeps published (``want``), how many wait as ``spare``,
+        and how often ``want`` has ``grown`` and ``shrunk`` (see ``ni_bufring_settle``)."""
+        out = ffi.new("uint64_t[4]")
+        lib.ni_bufring_working_set(self._br, out)
+        return {"want": out[0], "spare": out[1], "grown": out[2], "shrunk": out[3]}
+
     def rxq(self, fd: int, py_ud: int):
         """A receive queue for socket ``fd``, reported to Python's op table as ``py_ud``."""
         out = ffi.new("struct ni_rxq **")
