@@ -17,8 +17,9 @@
  *              socket.sendmsg reads them), then the SENDMSG(_ZC) SQE.
  *  rx_copy     a socket's recv_into out of the buffers it holds, recycling
  *  rx_copyv    each one read to its end; then EOF or the error, in order; a
- *              direct recv(2) only when no multishot is armed and nothing is
- *              held.
+ *              direct recv(2) when no multishot is armed and nothing is
+ *              held, and (rx_copy) after a whole buffer's worth with room
+ *              for another, on the ring's thread (ni_rxq_read, ring.h).
  *  rx_drain    everything held, as bytes (a socket leaving its group).
  *  rx_lend     the oldest held buffer itself, lent as a read-only memoryview
  *              (Sock.recv_next: no copy); back to the ring with its last view.
@@ -351,13 +352,13 @@ static PyObject *rx_copy(struct ni_rxq *q, PyObject *buf)
         size_t n = (size_t)PyByteArray_GET_SIZE(buf);
 
         if (q->count)
-            return PyLong_FromSize_t(ni_rxq_copy(q, dst, n));
+            return PyLong_FromSize_t(ni_rxq_read(q, dst, n));
         return rx_nothing_held(q, dst, n);
     }
     if (get_dest(buf, &view) < 0)
         return NULL;
     if (q->count)
-        res = PyLong_FromSize_t(ni_rxq_copy(q, view.buf, (size_t)view.len));
+        res = PyLong_FromSize_t(ni_rxq_read(q, view.buf, (size_t)view.len));
     else
         res = rx_nothing_held(q, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);

@@ -76,6 +76,7 @@ int ni_ring_create(struct ni_ring **out, unsigned entries, unsigned cq_entries, 
     }
     r->setup_flags = p.flags;
     r->features = p.features;
+    r->owner = pthread_self();
 
     r->sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
     r->cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
@@ -286,6 +287,7 @@ int ni_bufring_create(struct ni_ring *r, unsigned bgid, unsigned entries, unsign
         free(br);
         return -ENOMEM;
     }
+    br->r = r;
     br->entries = entries;
     br->mask = entries - 1;
     br->buf_size = buf_size;

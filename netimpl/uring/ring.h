@@ -32,6 +32,7 @@
 #define NETIMPL_RING_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,7 @@ struct ni_ring {
     int fd;
     unsigned setup_flags;
     unsigned features;
+    pthread_t owner;                /* the thread that made it: with SINGLE_ISSUER, its one submitter */
     /* SQ */
     unsigned *sq_khead, *sq_ktail, *sq_kflags, *sq_array;
     unsigned sq_mask, sq_entries;
@@ -118,6 +120,7 @@ struct ni_ring {
 
 /* A provided-buffer ring: `entries` buffers of `buf_size` bytes, group id `bgid`. */
 struct ni_bufring {
+    struct ni_ring *r;              /* the ring it is registered with */
     struct io_uring_buf_ring *ring;
     size_t ring_len;
     char *bufs;
@@ -150,6 +153,7 @@ struct ni_rxq {
     int end;                        /* 0, NI_RX_EOF, or -errno: delivered after the held bytes */
     int nobufs;                     /* the last multishot ended for want of buffers */
     unsigned gen;                   /* the reap that last reported it */
+    uint64_t direct;                /* bytes read by recv(2) straight into a caller's buffer (ni_rxq_direct) */
     unsigned head, count, cap;      /* the held buffers: a ring of cap (bid, len) */
     uint32_t off;                   /* bytes of the head buffer already read */
     uint16_t *bid;
@@ -463,6 +467,49 @@ static inline size_t ni_rxq_copy(struct ni_rxq *q, char *dst, size_t n)
         }
     }
     q->bytes -= got;
+    return got;
+}
+
+/*
+ * Whether recv(2) on q's socket returns, now, only bytes that come after every byte the ring
+ * has filled for it. With DEFER_TASKRUN the kernel fills provided buffers only in task work,
+ * run inside an io_uring_enter of the ring's one submitter (SINGLE_ISSUER: the thread that made
+ * it); every CQE such an enter posted has been reaped onto its rxq once the CQ is empty and none
+ * waits in overflow. So on that thread, which is not inside an enter while it runs this, with
+ * the CQ empty, the socket holds only bytes no buffer has taken.
+ */
+static inline int ni_rxq_direct_ok(struct ni_rxq *q)
+{
+    struct ni_ring *r = q->br->r;
+
+    return !q->end && (r->setup_flags & IORING_SETUP_DEFER_TASKRUN) && pthread_equal(r->owner, pthread_self()) &&
+           *r->cq_khead == load_acquire(r->cq_ktail) && !(load_acquire(r->sq_kflags) & IORING_SQ_CQ_OVERFLOW);
+}
+
+/*
+ * Up to n bytes into dst: the held ones, then, when those were at least a whole buffer and dst
+ * has room for another, recv(2) straight into the rest. A receive that filled a whole buffer
+ * says the stream runs faster than one buffer per pass, so more is likely waiting in the
+ * socket: read into the caller's buffer, it costs the kernel's copy alone, where through the
+ * provided buffers it costs that and ours (SPDK reads large receives past its recv pipe too).
+ * EOF or an error met there is held as q's end, delivered after what this returns.
+ */
+static inline size_t ni_rxq_read(struct ni_rxq *q, char *dst, size_t n)
+{
+    size_t got = ni_rxq_copy(q, dst, n), bs = q->br->buf_size;
+    ssize_t k;
+
+    if (got < bs || n - got < bs || !ni_rxq_direct_ok(q))
+        return got;
+    k = recv(q->fd, dst + got, n - got, MSG_DONTWAIT);
+    if (k > 0) {
+        q->direct += (uint64_t)k;
+        return got + (size_t)k;
+    }
+    if (k == 0)
+        q->end = NI_RX_EOF;
+    else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        q->end = -errno;
     return got;
 }
 

@@ -12,7 +12,12 @@ accept, or a poll).
 Reads: while the socket has a receive queue (``_rxq``, in a group with
 multishot receive), ``recv_into`` and ``readv`` copy out of the buffers it
 holds, in C (``_bridge.rx_copy``), then deliver EOF or the socket's error;
-they call ``recv(2)`` only when no multishot is armed and nothing is held.
+they call ``recv(2)`` when no multishot is armed and nothing is held, and
+``recv_into`` does once it has copied a whole buffer's worth and has room
+for another: a stream that fast has more waiting in the socket, and read
+straight into the caller's buffer it costs the kernel's copy alone (on the
+ring's own thread only, with every CQE reaped, so those bytes come after
+every byte held; ``ni_rxq_read`` in ring.h says why).
 ``recv_next`` lends the oldest held buffer itself (``_bridge.rx_lend``): the
 one copy left is the kernel's.
 Bytes in the socket's own recv pipe (there from before it joined, or

@@ -144,6 +144,7 @@ def test_many_sockets_sharing_a_small_ring_run_it_dry_and_recover(request, small
     reading[0] = True
     poll_until(group, lambda: all(len(got[s]) == len(want[s]) for s in got))
     assert all(bytes(got[s]) == want[s] for s in got)
+    group.poll()  # a receive still starved (its bytes were read past the ring) is armed again
     assert not gi._starved and gi._bufring.avail() == 4
     for server, _ in pairs:
         group.remove_sock(server)
