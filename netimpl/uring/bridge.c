@@ -330,6 +330,7 @@ static PyObject *rx_nothing_held(struct ni_rxq *q, char *dst, size_t n)
     for (;;) {
         ssize_t got = recv(q->fd, dst, n, MSG_DONTWAIT);
 
+        q->direct_calls++;
         if (got >= 0)
             return PyLong_FromSsize_t(got);
         if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -1354,7 +1355,11 @@ static PyObject *b_sock_recv_into(PyObject *self, PyObject *const *args, Py_ssiz
     }
     c = (Core *)args[0];
     if (IS_CORE(args[0]) && c->rxq_addr && !c->rx_pipe_first) {
-        res = rx_copy((struct ni_rxq *)(uintptr_t)c->rxq_addr, args[1]);
+        struct ni_rxq *q = (struct ni_rxq *)(uintptr_t)c->rxq_addr;
+        uint64_t calls = q->direct_calls;
+
+        res = rx_copy(q, args[1]);
+        c->stats->syscalls += q->direct_calls - calls;
         if (res != NULL && PyLong_CheckExact(res))
             c->stats->bytes_received += PyLong_AsSsize_t(res);
         return res;

@@ -254,6 +254,8 @@ class UringGroupImpl(_GroupState, GroupImpl):
         else:
             kind = POLL
         sock._rx_kind = kind
+        if kind == RECV and sock._has_pipe_bytes():
+            sock._rx_pipe_first = True  # a read outside the group left them: older than what the ring takes
         sock._poll_ud = self._ud(kind, sock)
         # And one serves each of its plain write tasks, one in flight at a time (zero-copy's: one each).
         sock._write_ud = self._ud(SEND, sock, False)

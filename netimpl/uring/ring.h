@@ -153,7 +153,8 @@ struct ni_rxq {
     int end;                        /* 0, NI_RX_EOF, or -errno: delivered after the held bytes */
     int nobufs;                     /* the last multishot ended for want of buffers */
     unsigned gen;                   /* the reap that last reported it */
-    uint64_t direct;                /* bytes read by recv(2) straight into a caller's buffer (ni_rxq_direct) */
+    uint64_t direct;                /* bytes read by recv(2) straight into a caller's buffer (ni_rxq_read) */
+    uint64_t direct_calls;          /* recv(2) calls reads made (those, and with no receive armed) */
     unsigned head, count, cap;      /* the held buffers: a ring of cap (bid, len) */
     uint32_t off;                   /* bytes of the head buffer already read */
     uint16_t *bid;
@@ -286,13 +287,13 @@ static inline void ni_bufring_top_up(struct ni_bufring *br)
  * used: with 512 x 16 KiB that is 8 MiB swept through for every 8 MiB received, and both
  * copies (the kernel's in, ours out) miss the cache. So the ring publishes only `want`
  * buffers, as many as its receives have lately needed between two reaps: doubled when a reap
- * found it drained (a receive may have ended with ENOBUFS, and is re-armed), halved when for
- * a window it never fell below half.
+ * found it drained (a receive may have ended with ENOBUFS, and is re-armed) and spare ones
+ * are left, halved when for a window it never fell below half.
  */
 static inline void ni_bufring_settle(struct ni_bufring *br)
 {
     if (br->avail == 0 || br->drained) {
-        if (br->want < br->entries) {
+        if (br->want < br->entries && br->nspare) {  /* with none spare, the rest are held: nothing to add */
             br->want = br->want * 2 < br->entries ? br->want * 2 : br->entries;
             br->n_grow++;
         }
@@ -502,6 +503,7 @@ static inline size_t ni_rxq_read(struct ni_rxq *q, char *dst, size_t n)
     if (got < bs || n - got < bs || !ni_rxq_direct_ok(q))
         return got;
     k = recv(q->fd, dst + got, n - got, MSG_DONTWAIT);
+    q->direct_calls++;
     if (k > 0) {
         q->direct += (uint64_t)k;
         return got + (size_t)k;

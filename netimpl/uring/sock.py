@@ -76,7 +76,10 @@ class UringSock(PosixSock):
     def _recv_into_py(self, buf: Any) -> int | None:
         addr = self._rxq_addr
         if addr and not self._rx_pipe_first:
+            q = self._rxq
+            calls = q.direct_calls
             n = _rx_copy(addr, buf)  # type: ignore[misc]
+            self.stats.syscalls += q.direct_calls - calls  # recv(2) past the held buffers
             if n:
                 self.stats.bytes_received += n
             return n

@@ -24,10 +24,12 @@ def _ws(group) -> dict:
 
 
 def _reader(got: bytearray, reading: list | None = None):
-    """A read callback that appends what it reads to ``got`` (while ``reading[0]``, if given)."""
+    """A read callback that appends what it reads to ``got`` (while ``reading[0]``, if given),
+    a buffer's worth at a time: every byte comes through the ring (a read with room for more
+    than one buffer may receive past it, test_direct_recv.py)."""
     def on_read(g, s):
         if reading is None or reading[0]:
-            buf = bytearray(1 << 20)
+            buf = bytearray(SIZE)
             n = s.recv_into(buf)
             if n:
                 got.extend(buf[:n])
