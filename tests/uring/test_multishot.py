@@ -45,6 +45,18 @@ def gi_of(group):
     return group._impls["uring"]
 
 
+def reader(got: bytearray, size: int = 4096, reading: list | None = None):
+    """A read callback appending what it reads, ``size`` bytes at most a call, to ``got``
+    (while ``reading[0]``, if given)."""
+    def on_read(g, s):
+        if reading is None or reading[0]:
+            buf = bytearray(size)
+            n = s.recv_into(buf)
+            if n:
+                got.extend(buf[:n])
+    return on_read
+
+
 def test_more_data_than_one_buffer_arrives_whole_and_in_order(request, small_buffers):
     small_buffers(16, 256)
     group = netimpl.SockGroup()
@@ -341,13 +353,7 @@ def test_features_probed_absent_fall_back_to_poll_and_recv(request, monkeypatch)
                                            "accept_multishot": "probed absent"})
     group = netimpl.SockGroup()
     got = bytearray()
-
-    def on_read(g, s):
-        buf = bytearray(4096)
-        n = s.recv_into(buf)
-        if n:
-            got.extend(buf[:n])
-
+    on_read = reader(got)
     lsock = netimpl.listen("127.0.0.1", 0, impl="uring")
     request.addfinalizer(lsock.close)
     accepted: list = []
@@ -459,14 +465,7 @@ def test_bytes_in_the_recv_pipe_before_joining_come_before_what_the_ring_receive
     assert server._has_pipe_bytes()
     group = netimpl.SockGroup()
     got = bytearray()
-
-    def on_read(g, s):
-        buf = bytearray(65536)
-        n = s.recv_into(buf)
-        if n:
-            got.extend(buf[:n])
-
-    group.add_sock(server, on_read)
+    group.add_sock(server, reader(got, 65536))
     later = payload(5000, 2)
     client.writev([later])
     poll_until(group, lambda: len(got) == len(first) - 10 + len(later))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 import netimpl
+from tests.uring.test_multishot import reader
 
 
 def _pair(request):
@@ -22,14 +23,7 @@ def test_ops_table_is_empty_once_the_sockets_leave(request):
     client, server = _pair(request)
     group = netimpl.SockGroup()
     got = bytearray()
-
-    def on_read(g, s):
-        buf = bytearray(4096)
-        n = s.recv_into(buf)
-        if n:
-            got.extend(buf[:n])
-
-    group.add_sock(server, on_read)
+    group.add_sock(server, reader(got))
     group.add_sock(client, lambda g, s: None)
     gi = server._group_impl
     for i in range(50):  # many readiness events and sends: the poll's one user_data is re-armed each time

@@ -7,7 +7,7 @@ import pytest
 
 import netimpl
 from netimpl.uring.ring import ffi
-from tests.uring.test_multishot import gi_of, pair, payload, poll_until
+from tests.uring.test_multishot import gi_of, pair, payload, poll_until, reader
 
 ENTRIES, SIZE = 512, 256
 WANT_MIN = 64  # ring.h's NI_BUF_WANT_MIN
@@ -21,19 +21,6 @@ def _ws(group) -> dict:
     # find the ring empty with buffers free).
     assert ws["avail"] >= ws["want"] or ws["spare"] == 0, ws
     return ws
-
-
-def _reader(got: bytearray, reading: list | None = None):
-    """A read callback that appends what it reads to ``got`` (while ``reading[0]``, if given),
-    a buffer's worth at a time: every byte comes through the ring (a read with room for more
-    than one buffer may receive past it, test_direct_recv.py)."""
-    def on_read(g, s):
-        if reading is None or reading[0]:
-            buf = bytearray(SIZE)
-            n = s.recv_into(buf)
-            if n:
-                got.extend(buf[:n])
-    return on_read
 
 
 def _round_trips(request, group, n: int, size: int = 50):
@@ -81,7 +68,9 @@ def test_a_burst_grows_the_working_set_then_steady_traffic_shrinks_it(request, s
     small_buffers(ENTRIES, SIZE)
     group = netimpl.SockGroup()
     got = bytearray()
-    server, client = pair(request, group, _reader(got))
+    # A buffer's worth a read: every byte comes through the ring (a read with room for more
+    # may receive past it, test_direct_recv.py).
+    server, client = pair(request, group, reader(got, SIZE))
     poll_until(group, lambda: server._poll_armed)
     burst = payload(300 * SIZE, 3)  # far more than the working set's 64 buffers
     client.writev([burst])
@@ -108,7 +97,7 @@ def test_buffers_held_by_a_paused_socket_leave_the_working_set_refilled_from_spa
     group = netimpl.SockGroup()
     held_got = bytearray()
     reading = [True]
-    held, held_client = pair(request, group, _reader(held_got, reading))
+    held, held_client = pair(request, group, reader(held_got, SIZE, reading))
     poll_until(group, lambda: held._poll_armed)
     reading[0] = False
     data = payload(100 * SIZE, 5)  # more buffers than the working set, held unread
