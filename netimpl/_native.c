@@ -389,6 +389,105 @@ static PyTypeObject StatsType = {
 };
 
 /* ------------------------------------------------------------------------ */
+/* GroupStats                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* SockGroup.stats: a group's counters, C integers that group_poll counts in without an attribute
+ * lookup (two a poll, on objects a QD1 wake-up finds cold); impls, the backends' names, a list. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *impls;
+    Py_ssize_t polls, callbacks;
+} GroupStats;
+
+static PyTypeObject GroupStatsType;
+
+static int
+gstats_init(GroupStats *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"impls", "polls", "callbacks", NULL};
+    PyObject *impls = NULL;
+    Py_ssize_t polls = 0, callbacks = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Onn:GroupStats", kwlist, &impls, &polls, &callbacks))
+        return -1;
+    impls = impls != NULL ? Py_NewRef(impls) : PyList_New(0);  /* the dataclass's default_factory=list */
+    if (impls == NULL)
+        return -1;
+    Py_XSETREF(self->impls, impls);
+    self->polls = polls;
+    self->callbacks = callbacks;
+    return 0;
+}
+
+static int
+gstats_traverse(GroupStats *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->impls);
+    return 0;
+}
+
+static int
+gstats_clear(GroupStats *self)
+{
+    Py_CLEAR(self->impls);
+    return 0;
+}
+
+static void
+gstats_dealloc(GroupStats *self)
+{
+    PyObject_GC_UnTrack(self);
+    gstats_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+gstats_repr(GroupStats *self)
+{
+    return PyUnicode_FromFormat("GroupStats(impls=%R, polls=%zd, callbacks=%zd)",
+                                self->impls ? self->impls : Py_None, self->polls, self->callbacks);
+}
+
+static PyObject *
+gstats_richcompare(PyObject *a, PyObject *b, int op)
+{
+    if (!PyObject_TypeCheck(b, &GroupStatsType) || (op != Py_EQ && op != Py_NE))
+        Py_RETURN_NOTIMPLEMENTED;
+    GroupStats *x = (GroupStats *)a, *y = (GroupStats *)b;
+    int eq = x->polls == y->polls && x->callbacks == y->callbacks;
+    if (eq) {
+        int r = PyObject_RichCompareBool(x->impls ? x->impls : Py_None, y->impls ? y->impls : Py_None, Py_EQ);
+        if (r < 0)
+            return NULL;
+        eq = r;
+    }
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+static PyMemberDef gstats_members[] = {
+    {"impls", T_OBJECT, offsetof(GroupStats, impls), 0, NULL},
+    {"polls", T_PYSSIZET, offsetof(GroupStats, polls), 0, NULL},
+    {"callbacks", T_PYSSIZET, offsetof(GroupStats, callbacks), 0, NULL},
+    {NULL},
+};
+
+static PyTypeObject GroupStatsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netimpl.GroupStats",
+    .tp_basicsize = sizeof(GroupStats),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Per-group counters (compiled; the reference is netimpl.stats.GroupStats).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)gstats_init,
+    .tp_traverse = (traverseproc)gstats_traverse,
+    .tp_clear = (inquiry)gstats_clear,
+    .tp_dealloc = (destructor)gstats_dealloc,
+    .tp_repr = (reprfunc)gstats_repr,
+    .tp_richcompare = gstats_richcompare,
+    .tp_members = gstats_members,
+};
+
+/* ------------------------------------------------------------------------ */
 /* Pipe: the recv pipe as a C ring                                          */
 /* ------------------------------------------------------------------------ */
 
@@ -2398,10 +2497,61 @@ static PyObject *s_has_buffered, *s_update_busy, *s_stats, *s_polls, *s_callback
 
 #define STACK_EVENTS 256
 
+/* A snapshot of a group's impls (a callback may add a backend while they are served), taken without
+ * a list per poll while they fit here (a group rarely holds more than two). */
+#define IMPLS_STACK 8
+typedef struct {
+    Py_ssize_t n;
+    PyObject *list;                 /* when there were more than IMPLS_STACK */
+    PyObject *stack[IMPLS_STACK];
+} Impls;
+
 static int
-add_to_attr(PyObject *obj, PyObject *name, Py_ssize_t n)
+impls_take(PyObject *impls, Impls *t)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *gi;
+
+    t->list = NULL;
+    t->n = PyDict_GET_SIZE(impls);
+    if (t->n > IMPLS_STACK) {
+        t->list = PyDict_Values(impls);
+        return t->list ? 0 : -1;
+    }
+    while (i < t->n && PyDict_Next(impls, &pos, &key, &gi))
+        t->stack[i++] = Py_NewRef(gi);
+    t->n = i;
+    return 0;
+}
+
+static inline PyObject *
+impls_at(Impls *t, Py_ssize_t i)
+{
+    return t->list ? PyList_GET_ITEM(t->list, i) : t->stack[i];
+}
+
+static void
+impls_release(Impls *t)
+{
+    if (t->list)
+        Py_CLEAR(t->list);
+    else
+        for (Py_ssize_t i = 0; i < t->n; i++)
+            Py_DECREF(t->stack[i]);
+    t->n = 0;
+}
+
+/* stats.name += n, for polls and callbacks: a GroupStats's field, or through the attribute when
+ * the group's stats is some other object (the attribute is the application's to set). */
+static int
+count_stat(PyObject *stats, PyObject *name, Py_ssize_t n)
+{
+    if (Py_IS_TYPE(stats, &GroupStatsType)) {
+        GroupStats *gs = (GroupStats *)stats;
+        *(name == s_polls ? &gs->polls : &gs->callbacks) += n;
+        return 0;
+    }
+    PyObject *v = PyObject_GetAttr(stats, name);
     if (v == NULL)
         return -1;
     PyObject *d = PyLong_FromSsize_t(n);
@@ -2410,7 +2560,7 @@ add_to_attr(PyObject *obj, PyObject *name, Py_ssize_t n)
     Py_XDECREF(d);
     if (sum == NULL)
         return -1;
-    int rc = PyObject_SetAttr(obj, name, sum);
+    int rc = PyObject_SetAttr(stats, name, sum);
     Py_DECREF(sum);
     return rc;
 }
@@ -2660,7 +2810,7 @@ group_serve(PyObject *group, PyObject *ready, PyObject *impls, PyObject *stats, 
         if (res == NULL) {
             PyObject *t, *val, *tb;
             PyErr_Fetch(&t, &val, &tb);
-            if (group_requeue(group, ready, c) < 0 || add_to_attr(stats, s_callbacks, served) < 0)
+            if (group_requeue(group, ready, c) < 0 || count_stat(stats, s_callbacks, served) < 0)
                 PyErr_WriteUnraisable(group);
             PyErr_Restore(t, val, tb);
             goto fail_sock;
@@ -2675,24 +2825,24 @@ group_serve(PyObject *group, PyObject *ready, PyObject *impls, PyObject *stats, 
         Py_DECREF(sock);
         return -1;
     }
-    if (add_to_attr(stats, s_callbacks, served) < 0)
+    if (count_stat(stats, s_callbacks, served) < 0)
         return -1;
     if (served) {
         /* What the callbacks queued goes out now, not at the next poll (QD1 latency). */
-        PyObject *gis = PyDict_Values(impls);
-        if (gis == NULL)
+        Impls gis;
+        if (impls_take(impls, &gis) < 0)
             return -1;
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gis); i++) {
-            PyObject *gi = PyList_GET_ITEM(gis, i);
+        for (Py_ssize_t i = 0; i < gis.n; i++) {
+            PyObject *gi = impls_at(&gis, i);
             PyObject *dirty = gi_dirty(gi);
             int any = dirty ? PyObject_IsTrue(dirty) : -1;
             Py_XDECREF(dirty);
             if (any < 0 || (any && call_flush_dirty(gi) < 0)) {
-                Py_DECREF(gis);
+                impls_release(&gis);
                 return -1;
             }
         }
-        Py_DECREF(gis);
+        impls_release(&gis);
     }
     PyObject *r = reraise_or_none();
     if (r == NULL)
@@ -2774,7 +2924,8 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
         if (!(timeout >= 0))
             fast = 0;
     }
-    PyObject *impls = NULL, *gis = NULL, *stats = NULL, *ready = NULL, *result = NULL;
+    PyObject *impls = NULL, *stats = NULL, *ready = NULL, *result = NULL;
+    Impls gis = {0};
     GroupCore *g = (GroupCore *)group;
     /* A closed group (EBADF) and what is not a GroupCore go to _poll_py. */
     if (fast && IS_GROUP(group) && !g->closed && g->impls && g->ready && PyDict_Check(g->impls) &&
@@ -2817,13 +2968,13 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (exported)
         g->polling = 1;
     stats = member_get(group, g->stats, s_stats);
-    if (stats == NULL || add_to_attr(stats, s_polls, 1) < 0)
+    if (stats == NULL || count_stat(stats, s_polls, 1) < 0)
         goto out;
     double wait = SL(ready)->len || exported || PyDict_GET_SIZE(impls) > 1 ? 0.0 : timeout;
-    if ((gis = PyDict_Values(impls)) == NULL)
+    if (impls_take(impls, &gis) < 0)
         goto out;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gis); i++) {
-        PyObject *gi = PyList_GET_ITEM(gis, i);
+    for (Py_ssize_t i = 0; i < gis.n; i++) {
+        PyObject *gi = impls_at(&gis, i);
         if (Py_TYPE(gi) == posix_gi_type) {
             if (posix_gi_poll(group, gi, wait, ready) < 0)
                 goto out;
@@ -2877,7 +3028,7 @@ out:
         PyErr_Restore(t, v, tb);
     }
 done:
-    Py_XDECREF(gis);
+    impls_release(&gis);
     Py_XDECREF(impls);
     Py_XDECREF(stats);
     Py_XDECREF(ready);
@@ -3055,7 +3206,7 @@ PyInit__native(void)
     INTERN(s_max_events, "max_events");
     INTERN(s_timeout, "timeout");
     INTERN(s_flush_dirty, "flush_dirty");
-    if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&CoreType) < 0 ||
+    if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&GroupStatsType) < 0 || PyType_Ready(&CoreType) < 0 ||
         PyType_Ready(&PipeType) < 0 || PyType_Ready(&GroupCoreType) < 0 || PyType_Ready(&GroupImplCoreType) < 0 ||
         PyType_Ready(&PosixGroupStateType) < 0 || PyType_Ready(&ReadyListType) < 0 ||
         PyType_Ready(&DirtyListType) < 0)
@@ -3068,6 +3219,7 @@ PyInit__native(void)
         return NULL;
     if (PyModule_AddObjectRef(m, "Request", (PyObject *)&ReqType) < 0 ||
         PyModule_AddObjectRef(m, "SockStats", (PyObject *)&StatsType) < 0 ||
+        PyModule_AddObjectRef(m, "GroupStats", (PyObject *)&GroupStatsType) < 0 ||
         PyModule_AddObjectRef(m, "SockCore", (PyObject *)&CoreType) < 0 ||
         PyModule_AddObjectRef(m, "Pipe", (PyObject *)&PipeType) < 0 ||
         PyModule_AddObjectRef(m, "GroupCore", (PyObject *)&GroupCoreType) < 0 ||

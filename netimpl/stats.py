@@ -45,3 +45,8 @@ class GroupStats:
                                   default_factory=list)
     polls: int = documented("Calls of poll().", default=0)
     callbacks: int = documented("Read callbacks made.", default=0)
+
+
+#: The class of ``SockGroup.stats``: with the compiled core its C twin of :class:`GroupStats`
+#: (``polls`` and ``callbacks`` C integers the compiled poll counts in), else :class:`GroupStats`.
+GroupStatsType: type = native.GroupStats if native is not None else GroupStats

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..accel import GroupCore, ReadyList, native
 from ..errors import callback_errors, ebadf, logger, oserror
-from ..stats import GroupStats
+from ..stats import GroupStatsType
 from .placement import placement_map
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class SockGroup(GroupCore):
 
     def __init__(self, ctx: Any = None) -> None:
         self.ctx = ctx
-        self.stats = GroupStats()
+        self.stats = GroupStatsType()
         self._impls: dict[str, "GroupImpl"] = {}
         self._socks: dict["Sock", ReadCallback] = {}
         self._ready: dict["Sock", None] = ReadyList()  # the pending-recv list, in service order

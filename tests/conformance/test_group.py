@@ -53,6 +53,25 @@ def test_ctx_and_stats(net):
     g.close()
 
 
+def test_stats_count_every_poll_and_callback(net):
+    g = net.group()
+    client, server = net.pair()
+    g.add_sock(server, lambda g, s: s.recv_into(bytearray(8)))
+    before = g.stats.polls
+    for _ in range(5):
+        g.poll()
+    assert g.stats.polls == before + 5 and g.stats.callbacks == 0
+    assert g.stats == type(g.stats)([net.impl], before + 5, 0)
+    assert repr(g.stats) == f"GroupStats(impls=[{net.impl!r}], polls={before + 5}, callbacks=0)"
+    # Counters an application sets on a group of its own are counted into as they are.
+    g.stats = netimpl.stats.GroupStats(impls=[net.impl], polls=100)
+    client.writev([b"x"])
+    wait_for(lambda: g.stats.callbacks == 1, lambda: g.poll(timeout=0.01))
+    assert type(g.stats) is netimpl.stats.GroupStats and g.stats.polls > 100
+    g.remove_sock(server)
+    g.close()
+
+
 def test_poll_argument_checks(net):
     g = net.group()
     for bad, exc in ((0, ValueError), (-1, ValueError), ("3", TypeError), (True, TypeError)):

@@ -31,6 +31,7 @@ def test_native_core_is_in_use_unless_disabled():
     s = netimpl.listen("127.0.0.1", 0, impl="posix")
     try:
         assert type(s.stats) is accel.native.SockStats
+        assert type(netimpl.SockGroup().stats) is accel.native.GroupStats
         assert type(s)._flush is accel.native.SockCore._posix_flush
     finally:
         s.close()
