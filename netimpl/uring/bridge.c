@@ -112,8 +112,18 @@ static int get_dest(PyObject *o, Py_buffer *view)
     return -1;
 }
 
-/* Up to max CQEs into out (multishot-receive ones onto their rxq): the count, or -1 with an exception. */
-static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max)
+/* Where a poll's reap files the sockets its multishot receives made readable (see file_report). */
+struct poll_ctx {
+    PyObject *gi;         /* the group impl polling */
+    PyObject *ready;      /* its answer, a list */
+    PyObject *removing;   /* its _removing, a set */
+};
+
+static int file_report(struct poll_ctx *pc, struct ni_rxq *q, PyObject *out);
+
+/* Up to max CQEs into out (multishot-receive ones onto their rxq): the count, or -1 with an
+ * exception. With pc (a poll's reap), a receive's report may be filed readable at once. */
+static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max, struct poll_ctx *pc)
 {
     unsigned head, tail, n = 0, nq = 0;
     struct ni_rxq *touched[256];
@@ -155,7 +165,12 @@ static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max)
         ni_bufring_settle(touched[0]->br);  /* a group's receives share its one buffer ring */
     for (unsigned i = 0; i < nq; i++) {
         struct ni_rxq *q = touched[i];
+        int filed = pc != NULL ? file_report(pc, q, out) : 0;
 
+        if (filed < 0)
+            return -1;
+        if (filed)
+            continue;
         t = cqe_tuple(q->py_ud, q->end, q->armed ? (unsigned)IORING_CQE_F_MORE : 0U);
         if (t == NULL || append(out, t) < 0) {
             Py_XDECREF(t);
@@ -167,12 +182,12 @@ static long reap_into(struct ni_ring *r, PyObject *out, unsigned long max)
 }
 
 /* Everything the CQ holds, overflowed CQEs included (a GETEVENTS enter moves them in). */
-static long reap_all(struct ni_ring *r, PyObject *out)
+static long reap_all(struct ni_ring *r, PyObject *out, struct poll_ctx *pc)
 {
     long n, total = 0;
 
     for (;;) {
-        n = reap_into(r, out, 256);
+        n = reap_into(r, out, 256, pc);
         if (n < 0)
             return -1;
         total += n;
@@ -202,7 +217,7 @@ static PyObject *b_reap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     max = PyLong_AsUnsignedLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
-    n = reap_into(r, args[1], max);
+    n = reap_into(r, args[1], max, NULL);
     return n < 0 ? NULL : PyLong_FromLong(n);
 }
 
@@ -214,7 +229,7 @@ static PyObject *b_reap(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 #define NI_LOCAL_TW_MAX 20
 /* Enters one enter_reap may add to run what that limit left queued (20 items each). */
 #define NI_ENTER_MORE 16
-static int enter_reap(struct ni_ring *r, int wait, long long ns, PyObject *out)
+static int enter_reap(struct ni_ring *r, int wait, long long ns, PyObject *out, struct poll_ctx *pc)
 {
     long n;
     int rc, defer;
@@ -230,7 +245,7 @@ static int enter_reap(struct ni_ring *r, int wait, long long ns, PyObject *out)
     }
     if (rc == -ETIME || rc == -EINTR || rc == -EBUSY)
         rc = 0;
-    n = reap_all(r, out);
+    n = reap_all(r, out, pc);
     /* With DEFER_TASKRUN an enter runs at most IO_LOCAL_TW_DEFAULT_MAX items of task work (more
      * only while it waits for more CQEs): as many CQEs as that may mean more is queued, run by one
      * more enter. What NI_ENTER_MORE leaves, the next poll runs; the CQEs posted here signalled
@@ -241,7 +256,7 @@ static int enter_reap(struct ni_ring *r, int wait, long long ns, PyObject *out)
 
         if (rc2 < 0 && rc2 != -ETIME && rc2 != -EINTR && rc2 != -EBUSY)
             rc = rc2;
-        n = reap_all(r, out);
+        n = reap_all(r, out, pc);
     }
     if (n < 0)
         return ENTER_ERROR;
@@ -266,7 +281,7 @@ static PyObject *b_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     ns = PyLong_AsLongLong(args[2]);
     if (wait < 0 || (ns == -1 && PyErr_Occurred()))
         return NULL;
-    rc = enter_reap(r, wait, ns, args[3]);
+    rc = enter_reap(r, wait, ns, args[3], NULL);
     return rc == ENTER_ERROR ? NULL : PyLong_FromLong(rc);
 }
 
@@ -670,6 +685,8 @@ typedef struct {
     unsigned long long ring_sends;  /* _ring_sends: write tasks started on the ring (SEND, SENDMSG_ZC) */
     int efd;              /* _efd: the eventfd behind fileno(), -1 until asked for */
     char orphans_armed;   /* _orphans_armed */
+    PyObject *ring_seen;  /* _ring_seen: the Ring whose address ring_ptr holds (group_ring) */
+    struct ni_ring *ring_ptr;
 } GroupState;
 
 static PyMemberDef gs_members[] = {
@@ -685,6 +702,7 @@ static PyMemberDef gs_members[] = {
     {"_ring_sends", T_ULONGLONG, offsetof(GroupState, ring_sends), 0, NULL},
     {"_efd", T_INT, offsetof(GroupState, efd), 0, NULL},
     {"_orphans_armed", T_BOOL, offsetof(GroupState, orphans_armed), 0, NULL},
+    {"_ring_seen", T_OBJECT_EX, offsetof(GroupState, ring_seen), READONLY, NULL},
     {NULL},
 };
 
@@ -730,17 +748,26 @@ static Py_ssize_t attr_len(PyObject *o, PyObject *name)
     return n;
 }
 
-/* The group's ring, NULL (no exception) when it has none or it was closed. */
+/* The group's ring, NULL (no exception) when it has none or it was closed. Its address is read
+ * once per Ring (a poll asks three or four times): the Ring stays _ring_seen, so that no other
+ * object can come to have its identity, and a group closes its Ring only once it is no longer its
+ * _ring (UringGroupImpl.close), so a Ring that is _ring is open. */
 static struct ni_ring *group_ring(PyObject *gi)
 {
-    PyObject *ring = GS_GET(gi, ring, s_ring), *a;
+    PyObject *ring = GS(gi)->ring, *a;
     void *p = NULL;
 
-    if (ring == NULL)
+    if (ring != NULL && ring == GS(gi)->ring_seen)
+        return GS(gi)->ring_ptr;
+    if ((ring = GS_GET(gi, ring, s_ring)) == NULL)
         return NULL;
     if (ring != Py_None && (a = PyObject_GetAttr(ring, s_addr)) != NULL) {
         p = PyLong_AsVoidPtr(a);
         Py_DECREF(a);
+        if (p != NULL) {
+            Py_XSETREF(GS(gi)->ring_seen, Py_NewRef(ring));
+            GS(gi)->ring_ptr = p;
+        }
     }
     Py_DECREF(ring);
     return p;
@@ -1045,6 +1072,31 @@ python_or_error:
     goto python;
 }
 
+/*
+ * A multishot receive's report filed at reap time, as dispatch_one would file it: its socket
+ * readable in the poll's answer. Only while the backlog is empty, so that it is the oldest CQE
+ * and dispatch order holds, and only for a receive still armed on a socket that is in the group,
+ * open, not paused, not being removed: the rest (an ended receive, whose re-arm Python's
+ * _dispatch decides) go to the backlog as tuples. 1 filed, 0 left to the backlog, -1 an error.
+ */
+static int file_report(struct poll_ctx *pc, struct ni_rxq *q, PyObject *out)
+{
+    Core *c = q->sock;
+    Py_ssize_t nb;
+    int rm;
+
+    if (c == NULL || !q->armed || !IS_CORE((PyObject *)c) || c->group_impl != pc->gi || c->closed ||
+        c->read_paused || c->rxq_addr != (uintptr_t)q)
+        return 0;
+    if ((nb = PyObject_Size(out)) != 0)
+        return nb < 0 ? -1 : 0;
+    if ((rm = in_set(pc->removing, (PyObject *)c)) != 0)
+        return rm < 0 ? -1 : 0;
+    if ((q->bytes || q->end) && PyList_Append(pc->ready, (PyObject *)c) < 0)
+        return -1;
+    return 1;
+}
+
 /* Dispatch the backlog, oldest first, into ready (a list). */
 static int drain(PyObject *gi, PyObject *backlog, PyObject *ready)
 {
@@ -1152,10 +1204,35 @@ static int call0(PyObject *o, PyObject *name)
     return r ? 0 : -1;
 }
 
+/* rxq_bind(rxq, sock): the socket a poll's reap files the receive's reports to (file_report);
+ * borrowed: a socket's receive queue is freed before it leaves its group. */
+static PyObject *b_rxq_bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    struct ni_rxq *q;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rxq_bind(rxq_address, sock)");
+        return NULL;
+    }
+    if ((q = addr_arg(args[0], "rxq_bind")) == NULL)
+        return NULL;
+    if (!IS_CORE(args[1])) {
+        PyErr_Format(PyExc_TypeError, "rxq_bind takes a socket of the compiled core, not %.60R", args[1]);
+        return NULL;
+    }
+    if (((Core *)args[1])->rxq_addr != (uintptr_t)q) {
+        PyErr_Format(PyExc_ValueError, "rxq_bind: %R does not hold that receive queue", args[1]);
+        return NULL;
+    }
+    q->sock = args[1];
+    Py_RETURN_NONE;
+}
+
 /* poll(group_impl, max_events, timeout) -> list: UringGroupImpl.poll. */
 static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *gi, *ready = NULL, *backlog = NULL, *dirty = NULL, *carry;
+    struct poll_ctx pc;
     struct ni_ring *r;
     double timeout, deadline = 0.0;
     unsigned long long before;
@@ -1201,6 +1278,12 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if ((backlog = GS_GET(gi, backlog, s_backlog)) == NULL)
         goto error;
+    if ((pc.removing = GS(gi)->removing) == NULL || !PyAnySet_Check(pc.removing)) {
+        PyErr_SetString(PyExc_TypeError, "UringGroupImpl._removing must be a set");
+        goto error;
+    }
+    pc.gi = gi;
+    pc.ready = ready;
     for (;;) {
         Py_ssize_t nb;
         int wait, need, rc;
@@ -1218,7 +1301,7 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             break;  /* closed by a callback */
         }
         /* (an infinite or huge timeout waits as long as the kernel's timespec takes: about 292 years) */
-        rc = enter_reap(r, wait, wait ? (timeout < 9.2e9 ? (long long)(timeout * 1e9) : LLONG_MAX) : -1, backlog);
+        rc = enter_reap(r, wait, wait ? (timeout < 9.2e9 ? (long long)(timeout * 1e9) : LLONG_MAX) : -1, backlog, &pc);
         if (rc == ENTER_ERROR)
             goto error;
         if (rc < 0) {
@@ -1252,6 +1335,7 @@ error:
 /* flush_dirty(group_impl): UringGroupImpl.flush_dirty. */
 static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
 {
+    struct poll_ctx pc;
     struct ni_ring *r;
     PyObject *backlog, *carry;
     int rc;
@@ -1285,19 +1369,32 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
         return NULL;
     if ((backlog = GS_GET(gi, backlog, s_backlog)) == NULL)
         return NULL;
-    rc = enter_reap(r, 0, -1, backlog);
+    if ((carry = GS_GET(gi, carry, s_carry)) != NULL && !PyList_Check(carry)) {
+        PyErr_SetString(PyExc_TypeError, "UringGroupImpl._carry must be a list");
+        Py_CLEAR(carry);
+    }
+    if (carry != NULL && ((pc.removing = GS(gi)->removing) == NULL || !PyAnySet_Check(pc.removing))) {
+        PyErr_SetString(PyExc_TypeError, "UringGroupImpl._removing must be a set");
+        Py_CLEAR(carry);
+    }
+    if (carry == NULL) {
+        Py_DECREF(backlog);
+        return NULL;
+    }
+    pc.gi = gi;
+    pc.ready = carry;  /* what it finds readable is the next poll's answer */
+    rc = enter_reap(r, 0, -1, backlog, &pc);
     if (rc == ENTER_ERROR || rc < 0) {
         if (rc != ENTER_ERROR) {
             errno = -rc;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, "io_uring_enter");
         }
+        Py_DECREF(carry);
         Py_DECREF(backlog);
         return NULL;
     }
-    carry = GS_GET(gi, carry, s_carry);
-    rc = carry == NULL ? -1 : !PyList_Check(carry) ? (PyErr_SetString(PyExc_TypeError, "_carry must be a list"), -1)
-                                                   : drain(gi, backlog, carry);
-    Py_XDECREF(carry);
+    rc = drain(gi, backlog, carry);
+    Py_DECREF(carry);
     Py_DECREF(backlog);
     if (rc < 0 || prep_dirty(gi, 1) < 0)
         return NULL;
@@ -1499,6 +1596,8 @@ static PyMethodDef bridge_methods[] = {
     {"flush_sock", (PyCFunction)(void (*)(void))b_flush_sock, METH_FASTCALL,
      "flush_sock(group_impl, sock, submit, direct=submit): UringGroupImpl.flush_sock, compiled."},
     {"rxq_free", b_rxq_free, METH_O, "rxq_free(rxq_address): free a receive queue, its buffers back to the ring."},
+    {"rxq_bind", (PyCFunction)(void (*)(void))b_rxq_bind, METH_FASTCALL,
+     "rxq_bind(rxq_address, sock): the socket a poll files the receive queue's reports to."},
     {"bufring_free", b_bufring_free, METH_O,
      "bufring_free(bufring_address): free an unregistered buffer ring (or leave it to its last lent buffer)."},
     {"lent_rings_freed", b_lent_rings_freed, METH_NOARGS,

@@ -564,6 +564,8 @@ class UringGroupImpl(_GroupState, GroupImpl):
         q = sock._rxq = br.rxq(sock._fd, sock._poll_ud)
         sock._rxq_addr = address(q)
         sock._rx_kud = lib.ni_rxq_user_data(q)
+        if _compiled:
+            _bridge.rxq_bind(sock._rxq_addr, sock)  # type: ignore[union-attr]  # its reports filed in C
         return q
 
     def _feed_starved(self) -> None:
@@ -784,6 +786,7 @@ class UringGroupImpl(_GroupState, GroupImpl):
             logger.warning("uring group closed with zero-copy notifications still owed; keeping its ring")
             _abandoned.append(ring)
         else:
+            self._ring = None  # first: the compiled poll trusts a Ring that is _ring to be open
             if self._bufring is not None:
                 self._bufring.close()
                 self._bufring = None

@@ -155,6 +155,8 @@ struct ni_rxq {
     unsigned gen;                   /* the reap that last reported it */
     uint64_t direct;                /* bytes read by recv(2) straight into a caller's buffer (ni_rxq_read) */
     uint64_t direct_calls;          /* recv(2) calls reads made (those, and with no receive armed) */
+    void *sock;                     /* bridge.c's: the socket (a PyObject *, borrowed, while in its
+                                     * group) a poll's reap files readable itself; NULL until bound */
     unsigned head, count, cap;      /* the held buffers: a ring of cap (bid, len) */
     uint32_t off;                   /* bytes of the head buffer already read */
     uint16_t *bid;
