@@ -3206,8 +3206,8 @@ PyInit__native(void)
     INTERN(s_max_events, "max_events");
     INTERN(s_timeout, "timeout");
     INTERN(s_flush_dirty, "flush_dirty");
-    if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&GroupStatsType) < 0 || PyType_Ready(&CoreType) < 0 ||
-        PyType_Ready(&PipeType) < 0 || PyType_Ready(&GroupCoreType) < 0 || PyType_Ready(&GroupImplCoreType) < 0 ||
+    if (PyType_Ready(&ReqType) < 0 || PyType_Ready(&StatsType) < 0 || PyType_Ready(&GroupStatsType) < 0 ||
+        PyType_Ready(&CoreType) < 0 || PyType_Ready(&PipeType) < 0 || PyType_Ready(&GroupCoreType) < 0 || PyType_Ready(&GroupImplCoreType) < 0 ||
         PyType_Ready(&PosixGroupStateType) < 0 || PyType_Ready(&ReadyListType) < 0 ||
         PyType_Ready(&DirtyListType) < 0)
         return NULL;

@@ -992,6 +992,22 @@ static int prep_dirty(PyObject *gi, int allow_direct)
     return rc;
 }
 
+/* A still-armed receive's report on socket c (q its queue), as a poll files it: c readable in
+ * ready when q holds bytes or the stream's end. 1 filed, 0 for Python's _dispatch (c left the
+ * group, was closed or paused, is being removed, or q is not its queue), -1 an error. */
+static int file_recv_report(PyObject *gi, PyObject *removing, Core *c, struct ni_rxq *q, PyObject *ready)
+{
+    int rm;
+
+    if (c->group_impl != gi || c->closed || c->read_paused || c->rxq_addr != (uintptr_t)q)
+        return 0;
+    if ((rm = in_set(removing, (PyObject *)c)) != 0)
+        return rm < 0 ? -1 : 0;
+    if ((q->bytes || q->end) && PyList_Append(ready, (PyObject *)c) < 0)
+        return -1;
+    return 1;
+}
+
 /* UringGroupImpl._dispatch for one CQE of the backlog: a send completed whole and a multishot
  * receive's report are served here, everything else by the Python method. */
 static int dispatch_one(PyObject *gi, PyObject *ops, PyObject *removing, PyObject *ent, PyObject *ready)
@@ -1051,15 +1067,12 @@ static int dispatch_one(PyObject *gi, PyObject *ops, PyObject *removing, PyObjec
         Py_DECREF(sock);
         return rc;
     }
-    if (kind == K_RECV && (flags & IORING_CQE_F_MORE) && c->rxq_addr && !c->read_paused) {
-        struct ni_rxq *q = (struct ni_rxq *)(uintptr_t)c->rxq_addr;
-        int rm = in_set(removing, sock);
+    if (kind == K_RECV && (flags & IORING_CQE_F_MORE) && c->rxq_addr) {
+        int rc = file_recv_report(gi, removing, c, (struct ni_rxq *)(uintptr_t)c->rxq_addr, ready);
 
-        if (rm)
-            goto python_or_error;
-        if (q->bytes || q->end)
-            return PyList_Append(ready, sock);
-        return 0;
+        if (rc)
+            return rc < 0 ? -1 : 0;
+        goto python;
     }
 python:
     r = PyObject_CallMethodObjArgs(gi, s_dispatch, PyTuple_GET_ITEM(ent, 0), PyTuple_GET_ITEM(ent, 1),
@@ -1073,28 +1086,32 @@ python_or_error:
 }
 
 /*
- * A multishot receive's report filed at reap time, as dispatch_one would file it: its socket
- * readable in the poll's answer. Only while the backlog is empty, so that it is the oldest CQE
- * and dispatch order holds, and only for a receive still armed on a socket that is in the group,
- * open, not paused, not being removed: the rest (an ended receive, whose re-arm Python's
- * _dispatch decides) go to the backlog as tuples. 1 filed, 0 left to the backlog, -1 an error.
+ * A multishot receive's report filed at reap time (file_recv_report), where it would have gone
+ * through the backlog: only while the backlog is empty, so that it is the oldest CQE and dispatch
+ * order holds, and only for a receive still armed (an ended one's re-arm is Python's _dispatch's
+ * to decide). 1 filed, 0 left to the backlog as a tuple, -1 an error.
  */
 static int file_report(struct poll_ctx *pc, struct ni_rxq *q, PyObject *out)
 {
-    Core *c = q->sock;
     Py_ssize_t nb;
-    int rm;
 
-    if (c == NULL || !q->armed || !IS_CORE((PyObject *)c) || c->group_impl != pc->gi || c->closed ||
-        c->read_paused || c->rxq_addr != (uintptr_t)q)
+    if (q->sock == NULL || !q->armed)
         return 0;
     if ((nb = PyObject_Size(out)) != 0)
         return nb < 0 ? -1 : 0;
-    if ((rm = in_set(pc->removing, (PyObject *)c)) != 0)
-        return rm < 0 ? -1 : 0;
-    if ((q->bytes || q->end) && PyList_Append(pc->ready, (PyObject *)c) < 0)
+    return file_recv_report(pc->gi, pc->removing, q->sock, q, pc->ready);
+}
+
+/* A poll's reap context for gi, its readable sockets going to ready: 0, or -1 with TypeError. */
+static int poll_ctx_init(struct poll_ctx *pc, PyObject *gi, PyObject *ready)
+{
+    if ((pc->removing = GS(gi)->removing) == NULL || !PyAnySet_Check(pc->removing)) {
+        PyErr_SetString(PyExc_TypeError, "UringGroupImpl._removing must be a set");
         return -1;
-    return 1;
+    }
+    pc->gi = gi;
+    pc->ready = ready;
+    return 0;
 }
 
 /* Dispatch the backlog, oldest first, into ready (a list). */
@@ -1278,12 +1295,8 @@ static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if ((backlog = GS_GET(gi, backlog, s_backlog)) == NULL)
         goto error;
-    if ((pc.removing = GS(gi)->removing) == NULL || !PyAnySet_Check(pc.removing)) {
-        PyErr_SetString(PyExc_TypeError, "UringGroupImpl._removing must be a set");
+    if (poll_ctx_init(&pc, gi, ready) < 0)
         goto error;
-    }
-    pc.gi = gi;
-    pc.ready = ready;
     for (;;) {
         Py_ssize_t nb;
         int wait, need, rc;
@@ -1373,16 +1386,12 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
         PyErr_SetString(PyExc_TypeError, "UringGroupImpl._carry must be a list");
         Py_CLEAR(carry);
     }
-    if (carry != NULL && ((pc.removing = GS(gi)->removing) == NULL || !PyAnySet_Check(pc.removing))) {
-        PyErr_SetString(PyExc_TypeError, "UringGroupImpl._removing must be a set");
-        Py_CLEAR(carry);
-    }
-    if (carry == NULL) {
+    /* what it finds readable is the next poll's answer */
+    if (carry == NULL || poll_ctx_init(&pc, gi, carry) < 0) {
+        Py_XDECREF(carry);
         Py_DECREF(backlog);
         return NULL;
     }
-    pc.gi = gi;
-    pc.ready = carry;  /* what it finds readable is the next poll's answer */
     rc = enter_reap(r, 0, -1, backlog, &pc);
     if (rc == ENTER_ERROR || rc < 0) {
         if (rc != ENTER_ERROR) {
