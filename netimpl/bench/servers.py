@@ -73,6 +73,8 @@ def serve_netimpl(impl: str, mode: str, a: int, b: int, aio: bool = False, recv_
                 n = sock.recv_into(buf)
             except ConnectionError:
                 n = 0
+            if n is None:
+                return  # nothing to read after all (a readiness report the callback's last read took)
             if not n:
                 g.remove_sock(sock)
                 sock.close()

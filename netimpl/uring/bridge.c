@@ -340,18 +340,22 @@ static PyObject *rx_nothing_held(struct ni_rxq *q, char *dst, size_t n)
         q->end = NI_RX_EOF;   /* as the kernel: the error is reported once, then EOF */
         return raise_errno(code);
     }
-    if (q->armed || n == 0)
+    if ((q->armed && !q->poll) || n == 0)
         Py_RETURN_NONE;     /* the multishot receive reports what comes */
     for (;;) {
-        ssize_t got = recv(q->fd, dst, n, MSG_DONTWAIT);
+        ssize_t got = ni_rxq_recv(q, dst, n);
 
-        q->direct_calls++;
-        if (got >= 0)
+        if (got >= 0) {
+            if (q->poll)
+                ni_rxq_note(q, (size_t)got >= q->br->buf_size);
             return PyLong_FromSsize_t(got);
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
+        }
+        if (got == -EAGAIN || got == -EWOULDBLOCK)
             Py_RETURN_NONE;
-        if (errno != EINTR)
+        if (got != -EINTR) {
+            errno = (int)-got;
             return PyErr_SetFromErrno(PyExc_OSError);
+        }
         if (PyErr_CheckSignals() < 0)
             return NULL;
     }
@@ -523,7 +527,7 @@ static PyObject *lend_nothing_held(struct ni_rxq *q, Py_ssize_t *n)
     PyObject *b, *res, *view;
     Py_ssize_t got;
 
-    if (q->end || q->armed) {  /* EOF, the error, or None: nothing to read into */
+    if (q->end || (q->armed && !q->poll)) {  /* EOF, the error, or None: nothing to read into */
         res = rx_nothing_held(q, NULL, 0);
         if (res == NULL || res == Py_None)
             return res;
@@ -992,18 +996,21 @@ static int prep_dirty(PyObject *gi, int allow_direct)
     return rc;
 }
 
-/* A still-armed receive's report on socket c (q its queue), as a poll files it: c readable in
- * ready when q holds bytes or the stream's end. 1 filed, 0 for Python's _dispatch (c left the
- * group, was closed or paused, is being removed, or q is not its queue), -1 an error. */
+/* A still-armed receive's (or readiness poll's) report on socket c (q its queue), as a poll
+ * files it: c readable in ready when q has something for a read. 1 filed, 0 for Python's
+ * _dispatch (c left the group, was closed or paused, is being removed, q is not its queue, or
+ * its reads want the other mode), -1 an error. */
 static int file_recv_report(PyObject *gi, PyObject *removing, Core *c, struct ni_rxq *q, PyObject *ready)
 {
     int rm;
 
     if (c->group_impl != gi || c->closed || c->read_paused || c->rxq_addr != (uintptr_t)q)
         return 0;
+    if (q->armed && q->bulk != q->poll && !q->switching)
+        return 0;  /* its reads want the other mode: Python's _dispatch switches it */
     if ((rm = in_set(removing, (PyObject *)c)) != 0)
         return rm < 0 ? -1 : 0;
-    if ((q->bytes || q->end) && PyList_Append(ready, (PyObject *)c) < 0)
+    if (ni_rxq_readable(q) && PyList_Append(ready, (PyObject *)c) < 0)
         return -1;
     return 1;
 }
@@ -1500,7 +1507,7 @@ static int sock_buffered(Core *c)
 
     if (q == NULL)
         return -1;
-    return q->bytes || q->end;
+    return ni_rxq_readable(q);
 }
 
 static PyObject *b_sock_has_buffered(PyObject *self, PyObject *sock)
@@ -1513,7 +1520,7 @@ static PyObject *b_sock_has_buffered(PyObject *self, PyObject *sock)
         PyObject *n;
         int t;
 
-        if (q->bytes || q->end)
+        if (ni_rxq_readable(q))
             Py_RETURN_TRUE;
         /* A socket with a receive queue is no listener (nothing accepted): only its recv pipe is left. */
         if (c->pipe == NULL || c->pipe == Py_None)

@@ -58,6 +58,21 @@ Facts that shape it:
   (ring.h), after each reap, doubles the set when the reap found the ring
   drained and halves it after a window in which it stayed over half full;
   free buffers beyond it wait on a stack, the last freed first.
+* Direct receive (``UringOpts.direct_recv``): where a socket's reads keep
+  copying more than a buffer's worth into a buffer with room for more
+  (``ni_rxq_note`` in ring.h keeps the score), its reads want the socket's
+  bytes straight into their buffers. Its next report reaches ``_dispatch``,
+  which cancels the multishot receive; the receive's last CQE re-arms the
+  socket with a multishot POLL_ADD under the same user_data, reaped onto
+  its rxq as the receive's CQEs are (``rxq.more``: readiness not yet read),
+  and reads call recv(2) after the held bytes. Small reads switch it back
+  the same way. The poll never goes in while the receive is armed, so no
+  buffer fills behind a read's back. Measured on write-like 16 x 32: 0.82
+  to 0.66 µs per request, posix's figure (the copy out of the buffers was
+  14% of the server's CPU, and the kernel's copy into buffers a fast stream
+  sweeps through the cache cost more than into the reader's own).
+  A multishot poll reports wake-ups: one that a read took before it was
+  reaped makes a callback whose ``recv_into`` returns None.
 * POLL_ADD is one-shot: a socket is re-armed at the start of the next poll,
   after its read callback ran, so unread data is reported again, as a
   level-triggered epoll would.
@@ -530,10 +545,13 @@ class UringGroupImpl(_GroupState, GroupImpl):
                         continue
                 if q.end:
                     continue  # EOF or an error ends its stream: nothing more to receive
-                if not self._bufring.avail():  # type: ignore[union-attr]
+                if q.bulk:
+                    ring.prep_rxq_poll(q)  # direct receive: no buffers needed
+                elif not self._bufring.avail():  # type: ignore[union-attr]
                     self._starved[sock] = None
                     continue
-                ring.prep_recv_multishot(q)
+                else:
+                    ring.prep_recv_multishot(q)
             elif kind == ACCEPT:
                 ring.prep_accept_multishot(sock._fd, _ACCEPT_FLAGS, sock._poll_ud)
             else:
@@ -562,6 +580,7 @@ class UringGroupImpl(_GroupState, GroupImpl):
                         self._ops[s._poll_ud] = (POLL, s, None)  # type: ignore[attr-defined]
                 return None
         q = sock._rxq = br.rxq(sock._fd, sock._poll_ud)
+        q.adaptive = bool(self.impl._opts.direct_recv)  # type: ignore[attr-defined]
         sock._rxq_addr = address(q)
         sock._rx_kud = lib.ni_rxq_user_data(q)
         if _compiled:
@@ -645,11 +664,15 @@ class UringGroupImpl(_GroupState, GroupImpl):
                 return
             q: Any = sock._rxq
             if not flags & F_MORE and not q.end:
-                if q.nobufs:
+                if q.nobufs and not q.bulk:
                     self._starved[sock] = None
                 else:
-                    self._unarmed[sock] = None
-            if ready is not None and (q.bytes or q.end):
+                    self._unarmed[sock] = None  # (in the mode its reads want)
+            elif q.armed and q.bulk != q.poll and not q.switching and self._ring is not None:
+                # Its reads want the other mode: end what is armed; its last CQE re-arms it so.
+                self._ring.prep_cancel(sock._rx_kud, self._ud(CANCEL, sock))
+                q.switching = 1
+            if ready is not None and lib.ni_rxq_readable(q):
                 ready.append(sock)
         elif kind == ACCEPT:
             self._on_accept(sock, res, flags, ready)

@@ -30,6 +30,7 @@
 #include <unistd.h>
 #include <signal.h>
 #include <time.h>
+
 #include "ring.h"
 
 static int sys_setup(unsigned entries, struct io_uring_params *p)
@@ -379,6 +380,29 @@ int ni_prep_recv_multishot(struct ni_ring *r, struct ni_rxq *q)
     sqe->user_data = ni_rxq_user_data(q);
     q->armed = 1;
     q->nobufs = 0;
+    q->poll = 0;
+    return 0;
+}
+
+/* Direct receive's watch on q's socket: a multishot POLL_ADD (IORING_POLL_ADD_MULTI, 5.13), its
+ * CQEs reaped onto q as the receive's are (the same user_data). Only once q's receive has ended:
+ * -EBUSY while it is armed, whose buffers would otherwise fill behind the reads' backs. */
+int ni_prep_rxq_poll(struct ni_ring *r, struct ni_rxq *q)
+{
+    struct io_uring_sqe *sqe;
+
+    if (q->armed)
+        return -EBUSY;
+    if (!(sqe = ni_get_sqe(r)))
+        return -EBUSY;
+    sqe->opcode = IORING_OP_POLL_ADD;
+    sqe->fd = q->fd;
+    sqe->poll32_events = POLLIN | POLLRDHUP;  /* (the kernel adds POLLERR and POLLHUP) */
+    sqe->len = IORING_POLL_ADD_MULTI;
+    sqe->user_data = ni_rxq_user_data(q);
+    q->armed = 1;
+    q->poll = 1;
+    q->more = 0;
     return 0;
 }
 

@@ -32,6 +32,7 @@
 #define NETIMPL_RING_H
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -45,6 +46,10 @@
 #include <linux/io_uring.h>
 
 #include "../copy.h"
+
+#ifndef POLLRDHUP
+#define POLLRDHUP 0x2000  /* <poll.h> has it with _GNU_SOURCE only */
+#endif
 
 /* What the 6.1 uapi headers on the build machine may lack. */
 #ifndef IORING_SETUP_SINGLE_ISSUER
@@ -149,9 +154,19 @@ struct ni_rxq {
     int fd;
     uint64_t py_ud;                 /* the user_data Python's op table knows this receive by */
     uint64_t bytes;                 /* unread bytes held */
-    int armed;                      /* a multishot receive is in the kernel */
+    int armed;                      /* a multishot receive (or, poll set, its readiness poll) is in the kernel */
     int end;                        /* 0, NI_RX_EOF, or -errno: delivered after the held bytes */
     int nobufs;                     /* the last multishot ended for want of buffers */
+    /* Direct receive (ni_rxq_note): a socket whose reads keep taking more than a buffer is
+     * watched by a multishot poll instead, and read by recv(2) into the caller's buffer. */
+    int adaptive;                   /* reads may switch it (UringOpts.direct_recv) */
+    int bulk;                       /* the mode its reads want: 1 direct, 0 the multishot receive */
+    int poll;                       /* the mode it is in: the operation armed (or last armed) is the poll */
+    int more;                       /* poll: readiness reported since a read last drained the socket */
+    int hup;                        /* poll: the peer shut down or the socket failed; readable for good */
+    int switching;                  /* Python cancelled the armed operation to change modes */
+    int score;                      /* ni_rxq_note's evidence for the mode it is not in */
+    uint64_t switches;              /* times the mode changed: for tests and measuring */
     unsigned gen;                   /* the reap that last reported it */
     uint64_t direct;                /* bytes read by recv(2) straight into a caller's buffer (ni_rxq_read) */
     uint64_t direct_calls;          /* recv(2) calls reads made (those, and with no receive armed) */
@@ -332,12 +347,22 @@ static inline void ni_rxq_hold(struct ni_rxq *q, uint16_t bid, uint32_t len)
     q->bytes += len;
 }
 
-/* A CQE of q's multishot receive: keep its buffers, note how it ended.
+/* A CQE of q's multishot receive (keep its buffers, note how it ended) or of its readiness
+ * poll (note the socket readable).
  * A bundle (IORING_RECVSEND_BUNDLE) names only its first buffer: the kernel took
  * consecutive ring slots from there, each filled whole but the last, so the slots
  * from that bid's position give the others (the ring entries keep their bids). */
 static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
 {
+    if (q->poll) {  /* the readiness poll's: res is a poll mask, or -errno once it ended */
+        if (res != -ECANCELED)
+            q->more = 1;  /* readable, or a failure a read reports */
+        if (res > 0 && (res & (POLLRDHUP | POLLHUP | POLLERR)))
+            q->hup = 1;   /* an EOF or error behind the bytes: no read drains that */
+        if (!(flags & IORING_CQE_F_MORE))
+            q->armed = q->switching = 0;
+        return;
+    }
     if (flags & IORING_CQE_F_BUFFER) {
         struct ni_bufring *br = q->br;
         uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
@@ -364,6 +389,7 @@ static inline void ni_rxq_cqe(struct ni_rxq *q, int res, unsigned flags)
     }
     if (!(flags & IORING_CQE_F_MORE)) {
         q->armed = 0;
+        q->switching = 0;
         if (res == 0) {
             if (!q->end)
                 q->end = NI_RX_EOF;
@@ -489,31 +515,94 @@ static inline int ni_rxq_direct_ok(struct ni_rxq *q)
            *r->cq_khead == load_acquire(r->cq_ktail) && !(load_acquire(r->sq_kflags) & IORING_SQ_CQ_OVERFLOW);
 }
 
+/* ni_rxq_note's score at which a socket changes modes. */
+#define NI_RX_SWITCH 8
+
 /*
- * Up to n bytes into dst: the held ones, then, when those were at least a whole buffer and dst
- * has room for another, recv(2) straight into the rest. A receive that filled a whole buffer
- * says the stream runs faster than one buffer per pass, so more is likely waiting in the
- * socket: read into the caller's buffer, it costs the kernel's copy alone, where through the
- * provided buffers it costs that and ours (SPDK reads large receives past its recv pipe too).
- * EOF or an error met there is held as q's end, delivered after what this returns.
+ * What a read says about the mode q should be in (q->bulk). Through the buffers, a read that
+ * copied out a whole buffer's worth and had room for another argues for direct receive: it
+ * paid our copy on top of the kernel's, out of buffers that a fast stream sweeps through the
+ * cache, while more waited in the socket. In direct mode a read of less than a buffer argues
+ * back: a system call each, where the multishot receive takes many small messages with none.
+ * A read for the other mode scores 2 in direct mode's favour, or 1 in the buffers', and one for
+ * the current mode takes back the other figure, so a stream of large payloads behind small
+ * headers (NBD's writes) goes direct and stays there, and small messages come back.
+ */
+static inline void ni_rxq_note(struct ni_rxq *q, int big)
+{
+    if (!q->adaptive)
+        return;
+    if (big != q->bulk) {
+        q->score += q->bulk ? 1 : 2;
+        if (q->score >= NI_RX_SWITCH) {
+            q->bulk = !q->bulk;
+            q->score = 0;
+            q->switches++;
+        }
+    } else if (q->score) {
+        q->score -= q->bulk ? 2 : 1;
+        if (q->score < 0)
+            q->score = 0;
+    }
+}
+
+/* q has something for a read: held bytes, its stream's end, or readiness not read yet (poll). */
+static inline int ni_rxq_readable(const struct ni_rxq *q)
+{
+    return q->bytes || q->end || (q->poll && q->more);
+}
+
+/* recv(2) of up to n > 0 bytes into dst: the count, or -errno. In poll mode a read that found
+ * fewer bytes than it had room for drained the socket: it is readable again when the poll says. */
+static inline ssize_t ni_rxq_recv(struct ni_rxq *q, char *dst, size_t n)
+{
+    ssize_t k = recv(q->fd, dst, n, MSG_DONTWAIT);
+
+    q->direct_calls++;
+    if (k < 0)
+        k = -errno;
+    else
+        q->direct += (uint64_t)k;
+    /* (EOF and errors leave it, and so does a short read once the peer has shut down: the socket
+     * stays readable, as a level-triggered epoll says) */
+    if (q->poll && ((k > 0 && (size_t)k < n && !q->hup) || k == -EAGAIN || k == -EWOULDBLOCK))
+        q->more = 0;
+    return k;
+}
+
+/*
+ * Up to n bytes into dst: the held ones, then recv(2) straight into the rest: always in poll
+ * mode (no receive fills buffers, so the socket's bytes come after every held one), and through
+ * the buffers when those were at least a whole buffer and dst has room for another. A receive
+ * that filled a whole buffer says the stream runs faster than one buffer per pass, so more is
+ * likely waiting in the socket: read into the caller's buffer, it costs the kernel's copy alone,
+ * where through the provided buffers it costs that and ours (SPDK reads large receives past its
+ * recv pipe too). EOF or an error met there is held as q's end, delivered after what this returns.
  */
 static inline size_t ni_rxq_read(struct ni_rxq *q, char *dst, size_t n)
 {
     size_t got = ni_rxq_copy(q, dst, n), bs = q->br->buf_size;
+    int direct;
     ssize_t k;
 
-    if (got < bs || n - got < bs || !ni_rxq_direct_ok(q))
-        return got;
-    k = recv(q->fd, dst + got, n - got, MSG_DONTWAIT);
-    q->direct_calls++;
-    if (k > 0) {
-        q->direct += (uint64_t)k;
-        return got + (size_t)k;
+    if (q->poll) {
+        direct = got < n && !q->end;
+    } else {
+        direct = got >= bs && n - got >= bs;
+        ni_rxq_note(q, direct);
+        direct = direct && ni_rxq_direct_ok(q);
     }
-    if (k == 0)
-        q->end = NI_RX_EOF;
-    else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-        q->end = -errno;
+    if (direct) {
+        k = ni_rxq_recv(q, dst + got, n - got);
+        if (k > 0)
+            got += (size_t)k;
+        else if (k == 0)
+            q->end = NI_RX_EOF;
+        else if (k != -EAGAIN && k != -EWOULDBLOCK && k != -EINTR)
+            q->end = (int)k;
+    }
+    if (q->poll)
+        ni_rxq_note(q, got >= bs);
     return got;
 }
 

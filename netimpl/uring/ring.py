@@ -163,6 +163,11 @@ class Ring:
         """A multishot RECV on ``rxq``'s socket into its buffer ring (``rxq.armed`` is set)."""
         self._prep(lib.ni_prep_recv_multishot, rxq)
 
+    def prep_rxq_poll(self, rxq) -> None:
+        """Direct receive's multishot poll on ``rxq``'s socket (``rxq.poll`` and ``rxq.armed`` are set);
+        EBUSY while its receive is armed."""
+        self._prep(lib.ni_prep_rxq_poll, rxq)
+
     def prep_accept_multishot(self, fd: int, flags: int, user_data: int) -> None:
         """A multishot ACCEPT on listener ``fd``; accepted sockets get ``flags`` (SOCK_NONBLOCK...)."""
         self._prep(lib.ni_prep_accept_multishot, fd, flags, user_data)

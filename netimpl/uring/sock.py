@@ -18,6 +18,10 @@ for another: a stream that fast has more waiting in the socket, and read
 straight into the caller's buffer it costs the kernel's copy alone (on the
 ring's own thread only, with every CQE reaped, so those bytes come after
 every byte held; ``ni_rxq_read`` in ring.h says why).
+In direct receive (a socket whose reads keep taking more than a buffer;
+group.py says how it switches) a multishot poll watches the socket and
+reads call ``recv(2)`` straight into the caller's buffer after the held
+bytes.
 ``recv_next`` lends the oldest held buffer itself (``_bridge.rx_lend``): the
 one copy left is the kernel's.
 Bytes in the socket's own recv pipe (there from before it joined, or
@@ -38,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from ..posix.sock import PosixSock
 from ..tcp import configure_accepted
 from .group import ACCEPT, _as_method, _compiled
-from .ring import _bridge
+from .ring import _bridge, lib
 
 if TYPE_CHECKING:
     from .group import UringGroupImpl
@@ -152,7 +156,7 @@ class UringSock(PosixSock):
 
     def _has_buffered_py(self) -> bool:
         q = self._rxq
-        if q is not None and (q.bytes or q.end):
+        if q is not None and lib.ni_rxq_readable(q):
             return True
         return bool(self._accepted) or PosixSock._has_buffered(self)
 
