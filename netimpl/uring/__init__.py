@@ -62,11 +62,11 @@ class UringOpts(ImplOpts):
                                    "kernel fills buffers still in cache.", default=512)
     pbuf_size: int = documented("Bytes per provided buffer: one multishot receive CQE carries at most this many.",
                                 default=16384)
-    direct_recv: bool = documented("Let a socket whose reads keep taking more than a provided buffer (bulk "
-                                   "payloads into large buffers) switch to a multishot readiness poll and "
-                                   "recv(2) straight into the caller's buffer, and back once its reads are "
-                                   "small: one copy where the buffers cost two (False: always the buffers).",
-                                   default=True)
+    direct_recv: bool = documented("Let a socket whose reads return a provided buffer's worth or more on "
+                                   "average (bulk payloads into large buffers) switch to a multishot "
+                                   "readiness poll and recv(2) straight into the caller's buffer, and back "
+                                   "once they average under a quarter of one: one copy where the buffers "
+                                   "cost two (False: always the buffers).", default=True)
 
     _ranges = {**ImplOpts._ranges, "ring_entries": (1, 32768), "cq_entries": (2, 65536),
                "pbuf_entries": (1, 32768), "pbuf_size": (64, 1 << 24)}

@@ -346,8 +346,7 @@ static PyObject *rx_nothing_held(struct ni_rxq *q, char *dst, size_t n)
         ssize_t got = ni_rxq_recv(q, dst, n);
 
         if (got >= 0) {
-            if (q->poll)
-                ni_rxq_note(q, (size_t)got >= q->br->buf_size);
+            ni_rxq_note(q, (size_t)got);
             return PyLong_FromSsize_t(got);
         }
         if (got == -EAGAIN || got == -EWOULDBLOCK)

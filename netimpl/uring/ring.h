@@ -165,7 +165,7 @@ struct ni_rxq {
     int more;                       /* poll: readiness reported since a read last drained the socket */
     int hup;                        /* poll: the peer shut down or the socket failed; readable for good */
     int switching;                  /* Python cancelled the armed operation to change modes */
-    int score;                      /* ni_rxq_note's evidence for the mode it is not in */
+    int64_t avg;                    /* ni_rxq_note's average of the bytes a read returns */
     uint64_t switches;              /* times the mode changed: for tests and measuring */
     unsigned gen;                   /* the reap that last reported it */
     uint64_t direct;                /* bytes read by recv(2) straight into a caller's buffer (ni_rxq_read) */
@@ -515,34 +515,28 @@ static inline int ni_rxq_direct_ok(struct ni_rxq *q)
            *r->cq_khead == load_acquire(r->cq_ktail) && !(load_acquire(r->sq_kflags) & IORING_SQ_CQ_OVERFLOW);
 }
 
-/* ni_rxq_note's score at which a socket changes modes. */
-#define NI_RX_SWITCH 8
-
 /*
- * What a read says about the mode q should be in (q->bulk). Through the buffers, a read that
- * copied out a whole buffer's worth and had room for another argues for direct receive: it
- * paid our copy on top of the kernel's, out of buffers that a fast stream sweeps through the
- * cache, while more waited in the socket. In direct mode a read of less than a buffer argues
- * back: a system call each, where the multishot receive takes many small messages with none.
- * A read for the other mode scores 2 in direct mode's favour, or 1 in the buffers', and one for
- * the current mode takes back the other figure, so a stream of large payloads behind small
- * headers (NBD's writes) goes direct and stays there, and small messages come back.
+ * What a read of `got` bytes says about the mode q should be in (q->bulk). Through the buffers
+ * every byte costs two copies, the kernel's and ours, and out of buffers that a fast stream
+ * sweeps through the cache; in direct mode it costs the kernel's alone, but every read is a
+ * system call, where the multishot receive takes many small messages with none. So the mode
+ * follows the bytes a read returns, averaged (1/8 each, a read counted up to 4 buffers' worth):
+ * direct from a buffer's worth (bulk payloads read into large buffers: NBD's writes, the
+ * bench's write-like rows), the buffers again below a quarter of one (the hysteresis keeps a
+ * socket from flapping between them).
  */
-static inline void ni_rxq_note(struct ni_rxq *q, int big)
+static inline void ni_rxq_note(struct ni_rxq *q, size_t got)
 {
-    if (!q->adaptive)
+    int64_t bs = q->br->buf_size, n = (int64_t)got;
+
+    if (!q->adaptive || !got)
         return;
-    if (big != q->bulk) {
-        q->score += q->bulk ? 1 : 2;
-        if (q->score >= NI_RX_SWITCH) {
-            q->bulk = !q->bulk;
-            q->score = 0;
-            q->switches++;
-        }
-    } else if (q->score) {
-        q->score -= q->bulk ? 2 : 1;
-        if (q->score < 0)
-            q->score = 0;
+    if (n > 4 * bs)
+        n = 4 * bs;
+    q->avg += (n - q->avg) / 8;
+    if (q->bulk ? q->avg < bs / 4 : q->avg >= bs) {
+        q->bulk = !q->bulk;
+        q->switches++;
     }
 }
 
@@ -585,13 +579,10 @@ static inline size_t ni_rxq_read(struct ni_rxq *q, char *dst, size_t n)
     int direct;
     ssize_t k;
 
-    if (q->poll) {
+    if (q->poll)
         direct = got < n && !q->end;
-    } else {
-        direct = got >= bs && n - got >= bs;
-        ni_rxq_note(q, direct);
-        direct = direct && ni_rxq_direct_ok(q);
-    }
+    else
+        direct = got >= bs && n - got >= bs && ni_rxq_direct_ok(q);
     if (direct) {
         k = ni_rxq_recv(q, dst + got, n - got);
         if (k > 0)
@@ -601,8 +592,7 @@ static inline size_t ni_rxq_read(struct ni_rxq *q, char *dst, size_t n)
         else if (k != -EAGAIN && k != -EWOULDBLOCK && k != -EINTR)
             q->end = (int)k;
     }
-    if (q->poll)
-        ni_rxq_note(q, got >= bs);
+    ni_rxq_note(q, got);
     return got;
 }
 

@@ -18,7 +18,7 @@ for another: a stream that fast has more waiting in the socket, and read
 straight into the caller's buffer it costs the kernel's copy alone (on the
 ring's own thread only, with every CQE reaped, so those bytes come after
 every byte held; ``ni_rxq_read`` in ring.h says why).
-In direct receive (a socket whose reads keep taking more than a buffer;
+In direct receive (a socket whose reads return a buffer's worth or more;
 group.py says how it switches) a multishot poll watches the socket and
 reads call ``recv(2)`` straight into the caller's buffer after the held
 bytes.

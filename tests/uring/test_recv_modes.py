@@ -1,7 +1,8 @@
-"""Direct receive: a socket whose reads keep taking more than a provided buffer leaves the
-multishot receive for a multishot readiness poll and recv(2) into the caller's buffer, and goes
-back once its reads are small (``ni_rxq_note`` in ring.h). Nothing is lost, duplicated or
-reordered across either switch; pause, removal and EOF behave as in the buffers' mode."""
+"""Direct receive: a socket whose reads return a provided buffer's worth or more on average
+leaves the multishot receive for a multishot readiness poll and recv(2) into the caller's
+buffer, and goes back once they average under a quarter of one (``ni_rxq_note`` in ring.h).
+Nothing is lost, duplicated or reordered across either switch; pause, removal and EOF behave
+as in the buffers' mode."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_large_reads_switch_to_direct_receive_and_small_ones_back(request, small
     assert q.direct - direct == len(more) and q.bytes == 0
 
     # Small messages, one at a time: a system call each in direct receive, so back to the buffers.
-    for i in range(40):
+    for i in range(80):
         msg = payload(100, i)
         _send(client, msg)
         sent += msg
