@@ -386,13 +386,13 @@ int ni_prep_recv_multishot(struct ni_ring *r, struct ni_rxq *q)
 
 /* Direct receive's watch on q's socket: a multishot POLL_ADD (IORING_POLL_ADD_MULTI, 5.13), its
  * CQEs reaped onto q as the receive's are (the same user_data). Only once q's receive has ended:
- * -EBUSY while it is armed, whose buffers would otherwise fill behind the reads' backs. */
+ * -EALREADY while it (or the poll) is armed, whose buffers would fill behind the reads' backs. */
 int ni_prep_rxq_poll(struct ni_ring *r, struct ni_rxq *q)
 {
     struct io_uring_sqe *sqe;
 
     if (q->armed)
-        return -EBUSY;
+        return -EALREADY;
     if (!(sqe = ni_get_sqe(r)))
         return -EBUSY;
     sqe->opcode = IORING_OP_POLL_ADD;

@@ -165,7 +165,7 @@ class Ring:
 
     def prep_rxq_poll(self, rxq) -> None:
         """Direct receive's multishot poll on ``rxq``'s socket (``rxq.poll`` and ``rxq.armed`` are set);
-        EBUSY while its receive is armed."""
+        OSError(EALREADY), nothing prepared, while its receive or poll is armed."""
         self._prep(lib.ni_prep_rxq_poll, rxq)
 
     def prep_accept_multishot(self, fd: int, flags: int, user_data: int) -> None:

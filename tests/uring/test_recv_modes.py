@@ -6,8 +6,12 @@ as in the buffers' mode."""
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
+import struct
+
+import pytest
 
 import netimpl
 from tests.uring.test_multishot import gi_of, pair, payload, poll_until
@@ -176,3 +180,26 @@ def test_a_readiness_report_a_read_already_took_gives_none_and_loses_nothing(req
     assert bytes(rd.got) == bytes(sent)
     assert rd.nones <= 1  # at most the one report that read took, answered None
     assert not server._has_buffered() and server._rxq.poll and server._rxq.armed
+
+
+def test_a_poll_is_refused_while_the_receive_or_poll_is_armed(request, small_buffers):
+    server, _, group, _, _ = _direct_pair(request, small_buffers)
+    ring = gi_of(group).ring
+    pending = ring.sq_pending()
+    with pytest.raises(OSError) as exc:
+        ring.prep_rxq_poll(server._rxq)  # its poll is armed: a second would report every wake-up twice
+    assert exc.value.errno == errno.EALREADY and ring.sq_pending() == pending
+
+
+def test_a_reset_in_direct_receive_is_raised_once_then_eof(request, small_buffers):
+    server, client, group, rd, sent = _direct_pair(request, small_buffers)
+    rd.reading = False
+    client._s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    assert select.select([server.fileno()], [], [], 2)[0]
+    poll_until(group, lambda: server._has_buffered())  # the poll reported it: served without a new event
+    buf = bytearray(BIG)
+    with pytest.raises(ConnectionResetError):
+        server.recv_into(buf)
+    assert server.recv_into(buf) == 0 and server._rxq.poll
+    assert bytes(rd.got) == bytes(sent)
