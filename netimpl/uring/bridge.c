@@ -1092,10 +1092,10 @@ python_or_error:
 }
 
 /*
- * A multishot receive's report filed at reap time (file_recv_report), where it would have gone
- * through the backlog: only while the backlog is empty, so that it is the oldest CQE and dispatch
- * order holds, and only for a receive still armed (an ended one's re-arm is Python's _dispatch's
- * to decide). 1 filed, 0 left to the backlog as a tuple, -1 an error.
+ * A multishot receive's (or readiness poll's) report filed at reap time (file_recv_report),
+ * where it would have gone through the backlog: only while the backlog is empty, so that it is
+ * the oldest CQE and dispatch order holds, and only for a receive still armed (an ended one's
+ * re-arm is Python's _dispatch's to decide). 1 filed, 0 left to the backlog as a tuple, -1 an error.
  */
 static int file_report(struct poll_ctx *pc, struct ni_rxq *q, PyObject *out)
 {

@@ -60,16 +60,17 @@ Facts that shape it:
   free buffers beyond it wait on a stack, the last freed first.
 * Direct receive (``UringOpts.direct_recv``): where a socket's reads return
   a buffer's worth or more on average (``ni_rxq_note`` in ring.h), its
-  reads want the socket's bytes straight into their buffers. Its next report reaches ``_dispatch``,
-  which cancels the multishot receive; the receive's last CQE re-arms the
-  socket with a multishot POLL_ADD under the same user_data, reaped onto
-  its rxq as the receive's CQEs are (``rxq.more``: readiness not yet read),
-  and reads call recv(2) after the held bytes. Reads averaging under a
-  quarter of a buffer switch it back the same way. The poll never goes in while the receive is armed, so no
-  buffer fills behind a read's back. Measured on write-like 16 x 32: 0.82
-  to 0.66 µs per request, posix's figure (the copy out of the buffers was
-  14% of the server's CPU, and the kernel's copy into buffers a fast stream
-  sweeps through the cache cost more than into the reader's own).
+  reads want the socket's bytes straight into their buffers. Its next
+  report reaches ``_dispatch``, which cancels the multishot receive; the
+  receive's last CQE re-arms the socket with a multishot POLL_ADD under the
+  same user_data, reaped onto its rxq as the receive's CQEs are
+  (``rxq.more``: readiness not yet read), and reads call recv(2) after the
+  held bytes. Reads averaging under a quarter of a buffer switch it back
+  the same way. The poll never goes in while the receive is armed, so no
+  buffer fills behind a read's back. Measured on write-like 16 x 32: 0.94
+  to 0.65 µs per request, posix's figure (the copy out of the buffers was
+  14% of the server's CPU, and the kernel's copy into buffers a fast
+  stream sweeps through the cache cost more than into the reader's own).
   A multishot poll reports wake-ups: one that a read took before it was
   reaped makes a callback whose ``recv_into`` returns None.
 * POLL_ADD is one-shot: a socket is re-armed at the start of the next poll,

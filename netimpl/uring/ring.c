@@ -30,7 +30,6 @@
 #include <unistd.h>
 #include <signal.h>
 #include <time.h>
-
 #include "ring.h"
 
 static int sys_setup(unsigned entries, struct io_uring_params *p)

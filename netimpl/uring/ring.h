@@ -157,8 +157,8 @@ struct ni_rxq {
     int armed;                      /* a multishot receive (or, poll set, its readiness poll) is in the kernel */
     int end;                        /* 0, NI_RX_EOF, or -errno: delivered after the held bytes */
     int nobufs;                     /* the last multishot ended for want of buffers */
-    /* Direct receive (ni_rxq_note): a socket whose reads keep taking more than a buffer is
-     * watched by a multishot poll instead, and read by recv(2) into the caller's buffer. */
+    /* Direct receive (ni_rxq_note): a socket whose reads return a buffer's worth or more on
+     * average is watched by a multishot poll instead, and read by recv(2) into the caller's buffer. */
     int adaptive;                   /* reads may switch it (UringOpts.direct_recv) */
     int bulk;                       /* the mode its reads want: 1 direct, 0 the multishot receive */
     int poll;                       /* the mode it is in: the operation armed (or last armed) is the poll */
@@ -166,7 +166,7 @@ struct ni_rxq {
     int hup;                        /* poll: the peer shut down or the socket failed; readable for good */
     int switching;                  /* Python cancelled the armed operation to change modes */
     int64_t avg;                    /* ni_rxq_note's average of the bytes a read returns */
-    uint64_t switches;              /* times the mode changed: for tests and measuring */
+    uint64_t switches;              /* times the wanted mode changed: for tests and measuring */
     unsigned gen;                   /* the reap that last reported it */
     uint64_t direct;                /* bytes read by recv(2) straight into a caller's buffer (ni_rxq_read) */
     uint64_t direct_calls;          /* recv(2) calls reads made (those, and with no receive armed) */
