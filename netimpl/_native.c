@@ -2628,15 +2628,62 @@ core_has_buffered(Core *c)
     return r;
 }
 
+/* A backend's compiled group calls (set_group_calls): the functions its group impl's poll and
+ * flush_dirty wrap, and the C twins the group's poll calls instead, with no Python call between. */
+static PyObject *backend_poll_fn, *backend_flush_fn;
+static PyObject *(*backend_poll)(PyObject *gi, long max_events, double timeout);
+static int (*backend_flush)(PyObject *gi);
+
+static int
+api_set_group_calls(PyObject *poll_fn, PyObject *(*poll)(PyObject *, long, double),
+                    PyObject *flush_fn, int (*flush_dirty)(PyObject *))
+{
+    if ((backend_poll_fn != NULL && backend_poll_fn != poll_fn) ||
+        (backend_flush_fn != NULL && backend_flush_fn != flush_fn)) {
+        PyErr_SetString(PyExc_RuntimeError, "set_group_calls: another backend's functions are set already");
+        return -1;
+    }
+    Py_INCREF(poll_fn);
+    Py_XSETREF(backend_poll_fn, poll_fn);
+    Py_INCREF(flush_fn);
+    Py_XSETREF(backend_flush_fn, flush_fn);
+    backend_poll = poll;
+    backend_flush = flush_dirty;
+    return 0;
+}
+
+/* The method gi's class defines as name is the compiled function fn (as_method's wrapper of it). */
+static int
+is_compiled_method(PyObject *gi, PyObject *name, PyObject *fn)
+{
+    PyObject *m = fn != NULL ? _PyType_Lookup(Py_TYPE(gi), name) : NULL;
+    return m != NULL && PyInstanceMethod_Check(m) && PyInstanceMethod_GET_FUNCTION(m) == fn;
+}
+
 static int
 call_flush_dirty(PyObject *gi)
 {
+    if (Py_TYPE(gi) != posix_gi_type && is_compiled_method(gi, s_flush_dirty, backend_flush_fn))
+        return backend_flush(gi);
     PyObject *r = Py_TYPE(gi) == posix_gi_type ? mod_flush_dirty(NULL, gi)
                                                 : call_method(s_flush_dirty, &gi, 1);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
     return 0;
+}
+
+/* gi.poll(max_events, wait): a new list (any iterable from a Python override), or NULL. */
+static PyObject *
+call_backend_poll(PyObject *gi, long max_events, double wait)
+{
+    if (is_compiled_method(gi, s_poll, backend_poll_fn))
+        return backend_poll(gi, max_events, wait);
+    PyObject *socks, *pargs[3] = {gi, PyLong_FromLong(max_events), PyFloat_FromDouble(wait)};
+    socks = pargs[1] && pargs[2] ? call_method(s_poll, pargs, 3) : NULL;
+    Py_XDECREF(pargs[1]);
+    Py_XDECREF(pargs[2]);
+    return socks;
 }
 
 /* A socket found readable goes on the group's pending-recv list if it is still the group's (a
@@ -2981,12 +3028,19 @@ mod_group_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject 
             continue;
         }
         /* Another backend's group impl (uring): its own poll, then the same serving loop. */
-        PyObject *socks, *pargs[3] = {gi, PyLong_FromLong(max_events), PyFloat_FromDouble(wait)};
-        socks = pargs[1] && pargs[2] ? call_method(s_poll, pargs, 3) : NULL;
-        Py_XDECREF(pargs[1]);
-        Py_XDECREF(pargs[2]);
+        PyObject *socks = call_backend_poll(gi, max_events, wait);
         if (socks == NULL)
             goto out;
+        if (PyList_CheckExact(socks)) {
+            int rc = 0;
+            /* (ready_add runs no Python: the list cannot change under the index) */
+            for (Py_ssize_t k = 0; rc == 0 && k < PyList_GET_SIZE(socks); k++)
+                rc = ready_add(group, ready, PyList_GET_ITEM(socks, k));
+            Py_DECREF(socks);
+            if (rc < 0)
+                goto out;
+            continue;
+        }
         PyObject *it = PyObject_GetIter(socks);
         Py_DECREF(socks);
         if (it == NULL)
@@ -3130,6 +3184,7 @@ static struct ni_core_api core_api = {
     .dirty_add = dirty_add,
     .dirty_discard = dirty_discard,
     .set_has_buffered = api_set_has_buffered,
+    .set_group_calls = api_set_group_calls,
 };
 
 static PyMethodDef mod_methods[] = {

@@ -19,7 +19,7 @@
 
 #define NI_CORE_API_NAME "netimpl._native._C_API"
 /* Bumped whenever a layout below or the table changes: a stale build refuses to pair. */
-#define NI_CORE_API_VERSION 5
+#define NI_CORE_API_VERSION 6
 /* The most iovecs one gather fills (IOV_BATCH_SIZE in the Python core). */
 #define NI_GATHER_MAX 64
 
@@ -142,6 +142,13 @@ struct ni_core_api {
      * pipe, checked as for any socket, decides), -1 when only the method can say. 0, or -1 with an
      * exception. */
     int (*set_has_buffered)(PyObject *function, int (*buffered)(Core *c));
+    /* A backend whose group impl's poll and flush_dirty are compiled names them (the functions its
+     * class's methods wrap) and their C twins, which the group's poll calls instead of the methods:
+     * poll(gi, max_events, timeout) returns a new list of the sockets it found readable, as the
+     * method does; flush_dirty(gi) returns 0. NULL, or -1, with an exception. 0, or -1 with an
+     * exception. */
+    int (*set_group_calls)(PyObject *poll_fn, PyObject *(*poll)(PyObject *gi, long max_events, double timeout),
+                           PyObject *flush_fn, int (*flush_dirty)(PyObject *gi));
 };
 
 /* tp_traverse, tp_clear and tp_dealloc (NAME_traverse, NAME_clear, NAME_dealloc) of a state type that

@@ -658,6 +658,10 @@ static PyObject *b_rx_lend(PyObject *self, PyObject *const *args, Py_ssize_t nar
  * The group's Python state (its op table, in-flight counts, backlog) is
  * shared as it is: the CQEs go through the same backlog deque, so a
  * removal from inside a callback sees every CQE not yet dispatched.
+ * The group's own poll (netimpl._native) calls poll and flush_dirty as C
+ * functions (group_poll, flush_dirty; use_core() names them through the
+ * core's set_group_calls), so a poll pass makes no Python call to reach
+ * them; a class that overrides either method gets its method called.
  */
 
 static const struct ni_core_api *core;   /* NULL until use_core(): then these functions refuse */
@@ -690,6 +694,7 @@ typedef struct {
     char orphans_armed;   /* _orphans_armed */
     PyObject *ring_seen;  /* _ring_seen: the Ring whose address ring_ptr holds (group_ring) */
     struct ni_ring *ring_ptr;
+    PyObject *orphan_socks;  /* _orphan_socks: impl._orphanage._socks once there is one (arm_needed) */
 } GroupState;
 
 static PyMemberDef gs_members[] = {
@@ -706,6 +711,7 @@ static PyMemberDef gs_members[] = {
     {"_efd", T_INT, offsetof(GroupState, efd), 0, NULL},
     {"_orphans_armed", T_BOOL, offsetof(GroupState, orphans_armed), 0, NULL},
     {"_ring_seen", T_OBJECT_EX, offsetof(GroupState, ring_seen), READONLY, NULL},
+    {"_orphan_socks", T_OBJECT_EX, offsetof(GroupState, orphan_socks), READONLY, NULL},
     {NULL},
 };
 
@@ -740,16 +746,6 @@ static int check_gs(PyObject *gi, const char *call)
 }
 
 _Static_assert(NI_GATHER_MAX <= NI_IOV_MAX, "a gather must fit a struct ni_send");
-
-/* len(o.name) */
-static Py_ssize_t attr_len(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    Py_ssize_t n = v ? PyObject_Size(v) : -1;
-
-    Py_XDECREF(v);
-    return n;
-}
 
 /* The group's ring, NULL (no exception) when it has none or it was closed. Its address is read
  * once per Ring (a poll asks three or four times): the Ring stays _ring_seen, so that no other
@@ -1181,7 +1177,7 @@ static int reset_efd(PyObject *gi)
 static int arm_needed(PyObject *gi)
 {
     Py_ssize_t n;
-    PyObject *impl, *orph, *unarmed = GS(gi)->unarmed, *starved = GS(gi)->starved;
+    PyObject *impl, *orph, *socks, *unarmed = GS(gi)->unarmed, *starved = GS(gi)->starved;
 
     if (unarmed == NULL || starved == NULL || !PyDict_Check(unarmed) || !PyDict_Check(starved)) {
         PyErr_SetString(PyExc_TypeError, "UringGroupImpl: _unarmed or _starved is not a dict");
@@ -1189,20 +1185,30 @@ static int arm_needed(PyObject *gi)
     }
     if (PyDict_GET_SIZE(unarmed) || PyDict_GET_SIZE(starved))
         return 1;
-    /* impl._orphanage (made on first use, None before) and its _socks: read, not called (no Python runs). */
-    if ((impl = GS_GET(gi, base.impl, s_impl)) == NULL)
-        return -1;
-    orph = PyObject_GetAttr(impl, s_orphanage);
-    Py_DECREF(impl);
-    if (orph == Py_None) {
-        Py_DECREF(orph);
-        return 0;
+    /* impl._orphanage (made on first use, None before, then the same for good) and its _socks:
+     * read, not called (no Python runs); the dict is kept, so a pass reads its size alone. */
+    if ((socks = GS(gi)->orphan_socks) == NULL) {
+        if ((impl = GS_GET(gi, base.impl, s_impl)) == NULL)
+            return -1;
+        orph = PyObject_GetAttr(impl, s_orphanage);
+        Py_DECREF(impl);
+        if (orph == Py_None) {
+            Py_DECREF(orph);
+            return 0;
+        }
+        socks = orph ? PyObject_GetAttr(orph, s_socks) : NULL;
+        Py_XDECREF(orph);
+        if (socks == NULL)
+            return -1;
+        if (!PyDict_Check(socks)) {
+            Py_DECREF(socks);
+            PyErr_SetString(PyExc_TypeError, "UringGroupImpl: the orphanage's _socks is not a dict");
+            return -1;
+        }
+        GS(gi)->orphan_socks = socks;
     }
-    n = orph ? attr_len(orph, s_socks) : -1;
-    Py_XDECREF(orph);
-    if (n <= 0)
-        return n < 0 ? -1 : 0;
-    return !GS(gi)->orphans_armed;
+    n = PyDict_GET_SIZE(socks);
+    return n > 0 && !GS(gi)->orphans_armed;
 }
 
 /* A dict (or any sized container) holds something; -1 sizes leave their exception for the caller. */
@@ -1251,30 +1257,31 @@ static PyObject *b_rxq_bind(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
-/* poll(group_impl, max_events, timeout) -> list: UringGroupImpl.poll. */
-static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* UringGroupImpl.poll: the sockets found readable, a new list. The group's poll (netimpl._native)
+ * calls it as it is (set_group_calls); b_poll is the method. */
+static PyObject *group_poll(PyObject *gi, long max_events, double timeout)
 {
-    PyObject *gi, *ready = NULL, *backlog = NULL, *dirty = NULL, *carry;
+    PyObject *ready = NULL, *backlog = NULL, *dirty = NULL, *carry;
     struct poll_ctx pc;
     struct ni_ring *r;
-    double timeout, deadline = 0.0;
+    double deadline = 0.0;
     unsigned long long before;
 
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "poll(group_impl, max_events, timeout)");
-        return NULL;
-    }
-    gi = args[0];
     if (check_gs(gi, "poll") < 0)
-        return NULL;
-    timeout = PyFloat_AsDouble(args[2]);
-    if (timeout == -1.0 && PyErr_Occurred())
         return NULL;
     /* The first poll (it makes the ring), another thread's (refused there): the Python method. */
     if (GS(gi)->base.owner != PyThread_get_thread_ident() || (r = group_ring(gi)) == NULL) {
+        PyObject *max_o, *timeout_o, *res = NULL;
+
         if (PyErr_Occurred())
             return NULL;
-        return PyObject_CallMethodObjArgs(gi, s_poll_py, args[1], args[2], NULL);
+        max_o = PyLong_FromLong(max_events);
+        timeout_o = PyFloat_FromDouble(timeout);
+        if (max_o != NULL && timeout_o != NULL)
+            res = PyObject_CallMethodObjArgs(gi, s_poll_py, max_o, timeout_o, NULL);
+        Py_XDECREF(max_o);
+        Py_XDECREF(timeout_o);
+        return res;
     }
     if (reset_efd(gi) < 0)
         return NULL;
@@ -1351,8 +1358,26 @@ error:
     return NULL;
 }
 
-/* flush_dirty(group_impl): UringGroupImpl.flush_dirty. */
-static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
+/* poll(group_impl, max_events, timeout) -> list: UringGroupImpl.poll. */
+static PyObject *b_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long max_events;
+    double timeout;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "poll(group_impl, max_events, timeout)");
+        return NULL;
+    }
+    if ((max_events = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((timeout = PyFloat_AsDouble(args[2])) == -1.0 && PyErr_Occurred())
+        return NULL;
+    return group_poll(args[0], max_events, timeout);
+}
+
+/* UringGroupImpl.flush_dirty: 0, or -1 with an exception. The group's poll calls it as it is
+ * (set_group_calls); b_flush_dirty is the method. */
+static int flush_dirty(PyObject *gi)
 {
     struct poll_ctx pc;
     struct ni_ring *r;
@@ -1360,19 +1385,19 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
     int rc;
 
     if (check_gs(gi, "flush_dirty") < 0)
-        return NULL;
+        return -1;
     for (Py_ssize_t round = 0; round < flush_rounds; round++) {
         unsigned long long before = core->completions();
         PyObject *dirty;
         int busy;
 
         if (prep_dirty(gi, 1) < 0)
-            return NULL;
+            return -1;
         if (core->completions() == before)
             break;
         /* A direct send's callbacks ran: what they queued, on this socket or others, goes too. */
         if ((dirty = GS_GET(gi, base.dirty, s_dirty)) == NULL)
-            return NULL;
+            return -1;
         busy = dict_busy(dirty);
         Py_DECREF(dirty);
         if (!busy)
@@ -1380,14 +1405,14 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
     }
     if ((r = group_ring(gi)) == NULL || r->sqe_tail == load_acquire(r->sq_khead)) {
         if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_NONE;
+            return -1;
+        return 0;
     }
     /* Before the enter, as in poll: task work queued after this signals it again. */
     if (reset_efd(gi) < 0)
-        return NULL;
+        return -1;
     if ((backlog = GS_GET(gi, backlog, s_backlog)) == NULL)
-        return NULL;
+        return -1;
     if ((carry = GS_GET(gi, carry, s_carry)) != NULL && !PyList_Check(carry)) {
         PyErr_SetString(PyExc_TypeError, "UringGroupImpl._carry must be a list");
         Py_CLEAR(carry);
@@ -1396,7 +1421,7 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
     if (carry == NULL || poll_ctx_init(&pc, gi, carry) < 0) {
         Py_XDECREF(carry);
         Py_DECREF(backlog);
-        return NULL;
+        return -1;
     }
     rc = enter_reap(r, 0, -1, backlog, &pc);
     if (rc == ENTER_ERROR || rc < 0) {
@@ -1406,12 +1431,20 @@ static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
         }
         Py_DECREF(carry);
         Py_DECREF(backlog);
-        return NULL;
+        return -1;
     }
     rc = drain(gi, backlog, carry);
     Py_DECREF(carry);
     Py_DECREF(backlog);
     if (rc < 0 || prep_dirty(gi, 1) < 0)
+        return -1;
+    return 0;
+}
+
+/* flush_dirty(group_impl): UringGroupImpl.flush_dirty. */
+static PyObject *b_flush_dirty(PyObject *self, PyObject *gi)
+{
+    if (flush_dirty(gi) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1581,6 +1614,14 @@ static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t na
     int rc = fn == NULL ? -1 : api->set_has_buffered(fn, sock_buffered);
 
     Py_XDECREF(fn);
+    if (rc < 0)
+        return NULL;
+    PyObject *poll_fn = PyObject_GetAttrString(self, "poll");
+    PyObject *flush_fn = poll_fn ? PyObject_GetAttrString(self, "flush_dirty") : NULL;
+
+    rc = flush_fn == NULL ? -1 : api->set_group_calls(poll_fn, group_poll, flush_fn, flush_dirty);
+    Py_XDECREF(poll_fn);
+    Py_XDECREF(flush_fn);
     if (rc < 0)
         return NULL;
     core = api;

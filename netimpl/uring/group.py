@@ -1,7 +1,8 @@
 """UringGroupImpl: the uring sockets of a group, served by one io_uring.
 
 On the compiled core, :meth:`poll`, :meth:`flush_dirty`, ``_prep_dirty``
-and :meth:`flush_sock` are C (``_bridge``, netimpl/uring/bridge.c): the
+and :meth:`flush_sock` are C (``_bridge``, netimpl/uring/bridge.c; the
+group's poll calls the first two as C functions, with no Python call): the
 common completions (a send completed whole, a multishot receive's report)
 are dispatched there, and everything else reaches the Python methods
 below (``_poll_py``, ``_dispatch``...), which are their reference and run

@@ -23,7 +23,7 @@ from netimpl.uring import group as ugroup
 from netimpl.uring import sock as usock
 from netimpl.uring.ring import _bridge
 from tests.conftest import need
-from tests.uring.test_multishot import gi_of, pair, poll_until
+from tests.uring.test_multishot import gi_of, pair, poll_until, reader
 
 
 @pytest.fixture
@@ -47,6 +47,48 @@ def test_the_compiled_hot_path_serves_uring_groups_on_the_compiled_core():
         assert impl.__dict__[name].__func__ is fn, name
     assert usock.UringSock.__dict__["recv_into"].__func__ is _bridge.sock_recv_into
     assert usock.UringSock.__dict__["_has_buffered"].__func__ is _bridge.sock_has_buffered
+
+
+def test_the_group_calls_the_compiled_poll_and_flush_in_c_and_an_override_in_python(request, compiled, monkeypatch):
+    """The group's poll calls the compiled poll and flush_dirty straight in C (set_group_calls), as
+    long as they are the class's methods; a class that overrides them gets its own called."""
+    seen: list[str] = []
+
+    def poll(self, max_events, timeout):
+        seen.append("poll")
+        return _bridge.poll(self, max_events, timeout)
+
+    def flush_dirty(self):
+        seen.append("flush_dirty")
+        _bridge.flush_dirty(self)
+
+    group = netimpl.SockGroup()
+    request.addfinalizer(group.close)
+    got = bytearray()
+    read = reader(got, 64)
+
+    def on_read(g, s):  # an echo: its replies make the group flush
+        before = len(got)
+        read(g, s)
+        if len(got) > before:
+            s.writev_async(netimpl.Request([bytes(got[before:])], lambda r, st: None))
+
+    server, client = pair(request, group, on_read)
+    client.writev([b"a" * 8])
+    poll_until(group, lambda: len(got) == 8)
+    assert seen == []  # the compiled methods: nothing of this test's Python ran
+    monkeypatch.setattr(ugroup.UringGroupImpl, "poll", poll)
+    monkeypatch.setattr(ugroup.UringGroupImpl, "flush_dirty", flush_dirty)
+    client.writev([b"b" * 8])
+    poll_until(group, lambda: len(got) == 16)
+    assert "poll" in seen and "flush_dirty" in seen
+    assert bytes(got) == b"a" * 8 + b"b" * 8
+    reply = bytearray()
+    while len(reply) < 16:
+        n = client.recv_into(chunk := bytearray(64))
+        if n:
+            reply += chunk[:n]
+    assert bytes(reply) == b"a" * 8 + b"b" * 8
 
 
 def test_a_poll_runs_python_only_for_the_callbacks(request, compiled):
