@@ -519,8 +519,12 @@ static PyTypeObject LentBuffer_Type = {
     .tp_doc = "A provided buffer lent by Sock.recv_next; back to its ring with its last view.",
 };
 
+/* The most recv_next reads with recv(2) where the socket holds no buffers (netimpl.sock.RECV_NEXT_SIZE,
+ * from use_core): what posix's reads, so a stream in direct receive goes in as few calls. */
+static Py_ssize_t recv_next_size = 64 * 1024;
+
 /* What recv_next returns once nothing is held: rx_nothing_held's answer as a view (empty at
- * EOF), the direct recv(2) of up to one buffer's worth into a new object. */
+ * EOF), the direct recv(2) of up to recv_next_size bytes into a new object. */
 static PyObject *lend_nothing_held(struct ni_rxq *q, Py_ssize_t *n)
 {
     PyObject *b, *res, *view;
@@ -533,9 +537,9 @@ static PyObject *lend_nothing_held(struct ni_rxq *q, Py_ssize_t *n)
         Py_DECREF(res);
         return PyMemoryView_FromObject(empty_bytes);
     }
-    if ((b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)q->br->buf_size)) == NULL)
+    if ((b = PyBytes_FromStringAndSize(NULL, recv_next_size)) == NULL)
         return NULL;
-    res = rx_nothing_held(q, PyBytes_AS_STRING(b), q->br->buf_size);
+    res = rx_nothing_held(q, PyBytes_AS_STRING(b), (size_t)recv_next_size);
     if (res == NULL || res == Py_None) {
         Py_DECREF(b);
         return res;
@@ -1572,21 +1576,27 @@ static PyObject *b_sock_has_buffered(PyObject *self, PyObject *sock)
     return PyObject_CallMethodNoArgs(sock, s_has_buffered_py);
 }
 
-/* use_core(capsule, SEND, RECV, DIRECT_SEND_MAX, FLUSH_ROUNDS) -> bool: the compiled core's C
- * interface and the group's constants; False if it does not pair. */
+/* use_core(capsule, SEND, RECV, DIRECT_SEND_MAX, FLUSH_ROUNDS, RECV_NEXT_SIZE) -> bool: the
+ * compiled core's C interface and the constants; False if it does not pair. */
 static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     const struct ni_core_api *api;
-    Py_ssize_t dmax, rounds;
+    Py_ssize_t dmax, rounds, rnext;
 
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "use_core(capsule, SEND, RECV, DIRECT_SEND_MAX, FLUSH_ROUNDS)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "use_core(capsule, SEND, RECV, DIRECT_SEND_MAX, FLUSH_ROUNDS, RECV_NEXT_SIZE)");
         return NULL;
     }
     if ((dmax = PyLong_AsSsize_t(args[3])) == -1 && PyErr_Occurred())
         return NULL;
     if ((rounds = PyLong_AsSsize_t(args[4])) == -1 && PyErr_Occurred())
         return NULL;
+    if ((rnext = PyLong_AsSsize_t(args[5])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (rnext < 1) {
+        PyErr_Format(PyExc_ValueError, "use_core: RECV_NEXT_SIZE %zd is not a positive size", rnext);
+        return NULL;
+    }
     api = PyCapsule_GetPointer(args[0], NI_CORE_API_NAME);
     if (api == NULL)
         return NULL;
@@ -1602,6 +1612,7 @@ static PyObject *b_use_core(PyObject *self, PyObject *const *args, Py_ssize_t na
     K_RECV = recv;
     direct_send_max = dmax;
     flush_rounds = rounds;
+    recv_next_size = rnext;
     if (!(GroupState_Type.tp_flags & Py_TPFLAGS_READY)) {
         GroupState_Type.tp_base = api->group_impl_type;
         if (PyType_Ready(&GroupState_Type) < 0 || PyModule_AddObjectRef(self, "GroupState", (PyObject *)&GroupState_Type) < 0)

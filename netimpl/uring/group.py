@@ -136,7 +136,7 @@ from .. import accel
 from ..errors import logger, wrong_thread
 from ..impl import GroupImpl
 from ..posix.sock import _SEND_FLAGS, PosixSock, _gather
-from ..sock import completions
+from ..sock import RECV_NEXT_SIZE, completions
 from ..pipe import Pipe
 from .ring import BufRing, Ring, _bridge, address, ffi, lib
 
@@ -160,7 +160,7 @@ def _use_core() -> bool:
     if _bridge is None or accel.native is None or not hasattr(_bridge, "use_core"):
         return False
     try:
-        return bool(_bridge.use_core(accel.native._C_API, SEND, RECV, DIRECT_SEND_MAX, FLUSH_ROUNDS))
+        return bool(_bridge.use_core(accel.native._C_API, SEND, RECV, DIRECT_SEND_MAX, FLUSH_ROUNDS, RECV_NEXT_SIZE))
     except TypeError:  # a _bridge built from older sources takes other arguments
         return False
 

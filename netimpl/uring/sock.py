@@ -105,7 +105,9 @@ class UringSock(PosixSock):
         bytes; its buffer goes back to the group's ring with its last view,
         in whatever thread that is. At most half the ring is lent at a time:
         beyond that this returns copies (each buffer back to the ring at
-        once), so views kept for long never starve the receives.
+        once), so views kept for long never starve the receives. With no
+        buffer held (in direct receive) a view is one recv(2) of up to
+        ``RECV_NEXT_SIZE`` bytes into a new object, as posix reads.
         """
         addr = self._rxq_addr
         if addr and not self._rx_pipe_first:

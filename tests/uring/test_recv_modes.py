@@ -7,9 +7,12 @@ as in the buffers' mode."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import select
 import socket
 import struct
+import termios
+import time
 
 import pytest
 
@@ -18,6 +21,11 @@ from tests.uring.test_multishot import gi_of, pair, payload, poll_until
 
 SIZE = 1024  # bytes per provided buffer in these tests
 BIG = 256 * 1024  # the reads' buffer: room for many provided buffers' worth
+
+
+def _queued(sock) -> int:
+    """Bytes waiting in the socket's kernel receive queue (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
 
 
 def _send(client, data: bytes) -> None:
@@ -203,3 +211,32 @@ def test_a_reset_in_direct_receive_is_raised_once_then_eof(request, small_buffer
         server.recv_into(buf)
     assert server.recv_into(buf) == 0 and server._rxq.poll
     assert bytes(rd.got) == bytes(sent)
+
+
+def test_recv_next_in_direct_receive_reads_as_much_as_posix_does(request, small_buffers):
+    """With no buffers held, a view is one recv(2) of up to RECV_NEXT_SIZE, not a provided
+    buffer's worth: a stream goes in as few calls as on posix, every byte in order."""
+    from netimpl.sock import RECV_NEXT_SIZE
+
+    server, client, group, rd, sent = _direct_pair(request, small_buffers)
+    rd.reading = False
+    more = payload(3 * RECV_NEXT_SIZE, 17)
+    _send(client, more)
+    deadline = time.monotonic() + 5
+    while _queued(server) < RECV_NEXT_SIZE:  # a view's most in the socket: the first read takes it
+        assert time.monotonic() < deadline, "the stream did not arrive"
+        time.sleep(0.001)
+    got = bytearray()
+    sizes = []
+    while len(got) < len(more):
+        assert select.select([server.fileno()], [], [], 2)[0]
+        view = server.recv_next()
+        if view is None:
+            continue
+        assert view, "EOF before the stream's end"
+        sizes.append(len(view))
+        got += view
+        view.release()
+    assert bytes(got) == more
+    assert max(sizes) == RECV_NEXT_SIZE > SIZE  # reads of more than one provided buffer
+    assert server._rxq.poll and server._rxq.bytes == 0  # still in direct receive, nothing held
