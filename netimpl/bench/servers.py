@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from .report import FLOOR, URING_FLOOR
 
@@ -261,8 +262,11 @@ def serve_floor(mode: str, a: int, b: int, kind: str = "epoll") -> None:
 def serve_blocking(mode: str, a: int, b: int) -> None:
     ls = socket.create_server(("127.0.0.1", 0), backlog=2048)
     signal.signal(signal.SIGUSR1, mark)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    # A flag, not a threading.Event: a handler runs between the main thread's bytecodes, maybe
+    # while that thread holds the Event's (non-reentrant) lock in wait(), and set() would then
+    # wait on it for ever.
+    stop = [False]
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
 
     def rr(s: socket.socket) -> None:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -293,8 +297,8 @@ def serve_blocking(mode: str, a: int, b: int) -> None:
 
     threading.Thread(target=acceptor, daemon=True).start()
     announce(ls.getsockname()[1])
-    while not done.wait(0.01):
-        pass
+    while not stop[0]:
+        time.sleep(0.01)
     finish()
 
 
