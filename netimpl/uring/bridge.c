@@ -520,7 +520,7 @@ static PyTypeObject LentBuffer_Type = {
 };
 
 /* The most recv_next reads with recv(2) where the socket holds no buffers (netimpl.sock.RECV_NEXT_SIZE,
- * from use_core): what posix's reads, so a stream in direct receive goes in as few calls. */
+ * from use_core): what posix reads, so a stream in direct receive goes in as few calls. */
 static Py_ssize_t recv_next_size = 64 * 1024;
 
 /* What recv_next returns once nothing is held: rx_nothing_held's answer as a view (empty at
