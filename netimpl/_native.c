@@ -2663,10 +2663,13 @@ is_compiled_method(PyObject *gi, PyObject *name, PyObject *fn)
 static int
 call_flush_dirty(PyObject *gi)
 {
-    if (Py_TYPE(gi) != posix_gi_type && is_compiled_method(gi, s_flush_dirty, backend_flush_fn))
+    PyObject *r;
+    if (Py_TYPE(gi) == posix_gi_type)
+        r = mod_flush_dirty(NULL, gi);
+    else if (is_compiled_method(gi, s_flush_dirty, backend_flush_fn))
         return backend_flush(gi);
-    PyObject *r = Py_TYPE(gi) == posix_gi_type ? mod_flush_dirty(NULL, gi)
-                                                : call_method(s_flush_dirty, &gi, 1);
+    else
+        r = call_method(s_flush_dirty, &gi, 1);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
